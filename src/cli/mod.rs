@@ -1,0 +1,123 @@
+//! The command line: global options (DESIGN.md §4), one file per command, exit codes.
+
+mod crds;
+mod init;
+mod validate;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::source::SourceOptions;
+use crate::spec::common::ByteSize;
+
+#[derive(Debug, Parser)]
+#[command(name = "mirrorctl", version, about = "GitOps for a sovereign, local-first AI host: commit the desired state, mirrorctl makes the host match it.")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options accepted before or after the command, each also from the environment.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// The git repository holding the desired state [default: current directory]
+    #[arg(long, global = true, env = "MIRROR_REPO", value_name = "DIR")]
+    pub repo: Option<PathBuf>,
+    /// The desired state's directory inside the repository
+    #[arg(long, global = true, env = "MIRROR_PATH", value_name = "SUBDIR", default_value = ".")]
+    pub path: PathBuf,
+    /// Branch, tag or commit to read
+    #[arg(long = "ref", global = true, env = "MIRROR_REF", value_name = "REF", default_value = "HEAD")]
+    pub reference: String,
+    /// Read uncommitted files from the working tree (preview only; never applied)
+    #[arg(long, global = true)]
+    pub worktree: bool,
+    /// Truth store: sqlite://FILE or postgres://... [default: sqlite://<state dir>/truth.db]
+    #[arg(long, global = true, env = "MIRROR_STORE", value_name = "URL")]
+    pub store: Option<String>,
+    /// State directory [default: $XDG_STATE_HOME/mirrorctl or ~/.local/state/mirrorctl]
+    #[arg(long, global = true, env = "MIRROR_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Output format
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Largest desired-state file read
+    #[arg(long, global = true, env = "MIRROR_MAX_FILE_SIZE", value_name = "SIZE", default_value = "1Mi")]
+    pub max_file_size: ByteSize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new git repository with a working example desired state, committed
+    Init(init::InitArgs),
+    /// Parse and check the desired state; every error as FILE:LINE:COL: Kind/name: field: message
+    Validate,
+    /// Regenerate the JSON Schemas of the resource kinds in crds/
+    Crds(crds::CrdsArgs),
+}
+
+impl GlobalArgs {
+    pub fn repo_dir(&self) -> PathBuf {
+        self.repo.clone().unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    pub fn source_options(&self) -> SourceOptions {
+        SourceOptions {
+            repo: self.repo_dir(),
+            path: self.path.clone(),
+            reference: self.reference.clone(),
+            worktree: self.worktree,
+            max_file_size: self.max_file_size.0,
+        }
+    }
+}
+
+/// Exit codes shared by all commands (DESIGN.md §4).
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const ERROR: u8 = 1;
+    pub const CHANGES: u8 = 2;
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // Usage errors exit 1, not clap's 2: 2 means "changes pending" to scripts.
+            return ExitCode::from(if e.use_stderr() { exit::ERROR } else { exit::OK });
+        }
+    };
+    let code = match &cli.command {
+        Command::Init(args) => init::run(&cli.global, args),
+        Command::Validate => validate::run(&cli.global),
+        Command::Crds(args) => crds::run(&cli.global, args),
+    };
+    ExitCode::from(code)
+}
+
+/// Prints a JSON value on stdout.
+fn print_json(value: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer_pretty(&mut out, value);
+    let _ = writeln!(out);
+}
+
+/// Prints an error on stderr as `mirrorctl: error: ...` (or as JSON on stdout).
+fn report_error(output: Output, error: &dyn std::error::Error) {
+    match output {
+        Output::Text => eprintln!("mirrorctl: error: {error}"),
+        Output::Json => print_json(&serde_json::json!({"error": error.to_string()})),
+    }
+}

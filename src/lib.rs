@@ -1,0 +1,7 @@
+//! mirrorctl: a GitOps reconciliation controller for a sovereign, local-first AI host.
+//! See ARCHITECTURE.md for the map of modules and the invariants they keep.
+
+pub mod cli;
+pub mod example;
+pub mod source;
+pub mod spec;

@@ -1,0 +1,210 @@
+//! Files -> YAML documents -> typed resources. Pure: no I/O. Each document is decoded on its
+//! own so that one bad document does not hide the errors of the others.
+
+use serde::de::DeserializeOwned;
+
+use super::files::{FileContent, SourceFile};
+use super::yaml::{self, DecodeError, FieldPath, Mark, Node, Value};
+use super::Diagnostic;
+use crate::spec::common::is_dns_label;
+use crate::spec::{Kind, ObjectMeta, Origin, Resource, Spec, API_VERSION};
+
+/// A decoded resource and the YAML it came from (kept for locating semantic errors).
+pub struct Parsed {
+    pub resource: Resource,
+    pub root: Node,
+}
+
+impl Parsed {
+    pub fn file(&self) -> &str {
+        &self.resource.origin.file
+    }
+}
+
+const ENVELOPE_FIELDS: [&str; 4] = ["apiVersion", "kind", "metadata", "spec"];
+
+pub fn decode_files(files: &[SourceFile], max_file_size: u64) -> (Vec<Parsed>, Vec<Diagnostic>) {
+    let mut parsed = Vec::new();
+    let mut diagnostics = Vec::new();
+    for file in files {
+        decode_file(file, max_file_size, &mut parsed, &mut diagnostics);
+    }
+    (parsed, diagnostics)
+}
+
+fn decode_file(file: &SourceFile, max_file_size: u64, parsed: &mut Vec<Parsed>, out: &mut Vec<Diagnostic>) {
+    let file_error = |mark: Mark, message: String| Diagnostic::new(&file.path, mark, None, None, message);
+    let bytes = match &file.content {
+        FileContent::Bytes(bytes) => bytes,
+        FileContent::Symlink => {
+            out.push(file_error(
+                Mark::new(1, 1),
+                "symbolic links are not followed in the desired state: commit the file itself".into(),
+            ));
+            return;
+        }
+        FileContent::TooLarge(size) => {
+            out.push(file_error(
+                Mark::new(1, 1),
+                format!("file is {size} bytes, over the limit of {max_file_size} bytes (--max-file-size)"),
+            ));
+            return;
+        }
+    };
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text.strip_prefix('\u{feff}').unwrap_or(text),
+        Err(e) => {
+            let valid = std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default();
+            out.push(file_error(
+                mark_at_end(valid),
+                format!(
+                    "not valid UTF-8 (byte 0x{:02x} at offset {}): desired-state files must be UTF-8 text",
+                    bytes[e.valid_up_to()],
+                    e.valid_up_to()
+                ),
+            ));
+            return;
+        }
+    };
+    let (documents, syntax_error) = yaml::parse_documents(text);
+    for document in documents {
+        if let Some(p) = decode_document(&file.path, document, out) {
+            parsed.push(p);
+        }
+    }
+    if let Some(error) = syntax_error {
+        out.push(file_error(error.mark, error.message));
+    }
+}
+
+/// The position just past `text` (where the first invalid byte sits).
+fn mark_at_end(text: &str) -> Mark {
+    let line = text.matches('\n').count() as u32 + 1;
+    let column = text.rsplit('\n').next().unwrap_or("").chars().count() as u32 + 1;
+    Mark::new(line, column)
+}
+
+fn decode_document(file: &str, document: yaml::Document, out: &mut Vec<Diagnostic>) -> Option<Parsed> {
+    let root = document.root;
+    let before = out.len();
+    let entries = match &root.value {
+        Value::Map(entries) => entries,
+        _ => {
+            let found = if matches!(root.value, Value::Seq(_)) { "a sequence" } else { "a scalar" };
+            out.push(Diagnostic::new(
+                file,
+                root.mark,
+                None,
+                None,
+                format!("expected a resource (a mapping with apiVersion, kind, metadata and spec), found {found}"),
+            ));
+            return None;
+        }
+    };
+
+    let kind_node = root.get("kind");
+    let kind = kind_node.and_then(Node::as_str).and_then(Kind::parse);
+    let raw_name = root.get("metadata").and_then(|m| m.get("name")).and_then(Node::as_str);
+    let resource_label = kind.map(|k| format!("{k}/{}", raw_name.unwrap_or("?")));
+    let mut error = |mark: Mark, field: &str, message: String| {
+        out.push(Diagnostic::new(file, mark, resource_label.clone(), Some(field.to_string()), message));
+    };
+
+    for (index, (key, _)) in entries.iter().enumerate() {
+        let Some(name) = key.as_str() else { continue };
+        if entries[..index].iter().any(|(k, _)| k.as_str() == Some(name)) {
+            error(key.mark, name, format!("duplicate key `{name}`"));
+        } else if !ENVELOPE_FIELDS.contains(&name) {
+            let hint = yaml::suggest(name, ENVELOPE_FIELDS).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+            error(key.mark, name, format!("unknown field `{name}`{hint}: expected apiVersion, kind, metadata and spec"));
+        }
+    }
+
+    match root.get("apiVersion") {
+        None => error(document.start, "apiVersion", format!("missing required field `apiVersion`: expected `{API_VERSION}`")),
+        Some(node) if node.as_str() != Some(API_VERSION) => error(
+            node.mark,
+            "apiVersion",
+            format!("unknown apiVersion `{}`: expected `{API_VERSION}`", node.as_str().unwrap_or("")),
+        ),
+        Some(_) => {}
+    }
+
+    let kinds = Kind::ALL.map(Kind::as_str);
+    match (kind_node, kind) {
+        (None, _) => error(document.start, "kind", format!("missing required field `kind`: expected one of {}", kinds.join(", "))),
+        (Some(node), None) => {
+            let text = node.as_str().unwrap_or("");
+            let hint = yaml::suggest(text, kinds).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+            error(node.mark, "kind", format!("unknown kind `{text}`{hint}: expected one of {}", kinds.join(", ")));
+        }
+        _ => {}
+    }
+
+    let metadata = match root.get("metadata") {
+        None => {
+            error(document.start, "metadata", "missing required field `metadata`: expected a mapping with a `name`".into());
+            None
+        }
+        Some(node) => match yaml::decode::<ObjectMeta>(node, &FieldPath::from("metadata")) {
+            Ok(meta) => {
+                if !is_dns_label(&meta.name) {
+                    let at = node.get("name").map_or(node.mark, |n| n.mark);
+                    error(at, "metadata.name", format!(
+                        "expected a lowercase DNS label (a-z, 0-9 and `-`, at most 63 characters, starting and ending with a letter or digit), found `{}`",
+                        meta.name
+                    ));
+                }
+                Some(meta)
+            }
+            Err(e) => {
+                push_decode_error(&mut error, node.mark, e);
+                None
+            }
+        },
+    };
+
+    let spec = match (root.get("spec"), kind) {
+        (None, _) => {
+            error(document.start, "spec", "missing required field `spec`".into());
+            None
+        }
+        (Some(node), Some(kind)) => match decode_spec(kind, node) {
+            Ok(spec) => Some(spec),
+            Err(e) => {
+                push_decode_error(&mut error, node.mark, e);
+                None
+            }
+        },
+        (Some(_), None) => None,
+    };
+
+    if out.len() > before {
+        return None;
+    }
+    let (kind, metadata, spec) = (kind?, metadata?, spec?);
+    let origin = Origin { file: file.to_string(), line: document.start.line, column: document.start.column };
+    let resource = Resource { api_version: API_VERSION.to_string(), kind, metadata, spec, origin };
+    Some(Parsed { resource, root })
+}
+
+fn push_decode_error(error: &mut impl FnMut(Mark, &str, String), fallback: Mark, e: DecodeError) {
+    let path = e.path.map(|p| p.to_string()).unwrap_or_default();
+    error(e.mark.unwrap_or(fallback), &path, e.message);
+}
+
+fn decode_as<T: DeserializeOwned>(node: &Node, wrap: fn(T) -> Spec) -> Result<Spec, DecodeError> {
+    yaml::decode::<T>(node, &FieldPath::from("spec")).map(wrap)
+}
+
+fn decode_spec(kind: Kind, node: &Node) -> Result<Spec, DecodeError> {
+    match kind {
+        Kind::Service => decode_as(node, Spec::Service),
+        Kind::LaunchAgent => decode_as(node, Spec::LaunchAgent),
+        Kind::Agent => decode_as(node, Spec::Agent),
+        Kind::ModelProvider => decode_as(node, Spec::ModelProvider),
+        Kind::Policy => decode_as(node, Spec::Policy),
+        Kind::MemoryRule => decode_as(node, Spec::MemoryRule),
+        Kind::Controller => decode_as(node, Spec::Controller),
+    }
+}

@@ -1,0 +1,148 @@
+//! The source: desired-state files from git (or the working tree, for previews), parsed and
+//! validated into a `DesiredState`. Reading files is the only I/O; decoding and validation are
+//! pure. An unreadable or invalid source is an error, never an empty desired state.
+
+mod decode;
+pub mod files;
+mod validate;
+pub mod yaml;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::spec::{ControllerSpec, Kind, Resource, Spec};
+pub use files::{ReadSourceError, DEFAULT_MAX_FILE_SIZE};
+use yaml::Mark;
+
+/// Where the desired state comes from.
+#[derive(Clone, Debug)]
+pub struct SourceOptions {
+    pub repo: PathBuf,
+    /// Directory (or one file) inside the repository.
+    pub path: PathBuf,
+    /// Branch, tag or commit.
+    pub reference: String,
+    /// Read the working tree instead of the commit (preview only).
+    pub worktree: bool,
+    pub max_file_size: u64,
+}
+
+impl SourceOptions {
+    pub fn new(repo: impl Into<PathBuf>) -> Self {
+        SourceOptions {
+            repo: repo.into(),
+            path: PathBuf::from("."),
+            reference: "HEAD".into(),
+            worktree: false,
+            max_file_size: DEFAULT_MAX_FILE_SIZE,
+        }
+    }
+}
+
+/// One problem in the desired state, printed as `FILE:LINE:COL: Kind/name: field.path: message`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: u32,
+    pub column: u32,
+    /// `Kind/name` (`Kind/?` when the name is missing), None when not even the kind is known.
+    pub resource: Option<String>,
+    /// The field path, None for problems of a whole file or document.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl Diagnostic {
+    pub fn new(file: &str, mark: Mark, resource: Option<String>, field: Option<String>, message: String) -> Self {
+        Diagnostic { file: file.to_string(), line: mark.line, column: mark.column, resource, field, message }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}: {}: {}",
+            self.file,
+            self.line,
+            self.column,
+            self.resource.as_deref().unwrap_or("-"),
+            self.field.as_deref().unwrap_or("-"),
+            self.message
+        )
+    }
+}
+
+/// Why no desired state could be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Read(#[from] ReadSourceError),
+    #[error("the desired state has {} error(s)", diagnostics.len())]
+    Invalid { commit: Option<String>, files: usize, diagnostics: Vec<Diagnostic> },
+}
+
+/// A validated desired state and the commit it came from.
+#[derive(Clone, Debug)]
+pub struct DesiredState {
+    /// The commit read; for a worktree preview, HEAD under the edits (None in a repo without commits).
+    pub commit: Option<String>,
+    /// True when read from the working tree (a preview: never applied).
+    pub worktree: bool,
+    /// How many files were read.
+    pub files: usize,
+    /// Sorted by file, then position.
+    pub resources: Vec<Resource>,
+}
+
+impl DesiredState {
+    pub fn get(&self, kind: Kind, name: &str) -> Option<&Resource> {
+        self.resources.iter().find(|r| r.kind == kind && r.metadata.name == name)
+    }
+
+    pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Resource> {
+        self.resources.iter().filter(move |r| r.kind == kind)
+    }
+
+    /// The Controller settings (defaults when none is declared).
+    pub fn controller(&self) -> ControllerSpec {
+        self.resources
+            .iter()
+            .find_map(|r| match &r.spec {
+                Spec::Controller(c) => Some(c.clone()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
+    /// A short commit id for display: 12 hex digits, `+worktree` for previews.
+    pub fn commit_label(&self) -> String {
+        let short = self.commit.as_deref().map(|c| &c[..c.len().min(12)]).unwrap_or("(no commit)");
+        if self.worktree {
+            format!("{short}+worktree")
+        } else {
+            short.to_string()
+        }
+    }
+}
+
+/// Reads, parses and validates the desired state. Every problem found is reported at once.
+pub fn load(options: &SourceOptions) -> Result<DesiredState, LoadError> {
+    let source = files::read(options)?;
+    let file_count = source.files.len();
+    let (parsed, mut diagnostics) = decode::decode_files(&source.files, options.max_file_size);
+    diagnostics.extend(validate::validate(&parsed));
+    if !diagnostics.is_empty() {
+        diagnostics.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
+        diagnostics.dedup();
+        return Err(LoadError::Invalid { commit: source.commit, files: file_count, diagnostics });
+    }
+    Ok(DesiredState {
+        commit: source.commit,
+        worktree: options.worktree,
+        files: file_count,
+        resources: parsed.into_iter().map(|p| p.resource).collect(),
+    })
+}
