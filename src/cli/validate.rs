@@ -19,15 +19,13 @@ pub fn run(global: &GlobalArgs) -> u8 {
                     for d in &diagnostics {
                         println!("{d}");
                     }
-                    let at = commit.as_deref().map(|c| &c[..12]).unwrap_or("the working tree");
                     let files_with_errors = diagnostics.iter().map(|d| &d.file).collect::<std::collections::BTreeSet<_>>().len();
                     println!(
-                        "invalid: {} error(s) in {} of {} file(s) at {}{}",
+                        "invalid: {} error(s) in {} of {} file(s) at {}",
                         diagnostics.len(),
                         files_with_errors,
                         files,
-                        at,
-                        if global.worktree { " (working tree)" } else { "" }
+                        source::source_label(commit.as_deref(), global.worktree)
                     );
                 }
                 Output::Json => print_json(&json!({
@@ -59,7 +57,7 @@ fn print_valid(output: Output, state: &DesiredState) {
                 "valid: {} resource(s) in {} file(s) at {}{}",
                 state.resources.len(),
                 state.files,
-                state.commit_label(),
+                state.source_label(),
                 if counts.is_empty() { String::new() } else { format!(" ({})", counts.join(", ")) }
             );
         }

@@ -183,7 +183,7 @@ fn decode_document(file: &str, document: yaml::Document, out: &mut Vec<Diagnosti
         return None;
     }
     let (kind, metadata, spec) = (kind?, metadata?, spec?);
-    let origin = Origin { file: file.to_string(), line: document.start.line, column: document.start.column };
+    let origin = Origin { file: file.to_string(), line: root.mark.line, column: root.mark.column };
     let resource = Resource { api_version: API_VERSION.to_string(), kind, metadata, spec, origin };
     Some(Parsed { resource, root })
 }

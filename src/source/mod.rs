@@ -117,14 +117,18 @@ impl DesiredState {
             .unwrap_or_default()
     }
 
-    /// A short commit id for display: 12 hex digits, `+worktree` for previews.
-    pub fn commit_label(&self) -> String {
-        let short = self.commit.as_deref().map(|c| &c[..c.len().min(12)]).unwrap_or("(no commit)");
-        if self.worktree {
-            format!("{short}+worktree")
-        } else {
-            short.to_string()
-        }
+    /// Where this state was read, for display.
+    pub fn source_label(&self) -> String {
+        source_label(self.commit.as_deref(), self.worktree)
+    }
+}
+
+/// `commit 0e137a8b1c2d`, `the working tree over commit 0e137a8b1c2d`, or `the working tree`.
+pub fn source_label(commit: Option<&str>, worktree: bool) -> String {
+    match (commit.map(|c| &c[..c.len().min(12)]), worktree) {
+        (Some(short), false) => format!("commit {short}"),
+        (Some(short), true) => format!("the working tree over commit {short}"),
+        (None, _) => "the working tree (no commits yet)".to_string(),
     }
 }
 

@@ -1,0 +1,1 @@
+//! Table-driven corpus of invalid desired states (tests/invalid/).

@@ -1,0 +1,9 @@
+//! Integration tests: the real binary, real git repositories, in temp dirs.
+
+mod support;
+
+mod crds;
+mod git_source;
+mod init;
+mod invalid_corpus;
+mod validate;
