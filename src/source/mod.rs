@@ -135,8 +135,13 @@ pub fn source_label(commit: Option<&str>, worktree: bool) -> String {
 /// Reads, parses and validates the desired state. Every problem found is reported at once.
 pub fn load(options: &SourceOptions) -> Result<DesiredState, LoadError> {
     let source = files::read(options)?;
+    load_files(source, options.worktree, options.max_file_size)
+}
+
+/// Parses and validates files already read (pure: no I/O).
+pub fn load_files(source: files::SourceFiles, worktree: bool, max_file_size: u64) -> Result<DesiredState, LoadError> {
     let file_count = source.files.len();
-    let (parsed, mut diagnostics) = decode::decode_files(&source.files, options.max_file_size);
+    let (parsed, mut diagnostics) = decode::decode_files(&source.files, max_file_size);
     diagnostics.extend(validate::validate(&parsed));
     if !diagnostics.is_empty() {
         diagnostics.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
@@ -145,8 +150,17 @@ pub fn load(options: &SourceOptions) -> Result<DesiredState, LoadError> {
     }
     Ok(DesiredState {
         commit: source.commit,
-        worktree: options.worktree,
+        worktree,
         files: file_count,
         resources: parsed.into_iter().map(|p| p.resource).collect(),
     })
+}
+
+/// Parses and validates in-memory files `(path, content)`, as if read from a commit.
+pub fn load_texts<'a>(texts: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Result<DesiredState, LoadError> {
+    let files = texts
+        .into_iter()
+        .map(|(path, bytes)| files::SourceFile { path: path.to_string(), content: files::FileContent::Bytes(bytes.to_vec()) })
+        .collect();
+    load_files(files::SourceFiles { commit: None, files }, false, DEFAULT_MAX_FILE_SIZE)
 }
