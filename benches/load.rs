@@ -64,7 +64,8 @@ fn generate(dir: &Path) -> Vec<String> {
     index.write().unwrap();
     let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
     let signature = Signature::now("bench", "bench@localhost").unwrap();
-    repo.commit(Some("HEAD"), &signature, &signature, "bench", &tree, &[]).unwrap();
+    repo.commit(Some("HEAD"), &signature, &signature, "bench", &tree, &[])
+        .unwrap();
     texts
 }
 
@@ -108,7 +109,11 @@ fn main() {
     // The real binary, as a user runs it: wall time and peak RSS of the process.
     let binary = env!("CARGO_BIN_EXE_mirrorctl");
     let run_binary = || {
-        let out = Command::new(binary).args(["validate", "--repo"]).arg(dir.path()).output().unwrap();
+        let out = Command::new(binary)
+            .args(["validate", "--repo"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     };
     run_binary();
@@ -117,30 +122,61 @@ fn main() {
 
     // Raw parser limits on the same bytes.
     let events = time(rounds, || {
-        texts.iter().map(|t| saphyr_parser::Parser::new_from_str(t).count()).sum::<usize>()
+        texts
+            .iter()
+            .map(|t| saphyr_parser::Parser::new_from_str(t).count())
+            .sum::<usize>()
     });
-    let tree = time(rounds, || texts.iter().map(|t| yaml::parse_documents(t).0.len()).sum::<usize>());
+    let tree = time(rounds, || {
+        texts.iter().map(|t| yaml::parse_documents(t).0.len()).sum::<usize>()
+    });
     let serde_yaml_value = time(rounds, || {
         texts
             .iter()
             .map(|t| {
-                serde_yaml::Deserializer::from_str(t)
-                    .map(|d| <serde_yaml::Value as serde::Deserialize>::deserialize(d).unwrap())
-                    .count()
+                let mut documents = 0;
+                for d in serde_yaml::Deserializer::from_str(t) {
+                    std::hint::black_box(<serde_yaml::Value as serde::Deserialize>::deserialize(d).unwrap());
+                    documents += 1;
+                }
+                documents
             })
             .sum::<usize>()
     });
     let rate = |d: Duration| mib / d.as_secs_f64();
 
-    println!("load: {} resources in {FILES} files, {mib:.2} MiB of YAML, median of {rounds} runs", FILES * PER_FILE);
+    println!(
+        "load: {} resources in {FILES} files, {mib:.2} MiB of YAML, median of {rounds} runs",
+        FILES * PER_FILE
+    );
     println!("| measurement | time | throughput | target |");
     println!("|---|---|---|---|");
-    println!("| `mirrorctl validate` (process wall) | {:.0} ms | {:.1} MiB/s | <= 1000 ms |", binary_wall.as_secs_f64() * 1e3, rate(binary_wall));
+    println!(
+        "| `mirrorctl validate` (process wall) | {:.0} ms | {:.1} MiB/s | <= 1000 ms |",
+        binary_wall.as_secs_f64() * 1e3,
+        rate(binary_wall)
+    );
     println!("| `mirrorctl validate` peak RSS | {binary_rss:.1} MiB | | <= 200 MiB |");
-    println!("| `source::load` in-process (git + parse + decode + validate) | {:.0} ms | {:.1} MiB/s | |", in_process.as_secs_f64() * 1e3, rate(in_process));
-    println!("| YAML events only (saphyr-parser, the parser's limit) | {:.0} ms | {:.1} MiB/s | |", events.as_secs_f64() * 1e3, rate(events));
-    println!("| YAML to positioned tree (`yaml::parse_documents`) | {:.0} ms | {:.1} MiB/s | |", tree.as_secs_f64() * 1e3, rate(tree));
-    println!("| serde_yaml to `serde_yaml::Value` (for comparison) | {:.0} ms | {:.1} MiB/s | |", serde_yaml_value.as_secs_f64() * 1e3, rate(serde_yaml_value));
+    println!(
+        "| `source::load` in-process (git + parse + decode + validate) | {:.0} ms | {:.1} MiB/s | |",
+        in_process.as_secs_f64() * 1e3,
+        rate(in_process)
+    );
+    println!(
+        "| YAML events only (saphyr-parser, the parser's limit) | {:.0} ms | {:.1} MiB/s | |",
+        events.as_secs_f64() * 1e3,
+        rate(events)
+    );
+    println!(
+        "| YAML to positioned tree (`yaml::parse_documents`) | {:.0} ms | {:.1} MiB/s | |",
+        tree.as_secs_f64() * 1e3,
+        rate(tree)
+    );
+    println!(
+        "| serde_yaml to `serde_yaml::Value` (for comparison) | {:.0} ms | {:.1} MiB/s | |",
+        serde_yaml_value.as_secs_f64() * 1e3,
+        rate(serde_yaml_value)
+    );
     let pass = binary_wall <= Duration::from_secs(1) && binary_rss <= 200.0;
     println!("targets: {}", if pass { "met" } else { "MISSED" });
 }

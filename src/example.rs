@@ -4,11 +4,17 @@
 pub const FILES: &[(&str, &str)] = &[
     ("desired/controller.yaml", include_str!("../desired/controller.yaml")),
     ("desired/services.yaml", include_str!("../desired/services.yaml")),
-    ("desired/launch-agents.yaml", include_str!("../desired/launch-agents.yaml")),
+    (
+        "desired/launch-agents.yaml",
+        include_str!("../desired/launch-agents.yaml"),
+    ),
     ("desired/providers.yaml", include_str!("../desired/providers.yaml")),
     ("desired/agents.yaml", include_str!("../desired/agents.yaml")),
     ("desired/policies.yaml", include_str!("../desired/policies.yaml")),
-    ("desired/memory-rules.yaml", include_str!("../desired/memory-rules.yaml")),
+    (
+        "desired/memory-rules.yaml",
+        include_str!("../desired/memory-rules.yaml"),
+    ),
 ];
 
 #[cfg(test)]

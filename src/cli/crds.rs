@@ -39,7 +39,13 @@ pub fn run(global: &GlobalArgs, args: &CrdsArgs) -> u8 {
         }
         let written = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, content));
         if let Err(source) = written {
-            report_error(global.output, &WriteSchemaError { path: path.display().to_string(), source });
+            report_error(
+                global.output,
+                &WriteSchemaError {
+                    path: path.display().to_string(),
+                    source,
+                },
+            );
             return exit::ERROR;
         }
         println!("wrote {}", path.display());

@@ -34,7 +34,11 @@ pub fn run(global: &GlobalArgs, args: &InitArgs) -> u8 {
         Ok((commit, resources)) => {
             match global.output {
                 Output::Text => {
-                    println!("Initialized {} with {resources} resources, commit {}", args.dir.display(), &commit[..12]);
+                    println!(
+                        "Initialized {} with {resources} resources, commit {}",
+                        args.dir.display(),
+                        &commit[..12]
+                    );
                     println!("Next: mirrorctl --repo {} validate", args.dir.display());
                 }
                 Output::Json => print_json(&serde_json::json!({
@@ -51,7 +55,10 @@ pub fn run(global: &GlobalArgs, args: &InitArgs) -> u8 {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InitError + '_ {
-    move |source| InitError::Io { path: path.to_path_buf(), source }
+    move |source| InitError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Creates the repository; returns the commit id and the number of resources.
@@ -63,7 +70,10 @@ pub fn init(dir: &Path) -> Result<(String, usize), InitError> {
         }
     }
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let git = |e: git2::Error| InitError::Git { path: dir.to_path_buf(), message: e.message().to_string() };
+    let git = |e: git2::Error| InitError::Git {
+        path: dir.to_path_buf(),
+        message: e.message().to_string(),
+    };
     let mut options = RepositoryInitOptions::new();
     options.initial_head("main");
     let repo = Repository::init_opts(dir, &options).map_err(git)?;
@@ -72,7 +82,11 @@ pub fn init(dir: &Path) -> Result<(String, usize), InitError> {
     let files = example::FILES
         .iter()
         .map(|(path, content)| (path.to_string(), content.to_string()))
-        .chain(schemas.into_iter().map(|(name, content)| (format!("crds/{name}"), content)))
+        .chain(
+            schemas
+                .into_iter()
+                .map(|(name, content)| (format!("crds/{name}"), content)),
+        )
         .chain([("README.md".to_string(), README.to_string())]);
     let mut index = repo.index().map_err(git)?;
     for (path, content) in files {
@@ -90,7 +104,14 @@ pub fn init(dir: &Path) -> Result<(String, usize), InitError> {
         .or_else(|_| Signature::now("mirrorctl", "mirrorctl@localhost"))
         .map_err(git)?;
     let commit = repo
-        .commit(Some("HEAD"), &signature, &signature, "Initial desired state (mirrorctl init)", &tree, &[])
+        .commit(
+            Some("HEAD"),
+            &signature,
+            &signature,
+            "Initial desired state (mirrorctl init)",
+            &tree,
+            &[],
+        )
         .map_err(git)?;
 
     let state = source::load(&SourceOptions::new(dir)).map_err(|e| InitError::Example(e.to_string()))?;

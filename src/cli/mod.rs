@@ -14,7 +14,11 @@ use crate::source::SourceOptions;
 use crate::spec::common::ByteSize;
 
 #[derive(Debug, Parser)]
-#[command(name = "mirrorctl", version, about = "GitOps for a sovereign, local-first AI host: commit the desired state, mirrorctl makes the host match it.")]
+#[command(
+    name = "mirrorctl",
+    version,
+    about = "GitOps for a sovereign, local-first AI host: commit the desired state, mirrorctl makes the host match it."
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -32,7 +36,13 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "MIRROR_PATH", value_name = "SUBDIR", default_value = ".")]
     pub path: PathBuf,
     /// Branch, tag or commit to read
-    #[arg(long = "ref", global = true, env = "MIRROR_REF", value_name = "REF", default_value = "HEAD")]
+    #[arg(
+        long = "ref",
+        global = true,
+        env = "MIRROR_REF",
+        value_name = "REF",
+        default_value = "HEAD"
+    )]
     pub reference: String,
     /// Read uncommitted files from the working tree (preview only; never applied)
     #[arg(long, global = true)]
@@ -47,7 +57,13 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
     pub output: Output,
     /// Largest desired-state file read
-    #[arg(long, global = true, env = "MIRROR_MAX_FILE_SIZE", value_name = "SIZE", default_value = "1Mi")]
+    #[arg(
+        long,
+        global = true,
+        env = "MIRROR_MAX_FILE_SIZE",
+        value_name = "SIZE",
+        default_value = "1Mi"
+    )]
     pub max_file_size: ByteSize,
 }
 

@@ -13,13 +13,21 @@ pub fn run(global: &GlobalArgs) -> u8 {
             print_valid(global.output, &state);
             exit::OK
         }
-        Err(LoadError::Invalid { commit, files, diagnostics }) => {
+        Err(LoadError::Invalid {
+            commit,
+            files,
+            diagnostics,
+        }) => {
             match global.output {
                 Output::Text => {
                     for d in &diagnostics {
                         println!("{d}");
                     }
-                    let files_with_errors = diagnostics.iter().map(|d| &d.file).collect::<std::collections::BTreeSet<_>>().len();
+                    let files_with_errors = diagnostics
+                        .iter()
+                        .map(|d| &d.file)
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .len();
                     println!(
                         "invalid: {} error(s) in {} of {} file(s) at {}",
                         diagnostics.len(),
@@ -58,7 +66,11 @@ fn print_valid(output: Output, state: &DesiredState) {
                 state.resources.len(),
                 state.files,
                 state.source_label(),
-                if counts.is_empty() { String::new() } else { format!(" ({})", counts.join(", ")) }
+                if counts.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", counts.join(", "))
+                }
             );
         }
         Output::Json => {

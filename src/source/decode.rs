@@ -86,11 +86,14 @@ fn mark_at_end(text: &str) -> Mark {
 
 fn decode_document(file: &str, document: yaml::Document, out: &mut Vec<Diagnostic>) -> Option<Parsed> {
     let root = document.root;
-    let before = out.len();
     let entries = match &root.value {
         Value::Map(entries) => entries,
         _ => {
-            let found = if matches!(root.value, Value::Seq(_)) { "a sequence" } else { "a scalar" };
+            let found = if matches!(root.value, Value::Seq(_)) {
+                "a sequence"
+            } else {
+                "a scalar"
+            };
             out.push(Diagnostic::new(
                 file,
                 root.mark,
@@ -105,52 +108,89 @@ fn decode_document(file: &str, document: yaml::Document, out: &mut Vec<Diagnosti
     let kind_node = root.get("kind");
     let kind = kind_node.and_then(Node::as_str).and_then(Kind::parse);
     let raw_name = root.get("metadata").and_then(|m| m.get("name")).and_then(Node::as_str);
-    let resource_label = kind.map(|k| format!("{k}/{}", raw_name.unwrap_or("?")));
-    let mut error = |mark: Mark, field: &str, message: String| {
-        out.push(Diagnostic::new(file, mark, resource_label.clone(), Some(field.to_string()), message));
+    let mut errors = DocumentErrors {
+        file,
+        resource: kind.map(|k| format!("{k}/{}", raw_name.unwrap_or("?"))),
+        // Document-level errors point at its first key, as `Origin` does.
+        start: root.mark,
+        misspelled: Vec::new(),
+        out,
+        fatal: false,
     };
 
     for (index, (key, _)) in entries.iter().enumerate() {
         let Some(name) = key.as_str() else { continue };
-        if entries[..index].iter().any(|(k, _)| k.as_str() == Some(name)) {
-            error(key.mark, name, format!("duplicate key `{name}`"));
+        if let Some((first, _)) = entries[..index].iter().find(|(k, _)| k.as_str() == Some(name)) {
+            errors.fatal(
+                key.mark,
+                name,
+                format!("duplicate key `{name}` (first given at line {})", first.mark.line),
+            );
         } else if !ENVELOPE_FIELDS.contains(&name) {
-            let hint = yaml::suggest(name, ENVELOPE_FIELDS).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
-            error(key.mark, name, format!("unknown field `{name}`{hint}: expected apiVersion, kind, metadata and spec"));
+            let suggestion = yaml::suggest(name, ENVELOPE_FIELDS);
+            errors.misspelled.extend(suggestion);
+            let hint = suggestion
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+            errors.fatal(
+                key.mark,
+                name,
+                format!("unknown field `{name}`{hint}: expected apiVersion, kind, metadata and spec"),
+            );
         }
     }
 
     match root.get("apiVersion") {
-        None => error(document.start, "apiVersion", format!("missing required field `apiVersion`: expected `{API_VERSION}`")),
-        Some(node) if node.as_str() != Some(API_VERSION) => error(
+        None => errors.missing(
+            "apiVersion",
+            format!("missing required field `apiVersion`: expected `{API_VERSION}`"),
+        ),
+        Some(node) if node.as_str() != Some(API_VERSION) => errors.fatal(
             node.mark,
             "apiVersion",
-            format!("unknown apiVersion `{}`: expected `{API_VERSION}`", node.as_str().unwrap_or("")),
+            format!(
+                "unknown apiVersion `{}`: expected `{API_VERSION}`",
+                node.as_str().unwrap_or("")
+            ),
         ),
         Some(_) => {}
     }
 
     let kinds = Kind::ALL.map(Kind::as_str);
     match (kind_node, kind) {
-        (None, _) => error(document.start, "kind", format!("missing required field `kind`: expected one of {}", kinds.join(", "))),
+        (None, _) => errors.missing(
+            "kind",
+            format!("missing required field `kind`: expected one of {}", kinds.join(", ")),
+        ),
         (Some(node), None) => {
             let text = node.as_str().unwrap_or("");
-            let hint = yaml::suggest(text, kinds).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
-            error(node.mark, "kind", format!("unknown kind `{text}`{hint}: expected one of {}", kinds.join(", ")));
+            let hint = yaml::suggest(text, kinds)
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+            errors.fatal(
+                node.mark,
+                "kind",
+                format!("unknown kind `{text}`{hint}: expected one of {}", kinds.join(", ")),
+            );
         }
         _ => {}
     }
 
     let metadata = match root.get("metadata") {
         None => {
-            error(document.start, "metadata", "missing required field `metadata`: expected a mapping with a `name`".into());
+            errors.missing(
+                "metadata",
+                "missing required field `metadata`: expected a mapping with a `name`".into(),
+            );
             None
         }
         Some(node) => match yaml::decode::<ObjectMeta>(node, &FieldPath::from("metadata")) {
             Ok(meta) => {
                 if !is_dns_label(&meta.name) {
+                    // Not fatal: the resource still takes part in the cross-resource checks, so a
+                    // bad name does not hide its other errors.
                     let at = node.get("name").map_or(node.mark, |n| n.mark);
-                    error(at, "metadata.name", format!(
+                    errors.push(at, "metadata.name", format!(
                         "expected a lowercase DNS label (a-z, 0-9 and `-`, at most 63 characters, starting and ending with a letter or digit), found `{}`",
                         meta.name
                     ));
@@ -158,7 +198,7 @@ fn decode_document(file: &str, document: yaml::Document, out: &mut Vec<Diagnosti
                 Some(meta)
             }
             Err(e) => {
-                push_decode_error(&mut error, node.mark, e);
+                errors.decode_error(node.mark, e);
                 None
             }
         },
@@ -166,31 +206,76 @@ fn decode_document(file: &str, document: yaml::Document, out: &mut Vec<Diagnosti
 
     let spec = match (root.get("spec"), kind) {
         (None, _) => {
-            error(document.start, "spec", "missing required field `spec`".into());
+            errors.missing("spec", "missing required field `spec`".into());
             None
         }
         (Some(node), Some(kind)) => match decode_spec(kind, node) {
             Ok(spec) => Some(spec),
             Err(e) => {
-                push_decode_error(&mut error, node.mark, e);
+                errors.decode_error(node.mark, e);
                 None
             }
         },
         (Some(_), None) => None,
     };
 
-    if out.len() > before {
+    if errors.fatal {
         return None;
     }
     let (kind, metadata, spec) = (kind?, metadata?, spec?);
-    let origin = Origin { file: file.to_string(), line: root.mark.line, column: root.mark.column };
-    let resource = Resource { api_version: API_VERSION.to_string(), kind, metadata, spec, origin };
+    let origin = Origin {
+        file: file.to_string(),
+        line: root.mark.line,
+        column: root.mark.column,
+    };
+    let resource = Resource {
+        api_version: API_VERSION.to_string(),
+        kind,
+        metadata,
+        spec,
+        origin,
+    };
     Some(Parsed { resource, root })
 }
 
-fn push_decode_error(error: &mut impl FnMut(Mark, &str, String), fallback: Mark, e: DecodeError) {
-    let path = e.path.map(|p| p.to_string()).unwrap_or_default();
-    error(e.mark.unwrap_or(fallback), &path, e.message);
+/// The errors of one document. A fatal one keeps the document out of the cross-resource checks.
+struct DocumentErrors<'a> {
+    file: &'a str,
+    resource: Option<String>,
+    start: Mark,
+    /// Envelope fields an unknown key looks like a typo of: not also reported as missing.
+    misspelled: Vec<&'static str>,
+    out: &'a mut Vec<Diagnostic>,
+    fatal: bool,
+}
+
+impl DocumentErrors<'_> {
+    fn push(&mut self, mark: Mark, field: &str, message: String) {
+        self.out.push(Diagnostic::new(
+            self.file,
+            mark,
+            self.resource.clone(),
+            Some(field.to_string()),
+            message,
+        ));
+    }
+
+    fn fatal(&mut self, mark: Mark, field: &str, message: String) {
+        self.fatal = true;
+        self.push(mark, field, message);
+    }
+
+    fn missing(&mut self, field: &'static str, message: String) {
+        self.fatal = true;
+        if !self.misspelled.contains(&field) {
+            self.push(self.start, field, message);
+        }
+    }
+
+    fn decode_error(&mut self, fallback: Mark, e: DecodeError) {
+        let path = e.path.map(|p| p.to_string()).unwrap_or_default();
+        self.fatal(e.mark.unwrap_or(fallback), &path, e.message);
+    }
 }
 
 fn decode_as<T: DeserializeOwned>(node: &Node, wrap: fn(T) -> Spec) -> Result<Spec, DecodeError> {

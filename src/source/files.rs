@@ -42,7 +42,11 @@ pub enum ReadSourceError {
     #[error("{repo}: the repository has no commits yet; commit the desired state first (uncommitted edits do nothing; preview them with --worktree)")]
     EmptyRepository { repo: PathBuf },
     #[error("{repo}: ref `{reference}` does not name a commit ({message})")]
-    UnknownRef { repo: PathBuf, reference: String, message: String },
+    UnknownRef {
+        repo: PathBuf,
+        reference: String,
+        message: String,
+    },
     #[error("{repo}: path `{path}` does not exist in {place}")]
     MissingPath { repo: PathBuf, path: String, place: String },
     #[error("{repo}: path `{path}` is not a directory or a .yaml/.yml file in {place}")]
@@ -50,7 +54,11 @@ pub enum ReadSourceError {
     #[error("--path `{path}` must be a relative path inside the repository, without `..`")]
     BadPath { path: String },
     #[error("{repo}: cannot read {what}: {message}")]
-    Git { repo: PathBuf, what: String, message: String },
+    Git {
+        repo: PathBuf,
+        what: String,
+        message: String,
+    },
     #[error("{path}: cannot read: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 }
@@ -66,7 +74,11 @@ fn normalize_path(path: &Path) -> Result<String, ReadSourceError> {
         match component {
             Component::CurDir => {}
             Component::Normal(part) => parts.push(part.to_string_lossy().into_owned()),
-            _ => return Err(ReadSourceError::BadPath { path: path.display().to_string() }),
+            _ => {
+                return Err(ReadSourceError::BadPath {
+                    path: path.display().to_string(),
+                })
+            }
         }
     }
     Ok(parts.join("/"))
@@ -80,7 +92,11 @@ fn open(repo_dir: &Path) -> Result<Repository, ReadSourceError> {
 }
 
 fn git_error(repo: &Path, what: &str, e: git2::Error) -> ReadSourceError {
-    ReadSourceError::Git { repo: repo.to_path_buf(), what: what.to_string(), message: e.message().to_string() }
+    ReadSourceError::Git {
+        repo: repo.to_path_buf(),
+        what: what.to_string(),
+        message: e.message().to_string(),
+    }
 }
 
 /// Reads the files of the desired state as `options` say.
@@ -97,11 +113,15 @@ pub fn read(options: &SourceOptions) -> Result<SourceFiles, ReadSourceError> {
 fn resolve_commit<'r>(repo: &'r Repository, options: &SourceOptions) -> Result<git2::Commit<'r>, ReadSourceError> {
     let reference = options.reference.as_str();
     if reference == "HEAD" && repo.head().is_err() && repo.is_empty().unwrap_or(false) {
-        return Err(ReadSourceError::EmptyRepository { repo: options.repo.clone() });
+        return Err(ReadSourceError::EmptyRepository {
+            repo: options.repo.clone(),
+        });
     }
     let object = repo.revparse_single(reference).map_err(|e| {
         if reference == "HEAD" {
-            ReadSourceError::EmptyRepository { repo: options.repo.clone() }
+            ReadSourceError::EmptyRepository {
+                repo: options.repo.clone(),
+            }
         } else {
             ReadSourceError::UnknownRef {
                 repo: options.repo.clone(),
@@ -127,19 +147,30 @@ fn read_commit(repo: &Repository, options: &SourceOptions, subdir: &str) -> Resu
     let tree = if subdir.is_empty() {
         root
     } else {
-        let entry = root.get_path(Path::new(subdir)).map_err(|_| ReadSourceError::MissingPath {
-            repo: options.repo.clone(),
-            path: subdir.to_string(),
-            place: place.clone(),
-        })?;
+        let entry = root
+            .get_path(Path::new(subdir))
+            .map_err(|_| ReadSourceError::MissingPath {
+                repo: options.repo.clone(),
+                path: subdir.to_string(),
+                place: place.clone(),
+            })?;
         match entry.kind() {
             Some(ObjectType::Tree) => {
                 let object = entry.to_object(repo).map_err(|e| git_error(&options.repo, subdir, e))?;
                 object.peel_to_tree().map_err(|e| git_error(&options.repo, subdir, e))?
             }
             Some(ObjectType::Blob) if is_yaml_name(subdir.rsplit('/').next().unwrap_or(subdir)) => {
-                files.push(read_blob(repo, options, subdir.to_string(), entry.id(), entry.filemode())?);
-                return Ok(SourceFiles { commit: Some(sha), files });
+                files.push(read_blob(
+                    repo,
+                    options,
+                    subdir.to_string(),
+                    entry.id(),
+                    entry.filemode(),
+                )?);
+                return Ok(SourceFiles {
+                    commit: Some(sha),
+                    files,
+                });
             }
             _ => {
                 return Err(ReadSourceError::NotADirectory {
@@ -152,7 +183,11 @@ fn read_commit(repo: &Repository, options: &SourceOptions, subdir: &str) -> Resu
     };
 
     let mut failure = None;
-    let prefix = if subdir.is_empty() { String::new() } else { format!("{subdir}/") };
+    let prefix = if subdir.is_empty() {
+        String::new()
+    } else {
+        format!("{subdir}/")
+    };
     tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
         let name = entry.name().unwrap_or("");
         if name.starts_with('.') {
@@ -176,12 +211,21 @@ fn read_commit(repo: &Repository, options: &SourceOptions, subdir: &str) -> Resu
             }
         }
     })
-    .or_else(|e| if failure.is_some() { Ok(()) } else { Err(git_error(&options.repo, &place, e)) })?;
+    .or_else(|e| {
+        if failure.is_some() {
+            Ok(())
+        } else {
+            Err(git_error(&options.repo, &place, e))
+        }
+    })?;
     if let Some(e) = failure {
         return Err(e);
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(SourceFiles { commit: Some(sha), files })
+    Ok(SourceFiles {
+        commit: Some(sha),
+        files,
+    })
 }
 
 fn read_blob(
@@ -192,7 +236,10 @@ fn read_blob(
     filemode: i32,
 ) -> Result<SourceFile, ReadSourceError> {
     if filemode == 0o120000 {
-        return Ok(SourceFile { path, content: FileContent::Symlink });
+        return Ok(SourceFile {
+            path,
+            content: FileContent::Symlink,
+        });
     }
     // A missing object (a broken or shallow clone) is an error, never an empty file.
     let (size, _) = repo
@@ -200,10 +247,18 @@ fn read_blob(
         .and_then(|odb| odb.read_header(id))
         .map_err(|e| git_error(&options.repo, &format!("{path} (object {id})"), e))?;
     if size as u64 > options.max_file_size {
-        return Ok(SourceFile { path, content: FileContent::TooLarge(size as u64) });
+        return Ok(SourceFile {
+            path,
+            content: FileContent::TooLarge(size as u64),
+        });
     }
-    let blob = repo.find_blob(id).map_err(|e| git_error(&options.repo, &format!("{path} (object {id})"), e))?;
-    Ok(SourceFile { path, content: FileContent::Bytes(blob.content().to_vec()) })
+    let blob = repo
+        .find_blob(id)
+        .map_err(|e| git_error(&options.repo, &format!("{path} (object {id})"), e))?;
+    Ok(SourceFile {
+        path,
+        content: FileContent::Bytes(blob.content().to_vec()),
+    })
 }
 
 fn read_worktree(repo: &Repository, options: &SourceOptions, subdir: &str) -> Result<SourceFiles, ReadSourceError> {
@@ -212,7 +267,11 @@ fn read_worktree(repo: &Repository, options: &SourceOptions, subdir: &str) -> Re
         path: subdir.to_string(),
         place: "the working tree (the repository is bare)".into(),
     })?;
-    let commit = repo.head().ok().and_then(|h| h.peel_to_commit().ok()).map(|c| c.id().to_string());
+    let commit = repo
+        .head()
+        .ok()
+        .and_then(|h| h.peel_to_commit().ok())
+        .map(|c| c.id().to_string());
     let start = workdir.join(subdir);
     let place = "the working tree".to_string();
     let metadata = std::fs::symlink_metadata(&start).map_err(|_| ReadSourceError::MissingPath {
@@ -226,7 +285,11 @@ fn read_worktree(repo: &Repository, options: &SourceOptions, subdir: &str) -> Re
     } else if metadata.is_dir() {
         walk_dir(repo, workdir, &start, options, &mut files)?;
     } else {
-        return Err(ReadSourceError::NotADirectory { repo: options.repo.clone(), path: subdir.to_string(), place });
+        return Err(ReadSourceError::NotADirectory {
+            repo: options.repo.clone(),
+            path: subdir.to_string(),
+            place,
+        });
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(SourceFiles { commit, files })
@@ -239,22 +302,38 @@ fn walk_dir(
     options: &SourceOptions,
     files: &mut Vec<SourceFile>,
 ) -> Result<(), ReadSourceError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| ReadSourceError::Io { path: dir.to_path_buf(), source })?;
+    let entries = std::fs::read_dir(dir).map_err(|source| ReadSourceError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     for entry in entries {
-        let entry = entry.map_err(|source| ReadSourceError::Io { path: dir.to_path_buf(), source })?;
+        let entry = entry.map_err(|source| ReadSourceError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') {
             continue;
         }
         let full = entry.path();
-        let relative = full.strip_prefix(workdir).unwrap_or(&full).to_string_lossy().replace('\\', "/");
+        let relative = full
+            .strip_prefix(workdir)
+            .unwrap_or(&full)
+            .to_string_lossy()
+            .replace('\\', "/");
         // Ignored files never reach a commit, so a preview leaves them out too.
         if repo.is_path_ignored(Path::new(&relative)).unwrap_or(false) {
             continue;
         }
-        let kind = entry.file_type().map_err(|source| ReadSourceError::Io { path: full.clone(), source })?;
+        let kind = entry.file_type().map_err(|source| ReadSourceError::Io {
+            path: full.clone(),
+            source,
+        })?;
         if kind.is_symlink() {
-            files.push(SourceFile { path: relative, content: FileContent::Symlink });
+            files.push(SourceFile {
+                path: relative,
+                content: FileContent::Symlink,
+            });
         } else if kind.is_dir() {
             walk_dir(repo, workdir, &full, options, files)?;
         } else if is_yaml_name(&name) {
@@ -265,10 +344,19 @@ fn walk_dir(
 }
 
 fn read_fs_file(full: &Path, relative: String, options: &SourceOptions) -> Result<SourceFile, ReadSourceError> {
-    let io = |source| ReadSourceError::Io { path: full.to_path_buf(), source };
+    let io = |source| ReadSourceError::Io {
+        path: full.to_path_buf(),
+        source,
+    };
     let size = std::fs::metadata(full).map_err(io)?.len();
     if size > options.max_file_size {
-        return Ok(SourceFile { path: relative, content: FileContent::TooLarge(size) });
+        return Ok(SourceFile {
+            path: relative,
+            content: FileContent::TooLarge(size),
+        });
     }
-    Ok(SourceFile { path: relative, content: FileContent::Bytes(std::fs::read(full).map_err(io)?) })
+    Ok(SourceFile {
+        path: relative,
+        content: FileContent::Bytes(std::fs::read(full).map_err(io)?),
+    })
 }

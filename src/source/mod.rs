@@ -56,7 +56,14 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn new(file: &str, mark: Mark, resource: Option<String>, field: Option<String>, message: String) -> Self {
-        Diagnostic { file: file.to_string(), line: mark.line, column: mark.column, resource, field, message }
+        Diagnostic {
+            file: file.to_string(),
+            line: mark.line,
+            column: mark.column,
+            resource,
+            field,
+            message,
+        }
     }
 }
 
@@ -81,7 +88,11 @@ pub enum LoadError {
     #[error(transparent)]
     Read(#[from] ReadSourceError),
     #[error("the desired state has {} error(s)", diagnostics.len())]
-    Invalid { commit: Option<String>, files: usize, diagnostics: Vec<Diagnostic> },
+    Invalid {
+        commit: Option<String>,
+        files: usize,
+        diagnostics: Vec<Diagnostic>,
+    },
 }
 
 /// A validated desired state and the commit it came from.
@@ -99,7 +110,9 @@ pub struct DesiredState {
 
 impl DesiredState {
     pub fn get(&self, kind: Kind, name: &str) -> Option<&Resource> {
-        self.resources.iter().find(|r| r.kind == kind && r.metadata.name == name)
+        self.resources
+            .iter()
+            .find(|r| r.kind == kind && r.metadata.name == name)
     }
 
     pub fn of_kind(&self, kind: Kind) -> impl Iterator<Item = &Resource> {
@@ -146,7 +159,11 @@ pub fn load_files(source: files::SourceFiles, worktree: bool, max_file_size: u64
     if !diagnostics.is_empty() {
         diagnostics.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
         diagnostics.dedup();
-        return Err(LoadError::Invalid { commit: source.commit, files: file_count, diagnostics });
+        return Err(LoadError::Invalid {
+            commit: source.commit,
+            files: file_count,
+            diagnostics,
+        });
     }
     Ok(DesiredState {
         commit: source.commit,
@@ -160,7 +177,10 @@ pub fn load_files(source: files::SourceFiles, worktree: bool, max_file_size: u64
 pub fn load_texts<'a>(texts: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Result<DesiredState, LoadError> {
     let files = texts
         .into_iter()
-        .map(|(path, bytes)| files::SourceFile { path: path.to_string(), content: files::FileContent::Bytes(bytes.to_vec()) })
+        .map(|(path, bytes)| files::SourceFile {
+            path: path.to_string(),
+            content: files::FileContent::Bytes(bytes.to_vec()),
+        })
         .collect();
     load_files(files::SourceFiles { commit: None, files }, false, DEFAULT_MAX_FILE_SIZE)
 }

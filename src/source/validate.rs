@@ -21,13 +21,29 @@ struct Report<'a> {
 impl Report<'_> {
     fn error(&mut self, path: FieldPath, message: impl Into<String>) {
         let node = locate(&self.parsed.root, &path);
+        self.push(node.mark, path, message.into());
+    }
+
+    /// An error about a mapping key itself (not its value): points at the key.
+    fn key_error(&mut self, path: FieldPath, message: impl Into<String>) {
+        let mut parent = path.clone();
+        let key = match parent.0.pop() {
+            Some(super::yaml::PathSegment::Key(key)) => key,
+            _ => return self.error(path, message),
+        };
+        let node = locate(&self.parsed.root, &parent);
+        let mark = node.get_key(&key).map_or(node.mark, |k| k.mark);
+        self.push(mark, path, message.into());
+    }
+
+    fn push(&mut self, mark: super::yaml::Mark, path: FieldPath, message: String) {
         let resource = self.parsed.resource.id().to_string();
         self.out.push(Diagnostic::new(
             self.parsed.file(),
-            node.mark,
+            mark,
             Some(resource),
             Some(path.to_string()),
-            message.into(),
+            message,
         ));
     }
 }
@@ -49,13 +65,22 @@ pub fn validate(parsed: &[Parsed]) -> Vec<Diagnostic> {
     let mut controller: Option<&Parsed> = None;
 
     for p in parsed {
-        let mut report = Report { parsed: p, out: &mut out };
+        let mut report = Report {
+            parsed: p,
+            out: &mut out,
+        };
         let resource = &p.resource;
         match &resource.spec {
             Spec::Service(s) => {
                 check_command(&mut report, &s.command);
                 check_env(&mut report, &s.env, &s.env_files);
-                check_process(&mut report, s.backoff.as_ref(), s.health.as_ref(), s.stop.as_ref(), s.limits.as_ref());
+                check_process(
+                    &mut report,
+                    s.backoff.as_ref(),
+                    s.health.as_ref(),
+                    s.stop.as_ref(),
+                    s.limits.as_ref(),
+                );
             }
             Spec::LaunchAgent(s) => {
                 if !is_reverse_dns_label(&s.label) {
@@ -65,10 +90,13 @@ pub fn validate(parsed: &[Parsed]) -> Vec<Diagnostic> {
                     ));
                 } else if let Some(first) = labels.insert(&s.label, p) {
                     let first_id = first.resource.id();
-                    report.error(spec("label"), format!(
-                        "label `{}` is already used by {first_id} at {}",
-                        s.label, first.resource.origin
-                    ));
+                    report.error(
+                        spec("label"),
+                        format!(
+                            "label `{}` is already used by {first_id} at {}",
+                            s.label, first.resource.origin
+                        ),
+                    );
                     labels.insert(&s.label, first);
                 }
                 check_command(&mut report, &s.command);
@@ -76,7 +104,10 @@ pub fn validate(parsed: &[Parsed]) -> Vec<Diagnostic> {
                 check_process(&mut report, None, None, s.stop.as_ref(), s.limits.as_ref());
                 if let Some(crate::spec::common::Schedule::Every(every)) = &s.schedule {
                     if every.is_zero() {
-                        report.error(FieldPath::from("spec.schedule.every"), "expected an interval greater than 0");
+                        report.error(
+                            FieldPath::from("spec.schedule.every"),
+                            "expected an interval greater than 0",
+                        );
                     }
                 }
                 if s.timeout.is_some_and(|t| t.is_zero()) {
@@ -86,7 +117,13 @@ pub fn validate(parsed: &[Parsed]) -> Vec<Diagnostic> {
             Spec::Agent(s) => {
                 check_command(&mut report, &s.command);
                 check_env(&mut report, &s.env, &s.env_files);
-                check_process(&mut report, s.backoff.as_ref(), s.health.as_ref(), s.stop.as_ref(), s.limits.as_ref());
+                check_process(
+                    &mut report,
+                    s.backoff.as_ref(),
+                    s.health.as_ref(),
+                    s.stop.as_ref(),
+                    s.limits.as_ref(),
+                );
                 check_agent_bindings(&mut report, s, &index);
                 check_budget(&mut report, FieldPath::from("spec.budget"), s.budget.as_ref());
             }
@@ -99,20 +136,33 @@ pub fn validate(parsed: &[Parsed]) -> Vec<Diagnostic> {
                 }
                 for (i, model) in s.models.iter().enumerate() {
                     if model.trim().is_empty() {
-                        report.error(spec("models").index(i), "expected a model name such as `llama3.2:3b`, found an empty string");
+                        report.error(
+                            spec("models").index(i),
+                            "expected a model name such as `llama3.2:3b`, found an empty string",
+                        );
                     }
                 }
                 if let Some(health) = &s.health {
-                    check_threshold(&mut report, FieldPath::from("spec.health.failureThreshold"), health.failure_threshold);
+                    check_threshold(
+                        &mut report,
+                        FieldPath::from("spec.health.failureThreshold"),
+                        health.failure_threshold,
+                    );
                     for (field, value) in [("interval", health.interval), ("timeout", health.timeout)] {
                         if value.is_some_and(|v| v.is_zero()) {
-                            report.error(FieldPath::from("spec.health").key(field), "expected a duration greater than 0");
+                            report.error(
+                                FieldPath::from("spec.health").key(field),
+                                "expected a duration greater than 0",
+                            );
                         }
                     }
                 }
                 if let Some(env) = &s.api_key_env {
                     if !is_env_name(env) {
-                        report.error(spec("apiKeyEnv"), format!("expected an environment variable name, found `{env}`"));
+                        report.error(
+                            spec("apiKeyEnv"),
+                            format!("expected an environment variable name, found `{env}`"),
+                        );
                     }
                 }
             }
@@ -120,14 +170,23 @@ pub fn validate(parsed: &[Parsed]) -> Vec<Diagnostic> {
                 let mut seen = HashSet::new();
                 for (i, tool) in s.tools.iter().enumerate() {
                     if tool.name.trim().is_empty() {
-                        report.error(spec("tools").index(i).key("name"), "expected a tool name such as `fs.read`");
+                        report.error(
+                            spec("tools").index(i).key("name"),
+                            "expected a tool name such as `fs.read`",
+                        );
                     } else if !seen.insert(tool.name.as_str()) {
-                        report.error(spec("tools").index(i).key("name"), format!("tool `{}` is listed twice", tool.name));
+                        report.error(
+                            spec("tools").index(i).key("name"),
+                            format!("tool `{}` is listed twice", tool.name),
+                        );
                     }
                 }
                 if let Some(pct) = s.warn_at_percent {
                     if pct == 0 || pct > 100 {
-                        report.error(spec("warnAtPercent"), format!("expected a percentage from 1 to 100, found {pct}"));
+                        report.error(
+                            spec("warnAtPercent"),
+                            format!("expected a percentage from 1 to 100, found {pct}"),
+                        );
                     }
                 }
                 check_budget(&mut report, FieldPath::from("spec.budget"), s.budget.as_ref());
@@ -135,11 +194,14 @@ pub fn validate(parsed: &[Parsed]) -> Vec<Diagnostic> {
             Spec::MemoryRule(s) => check_memory_rule(&mut report, s, &controller_tiers),
             Spec::Controller(s) => {
                 if let Some(first) = controller {
-                    report.error(FieldPath::from("metadata.name"), format!(
-                        "a host has at most one Controller; {} is already declared at {}",
-                        first.resource.id(),
-                        first.resource.origin
-                    ));
+                    report.error(
+                        FieldPath::from("metadata.name"),
+                        format!(
+                            "a host has at most one Controller; {} is already declared at {}",
+                            first.resource.id(),
+                            first.resource.origin
+                        ),
+                    );
                 } else {
                     controller = Some(p);
                 }
@@ -148,7 +210,10 @@ pub fn validate(parsed: &[Parsed]) -> Vec<Diagnostic> {
                 }
                 if let Some(fraction) = s.prune_guard.as_ref().and_then(|g| g.max_fraction) {
                     if !(fraction > 0.0 && fraction <= 1.0) {
-                        report.error(FieldPath::from("spec.pruneGuard.maxFraction"), format!("expected a fraction greater than 0 and at most 1, found {fraction}"));
+                        report.error(
+                            FieldPath::from("spec.pruneGuard.maxFraction"),
+                            format!("expected a fraction greater than 0 and at most 1, found {fraction}"),
+                        );
                     }
                 }
                 if let Some(memory) = &s.memory {
@@ -158,7 +223,10 @@ pub fn validate(parsed: &[Parsed]) -> Vec<Diagnostic> {
                         if tier == ARCHIVED_TIER {
                             report.error(path, "`archived` is implied after the ordered tiers; do not list it");
                         } else if !crate::spec::common::is_dns_label(tier) {
-                            report.error(path, format!("expected a tier name (lowercase letters, digits and `-`), found `{tier}`"));
+                            report.error(
+                                path,
+                                format!("expected a tier name (lowercase letters, digits and `-`), found `{tier}`"),
+                            );
                         } else if !seen.insert(tier) {
                             report.error(path, format!("tier `{tier}` is listed twice"));
                         }
@@ -200,7 +268,11 @@ fn tiers(parsed: &[Parsed]) -> Vec<String> {
 }
 
 fn dangling(kind: Kind, name: &str, index: &HashMap<ResourceId, &Parsed>) -> String {
-    let names: Vec<&str> = index.keys().filter(|id| id.kind == kind).map(|id| id.name.as_str()).collect();
+    let names: Vec<&str> = index
+        .keys()
+        .filter(|id| id.kind == kind)
+        .map(|id| id.name.as_str())
+        .collect();
     let hint = super::yaml::suggest(name, names.iter().copied())
         .map(|s| format!(" (did you mean `{s}`?)"))
         .unwrap_or_default();
@@ -209,10 +281,14 @@ fn dangling(kind: Kind, name: &str, index: &HashMap<ResourceId, &Parsed>) -> Str
 
 fn check_command(report: &mut Report<'_>, command: &[String]) {
     match command.first() {
-        None => report.error(spec("command"), "expected the program and its arguments, found an empty list"),
-        Some(program) if program.trim().is_empty() => {
-            report.error(spec("command").index(0), "expected a program name or path, found an empty string")
-        }
+        None => report.error(
+            spec("command"),
+            "expected the program and its arguments, found an empty list",
+        ),
+        Some(program) if program.trim().is_empty() => report.error(
+            spec("command").index(0),
+            "expected a program name or path, found an empty string",
+        ),
         Some(_) => {}
     }
 }
@@ -220,7 +296,7 @@ fn check_command(report: &mut Report<'_>, command: &[String]) {
 fn check_env(report: &mut Report<'_>, env: &BTreeMap<String, String>, env_files: &[std::path::PathBuf]) {
     for key in env.keys() {
         if !is_env_name(key) {
-            report.error(spec("env").key(key.as_str()), format!(
+            report.key_error(spec("env").key(key.as_str()), format!(
                 "expected an environment variable name (letters, digits and `_`, not starting with a digit), found `{key}`"
             ));
         }
@@ -241,8 +317,17 @@ fn check_threshold(report: &mut Report<'_>, path: FieldPath, value: Option<u32>)
 fn check_url(report: &mut Report<'_>, path: FieldPath, text: &str) {
     match url::Url::parse(text) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
-        Ok(u) => report.error(path, format!("expected an http:// or https:// URL, found scheme `{}` in `{text}`", u.scheme())),
-        Err(e) => report.error(path, format!("expected an http:// or https:// URL, found `{text}` ({e})")),
+        Ok(u) => report.error(
+            path,
+            format!(
+                "expected an http:// or https:// URL, found scheme `{}` in `{text}`",
+                u.scheme()
+            ),
+        ),
+        Err(e) => report.error(
+            path,
+            format!("expected an http:// or https:// URL, found `{text}` ({e})"),
+        ),
     }
 }
 
@@ -255,15 +340,17 @@ fn check_process(
 ) {
     if let Some(b) = backoff {
         if b.initial() > b.max() {
-            report.error(FieldPath::from("spec.backoff.initial"), format!(
-                "initial delay {} is longer than the maximum {}",
-                b.initial(),
-                b.max()
-            ));
+            report.error(
+                FieldPath::from("spec.backoff.initial"),
+                format!("initial delay {} is longer than the maximum {}", b.initial(), b.max()),
+            );
         }
         if let Some(m) = b.multiplier {
             if !(m >= 1.0 && m.is_finite()) {
-                report.error(FieldPath::from("spec.backoff.multiplier"), format!("expected a factor of at least 1, found {m}"));
+                report.error(
+                    FieldPath::from("spec.backoff.multiplier"),
+                    format!("expected a factor of at least 1, found {m}"),
+                );
             }
         }
     }
@@ -271,21 +358,36 @@ fn check_process(
         let base = FieldPath::from("spec.health");
         match probe.mechanism_count() {
             1 => {}
-            0 => report.error(base.clone(), "expected exactly one of `http`, `tcp` or `exec`, found none"),
-            _ => report.error(base.clone(), "expected exactly one of `http`, `tcp` or `exec`, found several"),
+            0 => report.error(
+                base.clone(),
+                "expected exactly one of `http`, `tcp` or `exec`, found none",
+            ),
+            _ => report.error(
+                base.clone(),
+                "expected exactly one of `http`, `tcp` or `exec`, found several",
+            ),
         }
         if let Some(http) = &probe.http {
             check_url(report, base.clone().key("http").key("url"), &http.url);
         }
         if let Some(tcp) = &probe.tcp {
-            let valid = tcp.address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            let valid = tcp
+                .address
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
             if !valid {
-                report.error(base.clone().key("tcp").key("address"), format!("expected `host:port`, found `{}`", tcp.address));
+                report.error(
+                    base.clone().key("tcp").key("address"),
+                    format!("expected `host:port`, found `{}`", tcp.address),
+                );
             }
         }
         if let Some(exec) = &probe.exec {
             if exec.command.first().is_none_or(|c| c.trim().is_empty()) {
-                report.error(base.clone().key("exec").key("command"), "expected the program and its arguments, found an empty list");
+                report.error(
+                    base.clone().key("exec").key("command"),
+                    "expected the program and its arguments, found an empty list",
+                );
             }
         }
         check_threshold(report, base.clone().key("failureThreshold"), probe.failure_threshold);
@@ -298,19 +400,28 @@ fn check_process(
     }
     if let Some(stop) = stop {
         if stop.signal.is_some() && stop.signal().is_none() {
-            report.error(FieldPath::from("spec.stop.signal"), format!(
-                "expected one of {}, found `{}`",
-                crate::spec::common::STOP_SIGNALS.join(", "),
-                stop.signal.as_deref().unwrap_or_default()
-            ));
+            report.error(
+                FieldPath::from("spec.stop.signal"),
+                format!(
+                    "expected one of {}, found `{}`",
+                    crate::spec::common::STOP_SIGNALS.join(", "),
+                    stop.signal.as_deref().unwrap_or_default()
+                ),
+            );
         }
     }
     if let Some(limits) = limits {
         if limits.open_files == Some(0) {
-            report.error(FieldPath::from("spec.limits.openFiles"), "expected at least 1 open file");
+            report.error(
+                FieldPath::from("spec.limits.openFiles"),
+                "expected at least 1 open file",
+            );
         }
         if limits.memory.is_some_and(|m| m.0 < (1 << 20)) {
-            report.error(FieldPath::from("spec.limits.memory"), "expected at least 1Mi: a smaller limit cannot start a process");
+            report.error(
+                FieldPath::from("spec.limits.memory"),
+                "expected at least 1Mi: a smaller limit cannot start a process",
+            );
         }
     }
 }
@@ -318,7 +429,10 @@ fn check_process(
 fn check_budget(report: &mut Report<'_>, path: FieldPath, budget: Option<&crate::spec::common::Budget>) {
     if let Some(spend) = budget.and_then(|b| b.spend_per_day_usd) {
         if !(spend >= 0.0 && spend.is_finite()) {
-            report.error(path.key("spendPerDayUsd"), format!("expected an amount of at least 0, found {spend}"));
+            report.error(
+                path.key("spendPerDayUsd"),
+                format!("expected an amount of at least 0, found {spend}"),
+            );
         }
     }
 }
@@ -326,7 +440,10 @@ fn check_budget(report: &mut Report<'_>, path: FieldPath, budget: Option<&crate:
 fn check_agent_bindings(report: &mut Report<'_>, agent: &crate::spec::AgentSpec, index: &HashMap<ResourceId, &Parsed>) {
     let policy = match &agent.policy {
         None => {
-            report.error(spec("policy"), "missing: an agent without a policy binding never starts; expected the name of a Policy");
+            report.error(
+                spec("policy"),
+                "missing: an agent without a policy binding never starts; expected the name of a Policy",
+            );
             None
         }
         Some(name) => match index.get(&ResourceId::new(Kind::Policy, name.clone())) {
@@ -342,18 +459,30 @@ fn check_agent_bindings(report: &mut Report<'_>, agent: &crate::spec::AgentSpec,
     };
     let Some(route) = &agent.model else { return };
     let refs = std::iter::once((FieldPath::from("spec.model.primary"), &route.primary)).chain(
-        route.fallbacks.iter().enumerate().map(|(i, r)| (FieldPath::from("spec.model.fallbacks").index(i), r)),
+        route
+            .fallbacks
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (FieldPath::from("spec.model.fallbacks").index(i), r)),
     );
     for (path, model_ref) in refs {
         if model_ref.model.trim().is_empty() {
-            report.error(path.clone().key("model"), "expected a model name such as `llama3.2:3b`, found an empty string");
+            report.error(
+                path.clone().key("model"),
+                "expected a model name such as `llama3.2:3b`, found an empty string",
+            );
         }
         let provider_id = ResourceId::new(Kind::ModelProvider, model_ref.provider.clone());
         let Some(provider) = index.get(&provider_id) else {
-            report.error(path.key("provider"), dangling(Kind::ModelProvider, &model_ref.provider, index));
+            report.error(
+                path.key("provider"),
+                dangling(Kind::ModelProvider, &model_ref.provider, index),
+            );
             continue;
         };
-        let Spec::ModelProvider(provider) = &provider.resource.spec else { continue };
+        let Spec::ModelProvider(provider) = &provider.resource.spec else {
+            continue;
+        };
         if let Some((policy_name, policy)) = policy {
             if !provider.is_local() && !policy.allows_cloud() {
                 report.error(path.key("provider"), format!(
@@ -367,49 +496,91 @@ fn check_agent_bindings(report: &mut Report<'_>, agent: &crate::spec::AgentSpec,
 
 fn check_memory_rule(report: &mut Report<'_>, rule: &crate::spec::MemoryRuleSpec, tiers: &[String]) {
     let known = |t: &str| tiers.iter().any(|x| x == t) || t == ARCHIVED_TIER;
-    let list = || tiers.iter().map(String::as_str).chain([ARCHIVED_TIER]).collect::<Vec<_>>().join(", ");
+    let list = || {
+        tiers
+            .iter()
+            .map(String::as_str)
+            .chain([ARCHIVED_TIER])
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let unknown = |t: &str| {
+        let hint = super::yaml::suggest(t, tiers.iter().map(String::as_str).chain([ARCHIVED_TIER]))
+            .map(|s| format!(" (did you mean `{s}`?)"))
+            .unwrap_or_default();
+        format!("unknown tier `{t}`{hint}: expected one of {}", list())
+    };
     let from = match rule.matches.tier.as_deref() {
         None => {
-            report.error(FieldPath::from("spec.match.tier"), format!("missing: a rule moves items out of one tier; expected one of {}", list()));
+            report.error(
+                FieldPath::from("spec.match.tier"),
+                format!(
+                    "missing: a rule moves items out of one tier; expected one of {}",
+                    list()
+                ),
+            );
             return;
         }
         Some(t) if !known(t) => {
-            report.error(FieldPath::from("spec.match.tier"), format!("unknown tier `{t}`: expected one of {}", list()));
+            report.error(FieldPath::from("spec.match.tier"), unknown(t));
             return;
         }
         Some(t) => t,
     };
-    for (field, value) in [("minConfidence", rule.matches.min_confidence), ("maxConfidence", rule.matches.max_confidence)] {
+    for (field, value) in [
+        ("minConfidence", rule.matches.min_confidence),
+        ("maxConfidence", rule.matches.max_confidence),
+    ] {
         if let Some(v) = value {
             if !(0.0..=1.0).contains(&v) {
-                report.error(FieldPath::from("spec.match").key(field), format!("expected a confidence from 0 to 1, found {v}"));
+                report.error(
+                    FieldPath::from("spec.match").key(field),
+                    format!("expected a confidence from 0 to 1, found {v}"),
+                );
             }
         }
     }
     if let Some(ns) = &rule.matches.namespace {
-        if ns.is_empty() || !ns.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | '*' | '?')) {
-            report.error(FieldPath::from("spec.match.namespace"), format!(
-                "expected a namespace or a glob of letters, digits, `-`, `_`, `.`, `/`, `*` and `?`, found `{ns}`"
-            ));
+        if ns.is_empty()
+            || !ns
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | '*' | '?'))
+        {
+            report.error(
+                FieldPath::from("spec.match.namespace"),
+                format!(
+                    "expected a namespace or a glob of letters, digits, `-`, `_`, `.`, `/`, `*` and `?`, found `{ns}`"
+                ),
+            );
         }
     }
     let rank = |t: &str| tiers.iter().position(|x| x == t);
     match (rule.action, rule.target_tier(tiers)) {
-        (_, None) => report.error(spec("to"), format!(
-            "there is no tier to {} `{from}` to: give `to` (tiers, lowest first: {})",
-            match rule.action { MemoryAction::Promote => "promote", MemoryAction::Demote => "demote", MemoryAction::Archive => "archive" },
-            list()
-        )),
-        (_, Some(to)) if !known(to) => report.error(spec("to"), format!("unknown tier `{to}`: expected one of {}", list())),
-        (MemoryAction::Archive, Some(to)) if to != ARCHIVED_TIER => {
-            report.error(spec("to"), format!("archive moves items to `{ARCHIVED_TIER}`, found `{to}`"))
-        }
-        (MemoryAction::Promote, Some(to)) if rank(to).zip(rank(from)).is_none_or(|(t, f)| t <= f) => {
-            report.error(spec("to"), format!("promote must move to a higher tier than `{from}`, found `{to}`"))
-        }
-        (MemoryAction::Demote, Some(to)) if rank(to).zip(rank(from)).is_none_or(|(t, f)| t >= f) => {
-            report.error(spec("to"), format!("demote must move to a lower tier than `{from}`, found `{to}`"))
-        }
+        (_, None) => report.error(
+            spec("to"),
+            format!(
+                "there is no tier to {} `{from}` to: give `to` (tiers, lowest first: {})",
+                match rule.action {
+                    MemoryAction::Promote => "promote",
+                    MemoryAction::Demote => "demote",
+                    MemoryAction::Archive => "archive",
+                },
+                list()
+            ),
+        ),
+        (_, Some(to)) if !known(to) => report.error(spec("to"), unknown(to)),
+        (MemoryAction::Archive, Some(to)) if to != ARCHIVED_TIER => report.error(
+            spec("to"),
+            format!("archive moves items to `{ARCHIVED_TIER}`, found `{to}`"),
+        ),
+        (MemoryAction::Promote, Some(to)) if rank(to).zip(rank(from)).is_none_or(|(t, f)| t <= f) => report.error(
+            spec("to"),
+            format!("promote must move to a higher tier than `{from}`, found `{to}`"),
+        ),
+        (MemoryAction::Demote, Some(to)) if rank(to).zip(rank(from)).is_none_or(|(t, f)| t >= f) => report.error(
+            spec("to"),
+            format!("demote must move to a lower tier than `{from}`, found `{to}`"),
+        ),
         _ => {}
     }
 }
@@ -488,15 +659,31 @@ fn report_cycle(
     out: &mut Vec<Diagnostic>,
 ) {
     // Rotate so the smallest id leads: the same cycle found from another start reads the same.
-    let lead = cycle.iter().enumerate().min_by_key(|(_, id)| *id).map(|(i, _)| i).unwrap_or(0);
+    let lead = cycle
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, id)| *id)
+        .map(|(i, _)| i)
+        .unwrap_or(0);
     cycle.rotate_left(lead);
     if !reported.insert(cycle.clone()) {
         return;
     }
     let first = &cycle[0];
     let next = cycle.get(1).unwrap_or(first);
-    let position = edges[first].iter().find(|(_, id)| id == next).map(|(i, _)| *i).unwrap_or(0);
-    let names: Vec<String> = cycle.iter().chain(std::iter::once(first)).map(ToString::to_string).collect();
+    let position = edges[first]
+        .iter()
+        .find(|(_, id)| id == next)
+        .map(|(i, _)| *i)
+        .unwrap_or(0);
+    let names: Vec<String> = cycle
+        .iter()
+        .chain(std::iter::once(first))
+        .map(ToString::to_string)
+        .collect();
     let parsed = index[first];
-    Report { parsed, out }.error(spec("dependsOn").index(position), format!("dependency cycle: {}", names.join(" -> ")));
+    Report { parsed, out }.error(
+        spec("dependsOn").index(position),
+        format!("dependency cycle: {}", names.join(" -> ")),
+    );
 }

@@ -72,7 +72,9 @@ impl Node {
 
     /// The scalar's text when it is a string (not null, not a mapping or sequence).
     pub fn as_str(&self) -> Option<&str> {
-        self.as_scalar().filter(|s| s.resolve() != Resolved::Null).map(|s| s.text.as_str())
+        self.as_scalar()
+            .filter(|s| s.resolve() != Resolved::Null)
+            .map(|s| s.text.as_str())
     }
 
     pub fn is_null(&self) -> bool {
@@ -156,7 +158,9 @@ fn resolve_plain(text: &str) -> Resolved {
         return digits.parse().map_or(Resolved::Str, Resolved::UInt);
     }
     let is_float = digits.bytes().any(|b| b.is_ascii_digit())
-        && digits.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'));
+        && digits
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'));
     if is_float {
         if let Ok(f) = text.parse::<f64>() {
             return Resolved::Float(f);
@@ -187,13 +191,93 @@ fn mark_of(marker: saphyr_parser::Marker) -> Mark {
     Mark::new(marker.line() as u32, marker.col() as u32 + 1)
 }
 
-fn scan_error(e: ScanError) -> SyntaxError {
-    SyntaxError { mark: mark_of(*e.marker()), message: format!("invalid YAML: {}", e.info()) }
+/// Turns the parser's error into one that points where the user must look: an unclosed `[` or
+/// `{` is reported where it opens (the parser only notices lines later), a tab at the tab.
+fn scan_error(e: ScanError, text: &str, open_flow: Option<(Mark, char)>) -> SyntaxError {
+    let mut mark = mark_of(*e.marker());
+    let info = e.info();
+    if let Some((open, bracket)) = open_flow {
+        if open.line < mark.line {
+            let (kind, close) = if bracket == '[' {
+                ("sequence", ']')
+            } else {
+                ("mapping", '}')
+            };
+            return SyntaxError {
+                mark: open,
+                message: format!(
+                    "invalid YAML: unclosed flow {kind}: this `{bracket}` has no matching `{close}` (the parser gave up at line {}: {info})",
+                    mark.line
+                ),
+            };
+        }
+    }
+    if info.contains("tab") && mark.column > 1 {
+        let line = text.lines().nth(mark.line as usize - 1).unwrap_or("");
+        if line.chars().nth(mark.column as usize - 2) == Some('\t') {
+            mark.column -= 1;
+        }
+    }
+    SyntaxError {
+        mark,
+        message: format!("invalid YAML: {info}"),
+    }
 }
 
 enum Frame {
-    Seq { mark: Mark, anchor: usize, items: Vec<Node> },
-    Map { mark: Mark, anchor: usize, entries: Vec<(Node, Node)>, key: Option<Node> },
+    Seq {
+        mark: Mark,
+        anchor: usize,
+        items: Vec<Node>,
+        flow: bool,
+    },
+    Map {
+        mark: Mark,
+        anchor: usize,
+        entries: Vec<(Node, Node)>,
+        key: Option<Node>,
+        flow: bool,
+    },
+}
+
+impl Frame {
+    /// The innermost open flow collection: where it opens and its bracket.
+    fn open_flow(stack: &[Frame]) -> Option<(Mark, char)> {
+        match stack.last()? {
+            Frame::Seq { mark, flow: true, .. } => Some((*mark, '[')),
+            Frame::Map { mark, flow: true, .. } => Some((*mark, '{')),
+            _ => None,
+        }
+    }
+}
+
+/// Finds the character at a character index; events arrive in order, so the cursor only moves
+/// forward (linear in the file, also for non-ASCII text).
+struct CharCursor<'t> {
+    text: &'t str,
+    ascii: bool,
+    chars: usize,
+    bytes: usize,
+}
+
+impl CharCursor<'_> {
+    fn char_at(&mut self, index: usize) -> Option<char> {
+        if self.ascii {
+            return self.text.as_bytes().get(index).map(|b| *b as char);
+        }
+        if index < self.chars {
+            self.chars = 0;
+            self.bytes = 0;
+        }
+        for c in self.text[self.bytes..].chars() {
+            if self.chars == index {
+                return Some(c);
+            }
+            self.chars += 1;
+            self.bytes += c.len_utf8();
+        }
+        None
+    }
 }
 
 /// Parses every document of a YAML stream. Documents before a syntax error are returned with it,
@@ -205,11 +289,18 @@ pub fn parse_documents(text: &str) -> (Vec<Document>, Option<SyntaxError>) {
     let mut doc_start = Mark::new(1, 1);
     let mut root: Option<Node> = None;
     let mut nodes = 0usize;
+    // Flow collections are told from block ones by their opening bracket; events do not say.
+    let mut cursor = CharCursor {
+        text,
+        ascii: text.is_ascii(),
+        chars: 0,
+        bytes: 0,
+    };
 
     for item in Parser::new_from_str(text) {
         let (event, span) = match item {
             Ok(pair) => pair,
-            Err(e) => return (documents, Some(scan_error(e))),
+            Err(e) => return (documents, Some(scan_error(e, text, Frame::open_flow(&stack)))),
         };
         let mark = mark_of(span.start);
         let finished: Option<(Node, usize)> = match event {
@@ -223,7 +314,10 @@ pub fn parse_documents(text: &str) -> (Vec<Document>, Option<SyntaxError>) {
             Event::DocumentEnd => {
                 if let Some(node) = root.take() {
                     if !node.is_null() {
-                        documents.push(Document { root: node, start: doc_start });
+                        documents.push(Document {
+                            root: node,
+                            start: doc_start,
+                        });
                     }
                 }
                 None
@@ -250,35 +344,75 @@ pub fn parse_documents(text: &str) -> (Vec<Document>, Option<SyntaxError>) {
                         "!!str" | "tag:yaml.org,2002:str" => plain = false,
                         "!!int" | "!!float" | "!!bool" | "!!null" | "tag:yaml.org,2002:int" => {}
                         _ => {
-                            let message = format!("unsupported tag `{name}`: only YAML core tags such as !!str are allowed");
+                            let message = format!(
+                                "invalid YAML: unsupported tag `{name}`: only YAML core tags such as !!str are allowed"
+                            );
                             return (documents, Some(SyntaxError { mark, message }));
                         }
                     }
                 }
                 nodes += 1;
-                Some((Node { mark, value: Value::Scalar(Scalar { text: text.into_owned(), plain }) }, anchor))
+                Some((
+                    Node {
+                        mark,
+                        value: Value::Scalar(Scalar {
+                            text: text.into_owned(),
+                            plain,
+                        }),
+                    },
+                    anchor,
+                ))
             }
             Event::SequenceStart(anchor, _) => {
-                stack.push(Frame::Seq { mark, anchor, items: Vec::new() });
+                let flow = cursor.char_at(span.start.index()) == Some('[');
+                stack.push(Frame::Seq {
+                    mark,
+                    anchor,
+                    items: Vec::new(),
+                    flow,
+                });
                 None
             }
             Event::MappingStart(anchor, _) => {
-                stack.push(Frame::Map { mark, anchor, entries: Vec::new(), key: None });
+                let flow = cursor.char_at(span.start.index()) == Some('{');
+                stack.push(Frame::Map {
+                    mark,
+                    anchor,
+                    entries: Vec::new(),
+                    key: None,
+                    flow,
+                });
                 None
             }
             Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
-                Some(Frame::Seq { mark, anchor, items }) => {
+                Some(Frame::Seq {
+                    mark, anchor, items, ..
+                }) => {
                     nodes += 1;
-                    Some((Node { mark, value: Value::Seq(items) }, anchor))
+                    Some((
+                        Node {
+                            mark,
+                            value: Value::Seq(items),
+                        },
+                        anchor,
+                    ))
                 }
-                Some(Frame::Map { mark, anchor, entries, .. }) => {
+                Some(Frame::Map {
+                    mark, anchor, entries, ..
+                }) => {
                     nodes += 1;
-                    Some((Node { mark, value: Value::Map(entries) }, anchor))
+                    Some((
+                        Node {
+                            mark,
+                            value: Value::Map(entries),
+                        },
+                        anchor,
+                    ))
                 }
                 None => None,
             },
         };
-        let Some((node, anchor)) = finished else { continue };
+        let Some((mut node, anchor)) = finished else { continue };
         if anchor > 0 {
             if anchors.len() <= anchor {
                 anchors.resize(anchor + 1, None);
@@ -290,7 +424,13 @@ pub fn parse_documents(text: &str) -> (Vec<Document>, Option<SyntaxError>) {
             Some(Frame::Seq { items, .. }) => items.push(node),
             Some(Frame::Map { entries, key, .. }) => match key.take() {
                 None => *key = Some(node),
-                Some(k) => entries.push((k, node)),
+                Some(k) => {
+                    // An empty value (`spec:`) sits at the `:`; point at its key instead.
+                    if node.as_scalar().is_some_and(|s| s.plain && s.text.is_empty()) {
+                        node.mark = k.mark;
+                    }
+                    entries.push((k, node))
+                }
             },
         }
     }
@@ -301,7 +441,12 @@ fn count_nodes(node: &Node) -> usize {
     match &node.value {
         Value::Scalar(_) => 1,
         Value::Seq(items) => 1 + items.iter().map(count_nodes).sum::<usize>(),
-        Value::Map(entries) => 1 + entries.iter().map(|(k, v)| count_nodes(k) + count_nodes(v)).sum::<usize>(),
+        Value::Map(entries) => {
+            1 + entries
+                .iter()
+                .map(|(k, v)| count_nodes(k) + count_nodes(v))
+                .sum::<usize>()
+        }
     }
 }
 
@@ -341,7 +486,12 @@ impl FieldPath {
 /// `FieldPath::from("spec.dependsOn")` splits on dots.
 impl From<&str> for FieldPath {
     fn from(text: &str) -> Self {
-        FieldPath(text.split('.').filter(|s| !s.is_empty()).map(|s| PathSegment::Key(s.to_string())).collect())
+        FieldPath(
+            text.split('.')
+                .filter(|s| !s.is_empty())
+                .map(|s| PathSegment::Key(s.to_string()))
+                .collect(),
+        )
     }
 }
 
@@ -400,7 +550,12 @@ pub struct DecodeError {
 
 impl DecodeError {
     fn new(message: String) -> Self {
-        DecodeError { mark: None, path: None, missing: None, message }
+        DecodeError {
+            mark: None,
+            path: None,
+            missing: None,
+            message,
+        }
     }
 
     /// Fills in the position and path of the innermost node the error came from.
@@ -432,13 +587,9 @@ fn describe_expected(expected: &dyn de::Expected) -> String {
         "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number".into(),
         "f32" | "f64" => "a number".into(),
         "a boolean" => "true or false".into(),
-        _ => match text.strip_prefix("struct ") {
-            Some(name) => format!("a mapping ({name})"),
-            None => match text.strip_prefix("enum ") {
-                Some(name) => format!("one of the values of {name}"),
-                None => text,
-            },
-        },
+        _ if text.starts_with("struct ") || text.starts_with("a map") => "a mapping".into(),
+        _ if text.starts_with("enum ") => "one of the allowed values".into(),
+        _ => text,
     }
 }
 
@@ -486,24 +637,42 @@ impl de::Error for DecodeError {
     }
 
     fn invalid_type(unexpected: de::Unexpected<'_>, expected: &dyn de::Expected) -> Self {
-        DecodeError::new(format!("expected {}, found {}", describe_expected(expected), describe_unexpected(unexpected)))
+        DecodeError::new(format!(
+            "expected {}, found {}",
+            describe_expected(expected),
+            describe_unexpected(unexpected)
+        ))
     }
 
     fn invalid_value(unexpected: de::Unexpected<'_>, expected: &dyn de::Expected) -> Self {
-        DecodeError::new(format!("expected {}, found {}", describe_expected(expected), describe_unexpected(unexpected)))
+        DecodeError::new(format!(
+            "expected {}, found {}",
+            describe_expected(expected),
+            describe_unexpected(unexpected)
+        ))
     }
 
     fn invalid_length(len: usize, expected: &dyn de::Expected) -> Self {
-        DecodeError::new(format!("expected {}, found {len} elements", describe_expected(expected)))
+        DecodeError::new(format!(
+            "expected {}, found {len} elements",
+            describe_expected(expected)
+        ))
     }
 
     fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
-        let hint = suggest(variant, expected.iter().copied()).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
-        DecodeError::new(format!("unknown value `{variant}`: expected one of {}{hint}", one_of(expected)))
+        let hint = suggest(variant, expected.iter().copied())
+            .map(|s| format!(" (did you mean `{s}`?)"))
+            .unwrap_or_default();
+        DecodeError::new(format!(
+            "unknown value `{variant}`{hint}: expected one of {}",
+            one_of(expected)
+        ))
     }
 
     fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
-        let hint = suggest(field, expected.iter().copied()).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+        let hint = suggest(field, expected.iter().copied())
+            .map(|s| format!(" (did you mean `{s}`?)"))
+            .unwrap_or_default();
         let message = if expected.is_empty() {
             format!("unknown field `{field}`: no fields are allowed here")
         } else {
@@ -596,7 +765,10 @@ impl<'de> de::Deserializer<'de> for NodeDeserializer<'de, '_> {
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
         let (mark, crumb) = (self.node.mark, self.crumb);
         let result = match &self.node.value {
-            Value::Seq(items) => visitor.visit_seq(SeqReader { items: items.iter().enumerate(), crumb }),
+            Value::Seq(items) => visitor.visit_seq(SeqReader {
+                items: items.iter().enumerate(),
+                crumb,
+            }),
             Value::Map(entries) => visitor.visit_map(MapReader::new(entries, crumb)),
             Value::Scalar(s) => match s.resolve() {
                 Resolved::Null => visitor.visit_unit(),
@@ -612,7 +784,9 @@ impl<'de> de::Deserializer<'de> for NodeDeserializer<'de, '_> {
 
     fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
         match self.resolved() {
-            Some(Resolved::Bool(b)) => visitor.visit_bool(b).map_err(|e: DecodeError| e.at(self.node.mark, self.crumb)),
+            Some(Resolved::Bool(b)) => visitor
+                .visit_bool(b)
+                .map_err(|e: DecodeError| e.at(self.node.mark, self.crumb)),
             _ => self.type_error(&visitor),
         }
     }
@@ -635,9 +809,9 @@ impl<'de> de::Deserializer<'de> for NodeDeserializer<'de, '_> {
     /// Any scalar but null is accepted as a string, as written: `PORT: 8080` gives "8080".
     fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
         match &self.node.value {
-            Value::Scalar(s) if s.resolve() != Resolved::Null => {
-                visitor.visit_borrowed_str(&s.text).map_err(|e: DecodeError| e.at(self.node.mark, self.crumb))
-            }
+            Value::Scalar(s) if s.resolve() != Resolved::Null => visitor
+                .visit_borrowed_str(&s.text)
+                .map_err(|e: DecodeError| e.at(self.node.mark, self.crumb)),
             _ => self.type_error(&"a string"),
         }
     }
@@ -682,8 +856,14 @@ impl<'de> de::Deserializer<'de> for NodeDeserializer<'de, '_> {
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DecodeError> {
         let (mark, crumb) = (self.node.mark, self.crumb);
         let result = match &self.node.value {
-            Value::Seq(items) => visitor.visit_seq(SeqReader { items: items.iter().enumerate(), crumb }),
-            _ if self.node.is_null() => visitor.visit_seq(SeqReader { items: [].iter().enumerate(), crumb }),
+            Value::Seq(items) => visitor.visit_seq(SeqReader {
+                items: items.iter().enumerate(),
+                crumb,
+            }),
+            _ if self.node.is_null() => visitor.visit_seq(SeqReader {
+                items: [].iter().enumerate(),
+                crumb,
+            }),
             _ => return self.type_error(&"a sequence (a list)"),
         };
         result.map_err(|e| e.at(mark, crumb))
@@ -769,9 +949,13 @@ impl<'de> de::SeqAccess<'de> for SeqReader<'de, '_> {
     type Error = DecodeError;
 
     fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, DecodeError> {
-        let Some((index, node)) = self.items.next() else { return Ok(None) };
+        let Some((index, node)) = self.items.next() else {
+            return Ok(None);
+        };
         let crumb = Breadcrumb::Index(&self.crumb, index);
-        seed.deserialize(NodeDeserializer { node, crumb }).map(Some).map_err(|e| e.at(node.mark, crumb))
+        seed.deserialize(NodeDeserializer { node, crumb })
+            .map(Some)
+            .map_err(|e| e.at(node.mark, crumb))
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -787,7 +971,11 @@ struct MapReader<'de, 'p> {
 
 impl<'de, 'p> MapReader<'de, 'p> {
     fn new(entries: &'de [(Node, Node)], crumb: Breadcrumb<'p>) -> Self {
-        MapReader { entries, next: 0, crumb }
+        MapReader {
+            entries,
+            next: 0,
+            crumb,
+        }
     }
 }
 
@@ -795,7 +983,9 @@ impl<'de> de::MapAccess<'de> for MapReader<'de, '_> {
     type Error = DecodeError;
 
     fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, DecodeError> {
-        let Some((key, _)) = self.entries.get(self.next) else { return Ok(None) };
+        let Some((key, _)) = self.entries.get(self.next) else {
+            return Ok(None);
+        };
         let text = match key.as_scalar() {
             Some(s) => s.text.as_str(),
             None => {
@@ -811,7 +1001,9 @@ impl<'de> de::MapAccess<'de> for MapReader<'de, '_> {
             let message = format!("duplicate key `{text}` (first given at line {})", earlier.mark.line);
             return Err(DecodeError::new(message).at(key.mark, crumb));
         }
-        seed.deserialize(NodeDeserializer { node: key, crumb }).map(Some).map_err(|e| e.at(key.mark, crumb))
+        seed.deserialize(NodeDeserializer { node: key, crumb })
+            .map(Some)
+            .map_err(|e| e.at(key.mark, crumb))
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, DecodeError> {
@@ -819,7 +1011,8 @@ impl<'de> de::MapAccess<'de> for MapReader<'de, '_> {
         self.next += 1;
         let text = key.as_scalar().map(|s| s.text.as_str()).unwrap_or("?");
         let crumb = Breadcrumb::Key(&self.crumb, text);
-        seed.deserialize(NodeDeserializer { node: value, crumb }).map_err(|e| e.at(value.mark, crumb))
+        seed.deserialize(NodeDeserializer { node: value, crumb })
+            .map_err(|e| e.at(value.mark, crumb))
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -842,7 +1035,14 @@ impl<'de, 'p> de::EnumAccess<'de> for EnumReader<'de, 'p> {
         let variant = seed
             .deserialize(NodeDeserializer { node: self.key, crumb })
             .map_err(|e| e.at(self.key.mark, crumb))?;
-        Ok((variant, VariantReader { key: self.key, value: self.value, crumb }))
+        Ok((
+            variant,
+            VariantReader {
+                key: self.key,
+                value: self.value,
+                crumb,
+            },
+        ))
     }
 }
 
@@ -862,19 +1062,35 @@ impl<'de> de::VariantAccess<'de> for VariantReader<'de, '_> {
     fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, DecodeError> {
         let name = self.key.as_str().unwrap_or("?");
         let crumb = Breadcrumb::Key(&self.crumb, name);
-        seed.deserialize(NodeDeserializer { node: self.value, crumb }).map_err(|e| e.at(self.value.mark, crumb))
+        seed.deserialize(NodeDeserializer {
+            node: self.value,
+            crumb,
+        })
+        .map_err(|e| e.at(self.value.mark, crumb))
     }
 
     fn tuple_variant<V: Visitor<'de>>(self, _: usize, visitor: V) -> Result<V::Value, DecodeError> {
         let name = self.key.as_str().unwrap_or("?");
         let crumb = Breadcrumb::Key(&self.crumb, name);
-        de::Deserializer::deserialize_seq(NodeDeserializer { node: self.value, crumb }, visitor)
+        de::Deserializer::deserialize_seq(
+            NodeDeserializer {
+                node: self.value,
+                crumb,
+            },
+            visitor,
+        )
     }
 
     fn struct_variant<V: Visitor<'de>>(self, _: &'static [&'static str], visitor: V) -> Result<V::Value, DecodeError> {
         let name = self.key.as_str().unwrap_or("?");
         let crumb = Breadcrumb::Key(&self.crumb, name);
-        de::Deserializer::deserialize_map(NodeDeserializer { node: self.value, crumb }, visitor)
+        de::Deserializer::deserialize_map(
+            NodeDeserializer {
+                node: self.value,
+                crumb,
+            },
+            visitor,
+        )
     }
 }
 
@@ -929,7 +1145,13 @@ mod tests {
         let error = decode::<Sample>(&node, &FieldPath::default()).unwrap_err();
         assert_eq!(error.mark, Some(Mark::new(2, 1)));
         assert_eq!(error.path.unwrap().to_string(), "cuont");
-        assert!(error.message.starts_with("unknown field `cuont` (did you mean `count`?)"), "{}", error.message);
+        assert!(
+            error
+                .message
+                .starts_with("unknown field `cuont` (did you mean `count`?)"),
+            "{}",
+            error.message
+        );
     }
 
     #[test]
@@ -952,7 +1174,10 @@ mod tests {
     fn negative_into_unsigned_is_rejected() {
         let node = one("name: a\ncount: -1\n");
         let error = decode::<Sample>(&node, &FieldPath::default()).unwrap_err();
-        assert_eq!(error.message, "expected a whole number of at least 0, found integer `-1`");
+        assert_eq!(
+            error.message,
+            "expected a whole number of at least 0, found integer `-1`"
+        );
     }
 
     #[test]
@@ -976,7 +1201,10 @@ mod tests {
         let node = one("base: &b [x, y]\ncopy: *b\n");
         assert_eq!(node.get("copy").unwrap(), node.get("base").unwrap());
         let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
-        for (prev, next) in ["a", "b", "c", "d", "e", "f", "g"].iter().zip(["b", "c", "d", "e", "f", "g", "h"]) {
+        for (prev, next) in ["a", "b", "c", "d", "e", "f", "g"]
+            .iter()
+            .zip(["b", "c", "d", "e", "f", "g", "h"])
+        {
             bomb.push_str(&format!("{next}: &{next} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
         }
         let (_, error) = parse_documents(&bomb);

@@ -70,9 +70,16 @@ impl FromStr for Duration {
                 "expected a duration with a unit such as 500ms, 10s, 5m or 1h, found `{text}` (a bare number is ambiguous)"
             ));
         }
-        humantime::parse_duration(trimmed)
-            .map(Duration)
-            .map_err(|e| format!("expected a duration such as 500ms, 10s, 5m or 1h, found `{text}` ({e})"))
+        humantime::parse_duration(trimmed).map(Duration).map_err(|e| {
+            let detail = match e {
+                humantime::DurationError::UnknownUnit { unit, .. } => {
+                    format!(" (unknown unit `{unit}`: use ms, s, m, h or d)")
+                }
+                humantime::DurationError::NumberOverflow => " (too large)".to_string(),
+                _ => String::new(),
+            };
+            format!("expected a duration such as 500ms, 10s, 5m or 1h, found `{text}`{detail}")
+        })
     }
 }
 
@@ -86,7 +93,9 @@ string_value!(
     Duration,
     "Duration",
     "A duration: a number and a unit (ms, s, m, h, d), e.g. `500ms`, `10s`, `5m`, `1h30m`.",
-    Some(r"^\s*(0|([0-9]+(\.[0-9]+)?\s*(ns|us|µs|ms|msec|s|sec|secs|second|seconds|m|min|mins|minute|minutes|h|hr|hrs|hour|hours|d|day|days|w|week|weeks)\s*)+)$")
+    Some(
+        r"^\s*(0|([0-9]+(\.[0-9]+)?\s*(ns|us|µs|ms|msec|s|sec|secs|second|seconds|m|min|mins|minute|minutes|h|hr|hrs|hour|hours|d|day|days|w|week|weeks)\s*)+)$"
+    )
 );
 
 /// A size in bytes written as `512Mi`, `4Gi`, `100M`, `64Ki` or a plain byte count.
@@ -118,7 +127,11 @@ impl FromStr for ByteSize {
         let multiplier = if unit.is_empty() {
             1
         } else {
-            SIZE_UNITS.iter().find(|(u, _)| *u == unit).map(|(_, m)| *m).ok_or_else(expected)?
+            SIZE_UNITS
+                .iter()
+                .find(|(u, _)| *u == unit)
+                .map(|(_, m)| *m)
+                .ok_or_else(expected)?
         };
         number
             .checked_mul(multiplier)
@@ -169,10 +182,45 @@ impl FromStr for CronExpr {
                 "expected a cron expression of 5 fields (minute hour day-of-month month day-of-week), or 6 with leading seconds, found {fields} in `{text}`"
             ));
         }
+        check_cron_ranges(text, fields == 6)?;
         text.parse::<croner::Cron>()
             .map(|_| CronExpr(text.trim().to_string()))
             .map_err(|e| format!("invalid cron expression `{text}`: {e}"))
     }
+}
+
+/// Checks the numbers of each cron field against its range, to say which field is wrong
+/// (croner only says "number out of bounds").
+fn check_cron_ranges(text: &str, with_seconds: bool) -> Result<(), String> {
+    const FIELDS: [(&str, u32, u32); 6] = [
+        ("second", 0, 59),
+        ("minute", 0, 59),
+        ("hour", 0, 23),
+        ("day of month", 1, 31),
+        ("month", 1, 12),
+        ("day of week", 0, 7),
+    ];
+    let fields = if with_seconds { &FIELDS[..] } else { &FIELDS[1..] };
+    for (value, (name, low, high)) in text.split_whitespace().zip(fields) {
+        for part in value.split(',') {
+            let (range, step) = part.split_once('/').unwrap_or((part, ""));
+            if !step.is_empty() && step.parse::<u32>().map_or(true, |s| s == 0) {
+                return Err(format!(
+                    "invalid cron expression `{text}`: {name} step `{step}` must be a whole number of at least 1"
+                ));
+            }
+            for bound in range.split('-') {
+                if let Ok(n) = bound.parse::<u32>() {
+                    if n < *low || n > *high {
+                        return Err(format!(
+                            "invalid cron expression `{text}`: {name} {n} is out of range (expected {low}-{high})"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 impl fmt::Display for CronExpr {
@@ -320,7 +368,9 @@ impl Probe {
 }
 
 /// Signals a process may be asked to stop with.
-pub const STOP_SIGNALS: &[&str] = &["SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGKILL", "SIGUSR1", "SIGUSR2"];
+pub const STOP_SIGNALS: &[&str] = &[
+    "SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGKILL", "SIGUSR1", "SIGUSR2",
+];
 
 /// How a process is stopped: `signal` to its process group, wait `grace`, then SIGKILL.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -338,7 +388,11 @@ impl Stop {
     /// The signal's canonical name (`SIGTERM`), or None when it is not one of `STOP_SIGNALS`.
     pub fn signal(&self) -> Option<&'static str> {
         let name = self.signal.as_deref().unwrap_or("SIGTERM").trim().to_ascii_uppercase();
-        let name = if name.starts_with("SIG") { name } else { format!("SIG{name}") };
+        let name = if name.starts_with("SIG") {
+            name
+        } else {
+            format!("SIG{name}")
+        };
         STOP_SIGNALS.iter().copied().find(|s| *s == name)
     }
     pub fn grace(&self) -> Duration {
@@ -415,7 +469,9 @@ pub fn is_dns_label(name: &str) -> bool {
     let bytes = name.as_bytes();
     !bytes.is_empty()
         && bytes.len() <= 63
-        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
         && bytes[0] != b'-'
         && bytes[bytes.len() - 1] != b'-'
 }
@@ -430,9 +486,19 @@ pub fn is_env_name(name: &str) -> bool {
 /// Whether an env key's value should be treated as a secret (redacted everywhere).
 pub fn is_secret_env_name(name: &str) -> bool {
     let upper = name.to_ascii_uppercase();
-    ["SECRET", "TOKEN", "PASSWORD", "PASSWD", "API_KEY", "APIKEY", "PRIVATE_KEY", "CREDENTIAL", "AUTH"]
-        .iter()
-        .any(|needle| upper.contains(needle))
+    [
+        "SECRET",
+        "TOKEN",
+        "PASSWORD",
+        "PASSWD",
+        "API_KEY",
+        "APIKEY",
+        "PRIVATE_KEY",
+        "CREDENTIAL",
+        "AUTH",
+    ]
+    .iter()
+    .any(|needle| upper.contains(needle))
 }
 
 #[cfg(test)]
@@ -479,9 +545,15 @@ mod tests {
 
     #[test]
     fn stop_signal_names() {
-        let stop = Stop { signal: Some("term".into()), grace: None };
+        let stop = Stop {
+            signal: Some("term".into()),
+            grace: None,
+        };
         assert_eq!(stop.signal(), Some("SIGTERM"));
-        let stop = Stop { signal: Some("SIGFOO".into()), grace: None };
+        let stop = Stop {
+            signal: Some("SIGFOO".into()),
+            grace: None,
+        };
         assert_eq!(stop.signal(), None);
     }
 }

@@ -89,7 +89,10 @@ pub struct ResourceId {
 
 impl ResourceId {
     pub fn new(kind: Kind, name: impl Into<String>) -> Self {
-        ResourceId { kind, name: name.into() }
+        ResourceId {
+            kind,
+            name: name.into(),
+        }
     }
 }
 
@@ -118,6 +121,9 @@ impl ObjectMeta {
     }
 }
 
+// Variants differ in size, but a desired state holds thousands of specs at most: boxing would
+// only add indirection to every match.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Spec {

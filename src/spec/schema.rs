@@ -113,8 +113,10 @@ pub fn all_kinds_schema() -> Value {
 /// Every schema file of `crds/`: (file name, pretty JSON with a final newline).
 pub fn all_schema_files() -> Vec<(String, String)> {
     let render = |v: &Value| serde_json::to_string_pretty(v).expect("serializable") + "\n";
-    let mut files: Vec<(String, String)> =
-        Kind::ALL.into_iter().map(|k| (k.schema_file(), render(&kind_schema(k)))).collect();
+    let mut files: Vec<(String, String)> = Kind::ALL
+        .into_iter()
+        .map(|k| (k.schema_file(), render(&kind_schema(k))))
+        .collect();
     files.push((ALL_KINDS_SCHEMA_FILE.to_string(), render(&all_kinds_schema())));
     files
 }

@@ -14,16 +14,31 @@ fn crds_writes_one_schema_per_kind_and_check_notices_staleness() {
     let dir = sandbox.root().join("crds");
     let run = sandbox.run(&["crds", "--dir", dir.to_str().unwrap()]);
     assert_eq!(run.code, 0, "{run:?}");
-    for kind in ["service", "launchagent", "agent", "modelprovider", "policy", "memoryrule", "controller"] {
+    for kind in [
+        "service",
+        "launchagent",
+        "agent",
+        "modelprovider",
+        "policy",
+        "memoryrule",
+        "controller",
+    ] {
         let text = std::fs::read_to_string(dir.join(format!("{kind}.schema.json"))).unwrap();
         let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(schema["properties"]["apiVersion"]["const"], "mirror.os/v1");
-        assert_eq!(schema["properties"]["spec"]["additionalProperties"], false, "{kind}: unknown fields must be rejected");
+        assert_eq!(
+            schema["properties"]["spec"]["additionalProperties"], false,
+            "{kind}: unknown fields must be rejected"
+        );
     }
     std::fs::write(dir.join("service.schema.json"), "{}").unwrap();
     let run = sandbox.run(&["crds", "--check", "--dir", dir.to_str().unwrap()]);
     assert_eq!(run.code, 1);
-    assert!(run.stdout.contains("stale:") && run.stdout.contains("service.schema.json"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("stale:") && run.stdout.contains("service.schema.json"),
+        "{}",
+        run.stdout
+    );
 }
 
 /// Editors check files against these schemas: every example document must pass its kind's
@@ -47,7 +62,10 @@ fn example_documents_pass_their_schemas_and_typos_fail_them() {
             let mut typo = value.clone();
             typo["spec"]["comand"] = serde_json::json!(["x"]);
             assert!(!schema.is_valid(&typo), "{kind}: a misspelled field passes the schema");
-            assert!(!all_kinds.is_valid(&typo), "{kind}: a misspelled field passes the all-kinds schema");
+            assert!(
+                !all_kinds.is_valid(&typo),
+                "{kind}: a misspelled field passes the all-kinds schema"
+            );
             checked += 1;
         }
     }

@@ -5,7 +5,12 @@ const SERVICE_B: &str = "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {nam
 
 fn names(run: &Run) -> Vec<String> {
     assert_eq!(run.code, 0, "{run:?}");
-    run.json()["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap().to_string()).collect()
+    run.json()["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[test]
@@ -29,7 +34,12 @@ fn worktree_sees_the_edits() {
     assert_eq!(run.json()["worktree"], true);
     assert_eq!(run.json()["commit"], commit.as_str());
     let text = sandbox.run(&["validate", "--worktree"]);
-    assert!(text.stdout.contains(&format!("the working tree over commit {}", &commit[..12])), "{}", text.stdout);
+    assert!(
+        text.stdout
+            .contains(&format!("the working tree over commit {}", &commit[..12])),
+        "{}",
+        text.stdout
+    );
 }
 
 #[test]
@@ -39,7 +49,10 @@ fn worktree_leaves_out_git_ignored_files() {
     sandbox.write("a.yaml", SERVICE_A);
     sandbox.write("scratch/broken.yaml", "{{{");
     sandbox.commit("a");
-    assert_eq!(names(&sandbox.run(&["validate", "--worktree", "--output", "json"])), ["a"]);
+    assert_eq!(
+        names(&sandbox.run(&["validate", "--worktree", "--output", "json"])),
+        ["a"]
+    );
 }
 
 #[test]
@@ -51,11 +64,26 @@ fn ref_selects_an_older_commit_a_branch_or_a_tag() {
     sandbox.write("b.yaml", SERVICE_B);
     let second = sandbox.commit("b");
     assert_eq!(names(&sandbox.run(&["validate", "--output", "json"])), ["a", "b"]);
-    assert_eq!(names(&sandbox.run(&["validate", "--output", "json", "--ref", &first])), ["a"]);
-    assert_eq!(names(&sandbox.run(&["validate", "--output", "json", "--ref", &first[..8]])), ["a"]);
-    assert_eq!(names(&sandbox.run(&["validate", "--output", "json", "--ref", "v1"])), ["a"]);
-    assert_eq!(names(&sandbox.run(&["validate", "--output", "json", "--ref", "main"])), ["a", "b"]);
-    assert_eq!(names(&sandbox.run(&["validate", "--output", "json", "--ref", "HEAD~1"])), ["a"]);
+    assert_eq!(
+        names(&sandbox.run(&["validate", "--output", "json", "--ref", &first])),
+        ["a"]
+    );
+    assert_eq!(
+        names(&sandbox.run(&["validate", "--output", "json", "--ref", &first[..8]])),
+        ["a"]
+    );
+    assert_eq!(
+        names(&sandbox.run(&["validate", "--output", "json", "--ref", "v1"])),
+        ["a"]
+    );
+    assert_eq!(
+        names(&sandbox.run(&["validate", "--output", "json", "--ref", "main"])),
+        ["a", "b"]
+    );
+    assert_eq!(
+        names(&sandbox.run(&["validate", "--output", "json", "--ref", "HEAD~1"])),
+        ["a"]
+    );
     let run = sandbox.run(&["validate", "--output", "json", "--ref", "v1"]);
     assert_eq!(run.json()["commit"], first.as_str());
     let run = sandbox.run(&["validate", "--output", "json"]);
@@ -69,7 +97,11 @@ fn an_unknown_ref_is_an_error() {
     sandbox.commit("a");
     let run = sandbox.run(&["validate", "--ref", "no-such-branch"]);
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("ref `no-such-branch` does not name a commit"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("ref `no-such-branch` does not name a commit"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -78,10 +110,17 @@ fn an_empty_repository_is_an_error_not_an_empty_state() {
     sandbox.write("a.yaml", SERVICE_A);
     let run = sandbox.run(&["validate"]);
     assert_eq!(run.code, 1, "{run:?}");
-    assert!(run.stderr.contains("the repository has no commits yet"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("the repository has no commits yet"),
+        "{}",
+        run.stderr
+    );
     assert!(run.stdout.is_empty());
     // A preview of the uncommitted files still works.
-    assert_eq!(names(&sandbox.run(&["validate", "--worktree", "--output", "json"])), ["a"]);
+    assert_eq!(
+        names(&sandbox.run(&["validate", "--worktree", "--output", "json"])),
+        ["a"]
+    );
 }
 
 #[test]
@@ -100,12 +139,25 @@ fn path_may_name_a_subdirectory_or_one_file() {
     sandbox.write("hosts/mini/a.yaml", SERVICE_A);
     sandbox.write("hosts/other/b.yaml", SERVICE_B);
     sandbox.commit("two hosts");
-    assert_eq!(names(&sandbox.run(&["validate", "--output", "json", "--path", "hosts/mini"])), ["a"]);
-    assert_eq!(names(&sandbox.run(&["validate", "--output", "json", "--path", "./hosts/other/b.yaml"])), ["b"]);
-    assert_eq!(names(&sandbox.run(&["validate", "--output", "json", "--path", "hosts"])), ["a", "b"]);
+    assert_eq!(
+        names(&sandbox.run(&["validate", "--output", "json", "--path", "hosts/mini"])),
+        ["a"]
+    );
+    assert_eq!(
+        names(&sandbox.run(&["validate", "--output", "json", "--path", "./hosts/other/b.yaml"])),
+        ["b"]
+    );
+    assert_eq!(
+        names(&sandbox.run(&["validate", "--output", "json", "--path", "hosts"])),
+        ["a", "b"]
+    );
     let run = sandbox.run(&["validate", "--path", "../elsewhere"]);
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("must be a relative path inside the repository"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("must be a relative path inside the repository"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -125,11 +177,23 @@ fn a_missing_object_in_the_repository_is_an_error() {
     sandbox.commit("a");
     // Delete the blob of a.yaml from the object store, as a broken clone would lack it.
     let repo = git2::Repository::open(sandbox.repo()).unwrap();
-    let blob = repo.head().unwrap().peel_to_tree().unwrap().get_name("a.yaml").unwrap().id().to_string();
+    let blob = repo
+        .head()
+        .unwrap()
+        .peel_to_tree()
+        .unwrap()
+        .get_name("a.yaml")
+        .unwrap()
+        .id()
+        .to_string();
     let object = sandbox.repo().join(".git/objects").join(&blob[..2]).join(&blob[2..]);
     std::fs::remove_file(object).unwrap();
     let run = sandbox.run(&["validate"]);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("a.yaml"), "{}", run.stderr);
-    assert!(run.stdout.is_empty(), "a broken source must not look like a state: {}", run.stdout);
+    assert!(
+        run.stdout.is_empty(),
+        "a broken source must not look like a state: {}",
+        run.stdout
+    );
 }

@@ -19,7 +19,11 @@ fn init_creates_a_committed_repository_that_validates() {
 
     let run = sandbox.run(&["validate", "--repo", target.to_str().unwrap()]);
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.starts_with("valid: 13 resource(s) in 7 file(s)"), "{}", run.stdout);
+    assert!(
+        run.stdout.starts_with("valid: 13 resource(s) in 7 file(s)"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
@@ -29,7 +33,10 @@ fn init_refuses_a_directory_that_is_not_empty() {
     let run = sandbox.run(&["init", sandbox.root().to_str().unwrap()]);
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("not empty"), "{}", run.stderr);
-    assert_eq!(std::fs::read_to_string(sandbox.root().join("keep.txt")).unwrap(), "mine");
+    assert_eq!(
+        std::fs::read_to_string(sandbox.root().join("keep.txt")).unwrap(),
+        "mine"
+    );
     assert!(!sandbox.root().join(".git").exists());
 }
 
@@ -45,6 +52,10 @@ fn the_schema_links_in_init_files_resolve() {
         let schema = first
             .strip_prefix("# yaml-language-server: $schema=")
             .unwrap_or_else(|| panic!("{} does not start with a schema line", path.display()));
-        assert!(path.parent().unwrap().join(schema).is_file(), "{} links to missing {schema}", path.display());
+        assert!(
+            path.parent().unwrap().join(schema).is_file(),
+            "{} links to missing {schema}",
+            path.display()
+        );
     }
 }

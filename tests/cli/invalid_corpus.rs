@@ -76,8 +76,9 @@ fn check_case(dir: &Path, run: &Run) -> Option<String> {
     let expected_text = match std::fs::read_to_string(dir.join(EXPECTED)) {
         Ok(text) => text,
         Err(e) => {
-            problems
-                .push(format!("cannot read {EXPECTED}: {e} (run with MIRROR_BLESS=1 to create it, then review it)"));
+            problems.push(format!(
+                "cannot read {EXPECTED}: {e} (run with MIRROR_BLESS=1 to create it, then review it)"
+            ));
             String::new()
         }
     };
@@ -93,7 +94,10 @@ fn check_case(dir: &Path, run: &Run) -> Option<String> {
         Some(line) if line.starts_with("invalid:") => {
             let count = format!("invalid: {} error(s)", actual.len());
             if !line.starts_with(&count) {
-                problems.push(format!("summary `{line}` does not count the {} diagnostic line(s)", actual.len()));
+                problems.push(format!(
+                    "summary `{line}` does not count the {} diagnostic line(s)",
+                    actual.len()
+                ));
             }
         }
         Some(line) => problems.push(format!("last line is not the `invalid:` summary: `{line}`")),
@@ -117,7 +121,10 @@ fn check_case(dir: &Path, run: &Run) -> Option<String> {
         report.push_str(&format!("  * {problem}\n"));
     }
     if !run.stderr.trim().is_empty() && !run.stderr.contains("panicked") {
-        report.push_str(&format!("  stderr:\n{}\n", indent(&run.stderr.lines().collect::<Vec<_>>())));
+        report.push_str(&format!(
+            "  stderr:\n{}\n",
+            indent(&run.stderr.lines().collect::<Vec<_>>())
+        ));
     }
     Some(report)
 }
@@ -132,7 +139,11 @@ fn indent(lines: &[&str]) -> String {
 #[test]
 fn every_invalid_case_prints_exactly_its_expected_diagnostics() {
     let dirs = case_dirs();
-    assert!(dirs.len() >= MIN_CASES, "the corpus has {} cases, expected at least {MIN_CASES}", dirs.len());
+    assert!(
+        dirs.len() >= MIN_CASES,
+        "the corpus has {} cases, expected at least {MIN_CASES}",
+        dirs.len()
+    );
 
     // Each case is a git repository and a process: run them on a few threads to keep this fast.
     let threads = std::thread::available_parallelism().map_or(4, |n| n.get()).min(8);
@@ -150,7 +161,10 @@ fn every_invalid_case_prints_exactly_its_expected_diagnostics() {
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().expect("a case thread panicked")).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a case thread panicked"))
+            .collect()
     });
     failures.sort();
     assert!(
@@ -185,7 +199,10 @@ fn corpus_cases_are_well_formed() {
                 && position.len() == 3
                 && position[1].parse::<u32>().is_ok_and(|n| n > 0)
                 && position[2].parse::<u32>().is_ok_and(|n| n > 0);
-            assert!(well_formed, "{name}: `{line}` is not `FILE:LINE:COL: Kind/name: field.path: message`");
+            assert!(
+                well_formed,
+                "{name}: `{line}` is not `FILE:LINE:COL: Kind/name: field.path: message`"
+            );
         }
     }
 }
@@ -199,7 +216,10 @@ fn assert_invalid(run: &Run, expected: &[&str]) {
     assert_eq!(run.code, 1, "stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
     assert_eq!(actual, expected, "stdout:\n{}", run.stdout);
     let summary = summary.unwrap_or_default();
-    assert!(summary.starts_with(&format!("invalid: {} error(s)", expected.len())), "summary: {summary}");
+    assert!(
+        summary.starts_with(&format!("invalid: {} error(s)", expected.len())),
+        "summary: {summary}"
+    );
 }
 
 const SERVICE: &str =
@@ -261,11 +281,21 @@ fn a_cloud_fallback_is_valid_when_the_policy_allows_cloud_escalation() {
         sandbox.write(name, std::fs::read(case.join(name)).unwrap());
     }
     let policy = std::fs::read_to_string(case.join("policies.yaml")).unwrap();
-    assert!(policy.contains("cloudEscalation: deny"), "the case's policy changed:\n{policy}");
-    sandbox.write("policies.yaml", policy.replace("cloudEscalation: deny", "cloudEscalation: allow"));
+    assert!(
+        policy.contains("cloudEscalation: deny"),
+        "the case's policy changed:\n{policy}"
+    );
+    sandbox.write(
+        "policies.yaml",
+        policy.replace("cloudEscalation: deny", "cloudEscalation: allow"),
+    );
     sandbox.commit("allow cloud");
     let run = sandbox.run(&["validate"]);
     assert!(!run.stderr.contains("panicked"), "panicked:\n{}", run.stderr);
     assert_eq!(run.code, 0, "stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
-    assert!(run.stdout.starts_with("valid: 4 resource(s) in 3 file(s)"), "stdout:\n{}", run.stdout);
+    assert!(
+        run.stdout.starts_with("valid: 4 resource(s) in 3 file(s)"),
+        "stdout:\n{}",
+        run.stdout
+    );
 }

@@ -58,11 +58,6 @@ impl Sandbox {
         self
     }
 
-    pub fn remove(&self, path: &str) -> &Self {
-        std::fs::remove_file(self.repo().join(path)).unwrap();
-        self
-    }
-
     /// Stages everything in the working tree (deletions too) and commits; returns the commit id.
     pub fn commit(&self, message: &str) -> String {
         let repo = Repository::open(self.repo()).unwrap();
@@ -72,9 +67,16 @@ impl Sandbox {
         index.write().unwrap();
         let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
         let signature = Signature::now("test", "test@localhost").unwrap();
-        let parents: Vec<git2::Commit> = repo.head().ok().and_then(|h| h.peel_to_commit().ok()).into_iter().collect();
+        let parents: Vec<git2::Commit> = repo
+            .head()
+            .ok()
+            .and_then(|h| h.peel_to_commit().ok())
+            .into_iter()
+            .collect();
         let parents: Vec<&git2::Commit> = parents.iter().collect();
-        repo.commit(Some("HEAD"), &signature, &signature, message, &tree, &parents).unwrap().to_string()
+        repo.commit(Some("HEAD"), &signature, &signature, message, &tree, &parents)
+            .unwrap()
+            .to_string()
     }
 
     pub fn tag(&self, name: &str) {
@@ -88,7 +90,11 @@ impl Sandbox {
         let mut command = Command::new(env!("CARGO_BIN_EXE_mirrorctl"));
         command
             .args(args)
-            .current_dir(self.repo().exists().then(|| self.repo()).unwrap_or_else(|| self.root().to_path_buf()))
+            .current_dir(if self.repo().exists() {
+                self.repo()
+            } else {
+                self.root().to_path_buf()
+            })
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.root().join("home"))
@@ -116,7 +122,11 @@ pub fn copy_dir(sandbox: &Sandbox, from: &Path, to: &str) {
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
         let name = entry.file_name().to_string_lossy().into_owned();
-        let target = if to.is_empty() { name.clone() } else { format!("{to}/{name}") };
+        let target = if to.is_empty() {
+            name.clone()
+        } else {
+            format!("{to}/{name}")
+        };
         if entry.file_type().unwrap().is_dir() {
             copy_dir(sandbox, &entry.path(), &target);
         } else {

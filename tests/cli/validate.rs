@@ -8,7 +8,10 @@ fn the_example_desired_state_validates() {
     let run = sandbox.run(&["validate"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(
-        run.stdout.starts_with(&format!("valid: 13 resource(s) in 7 file(s) at commit {}", &commit[..12])),
+        run.stdout.starts_with(&format!(
+            "valid: 13 resource(s) in 7 file(s) at commit {}",
+            &commit[..12]
+        )),
         "{}",
         run.stdout
     );
@@ -18,14 +21,33 @@ fn the_example_desired_state_validates() {
 #[test]
 fn the_design_canonical_examples_are_accepted_as_written() {
     let sandbox = Sandbox::new();
-    sandbox.write("examples.yaml", std::fs::read(project_path("tests/fixtures/design-examples.yaml")).unwrap());
-    sandbox.write("ollama-service.yaml", std::fs::read(project_path("tests/fixtures/design-examples-companion.yaml")).unwrap());
+    sandbox.write(
+        "examples.yaml",
+        std::fs::read(project_path("tests/fixtures/design-examples.yaml")).unwrap(),
+    );
+    sandbox.write(
+        "ollama-service.yaml",
+        std::fs::read(project_path("tests/fixtures/design-examples-companion.yaml")).unwrap(),
+    );
     sandbox.commit("design examples");
     let run = sandbox.run(&["validate", "--output", "json"]);
     assert_eq!(run.code, 0, "{run:?}");
     let json = run.json();
-    let kinds: Vec<&str> = json["resources"].as_array().unwrap().iter().map(|r| r["kind"].as_str().unwrap()).collect();
-    for kind in ["Service", "LaunchAgent", "ModelProvider", "Agent", "Policy", "MemoryRule", "Controller"] {
+    let kinds: Vec<&str> = json["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    for kind in [
+        "Service",
+        "LaunchAgent",
+        "ModelProvider",
+        "Agent",
+        "Policy",
+        "MemoryRule",
+        "Controller",
+    ] {
         assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
     }
 }
@@ -37,7 +59,10 @@ fn json_output_lists_every_error_with_its_position() {
         "a.yaml",
         "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {name: web}\nspec:\n  command: [python3]\n  restart: sometimes\n",
     );
-    sandbox.write("b.yaml", "apiVersion: mirror.os/v2\nkind: Service\nmetadata: {name: api}\nspec: {command: [x]}\n");
+    sandbox.write(
+        "b.yaml",
+        "apiVersion: mirror.os/v2\nkind: Service\nmetadata: {name: api}\nspec: {command: [x]}\n",
+    );
     let commit = sandbox.commit("two errors");
     let run = sandbox.run(&["validate", "--output", "json"]);
     assert_eq!(run.code, 1);
@@ -56,7 +81,10 @@ fn json_output_lists_every_error_with_its_position() {
         "unknown value `sometimes`: expected one of `always`, `on-failure`, `never`"
     );
     assert_eq!(errors[1]["file"], "b.yaml");
-    assert_eq!(errors[1]["message"], "unknown apiVersion `mirror.os/v2`: expected `mirror.os/v1`");
+    assert_eq!(
+        errors[1]["message"],
+        "unknown apiVersion `mirror.os/v2`: expected `mirror.os/v1`"
+    );
 }
 
 #[test]
@@ -96,19 +124,34 @@ fn an_empty_path_is_an_empty_valid_state_but_a_missing_one_is_an_error() {
     sandbox.commit("docs only");
     let run = sandbox.run(&["validate"]);
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.starts_with("valid: 0 resource(s) in 0 file(s)"), "{}", run.stdout);
+    assert!(
+        run.stdout.starts_with("valid: 0 resource(s) in 0 file(s)"),
+        "{}",
+        run.stdout
+    );
     let run = sandbox.run(&["validate", "--path", "desired"]);
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("path `desired` does not exist in commit"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("path `desired` does not exist in commit"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
 fn hidden_directories_such_as_github_workflows_are_not_desired_state() {
     let sandbox = Sandbox::new();
     sandbox.write(".github/workflows/ci.yml", "on: push\njobs: {}\n");
-    sandbox.write("svc.yaml", "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {name: a}\nspec: {command: [true]}\n");
+    sandbox.write(
+        "svc.yaml",
+        "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {name: a}\nspec: {command: [true]}\n",
+    );
     sandbox.commit("with workflows");
     let run = sandbox.run(&["validate"]);
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.starts_with("valid: 1 resource(s) in 1 file(s)"), "{}", run.stdout);
+    assert!(
+        run.stdout.starts_with("valid: 1 resource(s) in 1 file(s)"),
+        "{}",
+        run.stdout
+    );
 }
