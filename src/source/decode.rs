@@ -9,10 +9,13 @@ use super::Diagnostic;
 use crate::spec::common::is_dns_label;
 use crate::spec::{Kind, ObjectMeta, Origin, Resource, Spec, API_VERSION};
 
-/// A decoded resource and the YAML it came from (kept for locating semantic errors).
+/// A decoded resource and which document of its file it came from. The YAML tree itself is
+/// dropped (it is ~20 times the size of the text); `locate` re-parses a file when an error in it
+/// needs a position.
 pub struct Parsed {
     pub resource: Resource,
-    pub root: Node,
+    /// Index among the non-empty documents of the file, as `yaml::parse_documents` returns them.
+    pub document: usize,
 }
 
 impl Parsed {
@@ -23,7 +26,37 @@ impl Parsed {
 
 const ENVELOPE_FIELDS: [&str; 4] = ["apiVersion", "kind", "metadata", "spec"];
 
+/// Below this many files, decoding stays on one thread (a thread costs more than it saves).
+const PARALLEL_FROM_FILES: usize = 32;
+
+/// Decodes every file; large states are split into contiguous chunks decoded on all cores, and
+/// the results joined in file order, so the output does not depend on the thread count.
 pub fn decode_files(files: &[SourceFile], max_file_size: u64) -> (Vec<Parsed>, Vec<Diagnostic>) {
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    if threads < 2 || files.len() < PARALLEL_FROM_FILES {
+        return decode_chunk(files, max_file_size);
+    }
+    let chunk = files.len().div_ceil(threads);
+    let results: Vec<(Vec<Parsed>, Vec<Diagnostic>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || decode_chunk(part, max_file_size)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("decoding does not panic"))
+            .collect()
+    });
+    let mut parsed = Vec::new();
+    let mut diagnostics = Vec::new();
+    for (p, d) in results {
+        parsed.extend(p);
+        diagnostics.extend(d);
+    }
+    (parsed, diagnostics)
+}
+
+fn decode_chunk(files: &[SourceFile], max_file_size: u64) -> (Vec<Parsed>, Vec<Diagnostic>) {
     let mut parsed = Vec::new();
     let mut diagnostics = Vec::new();
     for file in files {
@@ -67,13 +100,26 @@ fn decode_file(file: &SourceFile, max_file_size: u64, parsed: &mut Vec<Parsed>, 
         }
     };
     let (documents, syntax_error) = yaml::parse_documents(text);
-    for document in documents {
-        if let Some(p) = decode_document(&file.path, document, out) {
-            parsed.push(p);
+    for (index, document) in documents.into_iter().enumerate() {
+        if let Some(resource) = decode_document(&file.path, document, out) {
+            parsed.push(Parsed {
+                resource,
+                document: index,
+            });
         }
     }
     if let Some(error) = syntax_error {
         out.push(file_error(error.mark, error.message));
+    }
+}
+
+/// The text of a file that decoded (so is UTF-8), for re-parsing.
+pub fn text_of(file: &SourceFile) -> Option<&str> {
+    match &file.content {
+        FileContent::Bytes(bytes) => std::str::from_utf8(bytes)
+            .ok()
+            .map(|t| t.strip_prefix('\u{feff}').unwrap_or(t)),
+        _ => None,
     }
 }
 
@@ -84,7 +130,7 @@ fn mark_at_end(text: &str) -> Mark {
     Mark::new(line, column)
 }
 
-fn decode_document(file: &str, document: yaml::Document, out: &mut Vec<Diagnostic>) -> Option<Parsed> {
+fn decode_document(file: &str, document: yaml::Document, out: &mut Vec<Diagnostic>) -> Option<Resource> {
     let root = document.root;
     let entries = match &root.value {
         Value::Map(entries) => entries,
@@ -228,14 +274,13 @@ fn decode_document(file: &str, document: yaml::Document, out: &mut Vec<Diagnosti
         line: root.mark.line,
         column: root.mark.column,
     };
-    let resource = Resource {
+    Some(Resource {
         api_version: API_VERSION.to_string(),
         kind,
         metadata,
         spec,
         origin,
-    };
-    Some(Parsed { resource, root })
+    })
 }
 
 /// The errors of one document. A fatal one keeps the document out of the cross-resource checks.

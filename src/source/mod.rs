@@ -155,7 +155,8 @@ pub fn load(options: &SourceOptions) -> Result<DesiredState, LoadError> {
 pub fn load_files(source: files::SourceFiles, worktree: bool, max_file_size: u64) -> Result<DesiredState, LoadError> {
     let file_count = source.files.len();
     let (parsed, mut diagnostics) = decode::decode_files(&source.files, max_file_size);
-    diagnostics.extend(validate::validate(&parsed));
+    let findings = validate::validate(&parsed);
+    diagnostics.extend(place_findings(findings, &source.files));
     if !diagnostics.is_empty() {
         diagnostics.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
         diagnostics.dedup();
@@ -171,6 +172,36 @@ pub fn load_files(source: files::SourceFiles, worktree: bool, max_file_size: u64
         files: file_count,
         resources: parsed.into_iter().map(|p| p.resource).collect(),
     })
+}
+
+/// Gives semantic findings their line and column, re-parsing only the files that have some.
+fn place_findings(findings: Vec<validate::Finding>, files: &[files::SourceFile]) -> Vec<Diagnostic> {
+    let mut by_file: std::collections::BTreeMap<String, Vec<validate::Finding>> = Default::default();
+    for finding in findings {
+        by_file.entry(finding.file.clone()).or_default().push(finding);
+    }
+    let mut placed = Vec::new();
+    for (path, findings) in by_file {
+        let text = files
+            .iter()
+            .find(|f| f.path == path)
+            .and_then(decode::text_of)
+            .unwrap_or("");
+        let (documents, _) = yaml::parse_documents(text);
+        for finding in findings {
+            match documents.get(finding.document) {
+                Some(document) => placed.push(finding.place(&document.root)),
+                None => placed.push(Diagnostic::new(
+                    &path,
+                    Mark::new(1, 1),
+                    Some(finding.resource),
+                    Some(finding.path.to_string()),
+                    finding.message,
+                )),
+            }
+        }
+    }
+    placed
 }
 
 /// Parses and validates in-memory files `(path, content)`, as if read from a commit.

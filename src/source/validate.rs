@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::decode::Parsed;
-use super::yaml::{FieldPath, Node};
+use super::yaml::{FieldPath, Node, PathSegment};
 use super::Diagnostic;
 use crate::spec::common::{is_env_name, Backoff, Limits, Probe, Stop};
 use crate::spec::controller::DEFAULT_TIERS;
@@ -12,52 +12,76 @@ use crate::spec::launch_agent::is_reverse_dns_label;
 use crate::spec::memory_rule::{MemoryAction, ARCHIVED_TIER};
 use crate::spec::{parse_dependency, Kind, Resource, ResourceId, Spec};
 
-/// Collects the diagnostics of one resource, locating each field path in its YAML.
+/// A semantic error, not yet placed: the document and field path it concerns. Validation needs
+/// no YAML tree; `place` finds the position afterwards.
+pub struct Finding {
+    pub file: String,
+    pub document: usize,
+    pub resource: String,
+    pub path: FieldPath,
+    /// About a mapping key itself: point at the key, not its value.
+    pub at_key: bool,
+    pub message: String,
+}
+
+impl Finding {
+    /// Places the finding in its document: at the node of the path or, for an absent key, at
+    /// the nearest ancestor that exists (where it should be added).
+    pub fn place(self, root: &Node) -> Diagnostic {
+        let mut target = self.path.0.clone();
+        let key = match (self.at_key, target.last()) {
+            (true, Some(PathSegment::Key(key))) => {
+                let key = key.clone();
+                target.pop();
+                Some(key)
+            }
+            _ => None,
+        };
+        let node = root.locate(&target);
+        let mark = key.and_then(|k| node.get_key(&k)).map_or(node.mark, |k| k.mark);
+        Diagnostic::new(
+            &self.file,
+            mark,
+            Some(self.resource),
+            Some(self.path.to_string()),
+            self.message,
+        )
+    }
+}
+
+/// Collects the findings of one resource.
 struct Report<'a> {
     parsed: &'a Parsed,
-    out: &'a mut Vec<Diagnostic>,
+    out: &'a mut Vec<Finding>,
 }
 
 impl Report<'_> {
     fn error(&mut self, path: FieldPath, message: impl Into<String>) {
-        let node = locate(&self.parsed.root, &path);
-        self.push(node.mark, path, message.into());
+        self.push(path, false, message.into());
     }
 
-    /// An error about a mapping key itself (not its value): points at the key.
+    /// An error about a mapping key itself (not its value).
     fn key_error(&mut self, path: FieldPath, message: impl Into<String>) {
-        let mut parent = path.clone();
-        let key = match parent.0.pop() {
-            Some(super::yaml::PathSegment::Key(key)) => key,
-            _ => return self.error(path, message),
-        };
-        let node = locate(&self.parsed.root, &parent);
-        let mark = node.get_key(&key).map_or(node.mark, |k| k.mark);
-        self.push(mark, path, message.into());
+        self.push(path, true, message.into());
     }
 
-    fn push(&mut self, mark: super::yaml::Mark, path: FieldPath, message: String) {
-        let resource = self.parsed.resource.id().to_string();
-        self.out.push(Diagnostic::new(
-            self.parsed.file(),
-            mark,
-            Some(resource),
-            Some(path.to_string()),
+    fn push(&mut self, path: FieldPath, at_key: bool, message: String) {
+        self.out.push(Finding {
+            file: self.parsed.file().to_string(),
+            document: self.parsed.document,
+            resource: self.parsed.resource.id().to_string(),
+            path,
+            at_key,
             message,
-        ));
+        });
     }
-}
-
-/// The node at `path`; for a mapping key that is absent, its parent (where it should be added).
-fn locate<'a>(root: &'a Node, path: &FieldPath) -> &'a Node {
-    root.locate(&path.0)
 }
 
 fn spec(field: &str) -> FieldPath {
     FieldPath::from("spec").key(field)
 }
 
-pub fn validate(parsed: &[Parsed]) -> Vec<Diagnostic> {
+pub fn validate(parsed: &[Parsed]) -> Vec<Finding> {
     let mut out = Vec::new();
     let index: HashMap<ResourceId, &Parsed> = first_declarations(parsed, &mut out);
     let controller_tiers = tiers(parsed);
@@ -241,7 +265,7 @@ pub fn validate(parsed: &[Parsed]) -> Vec<Diagnostic> {
 }
 
 /// Indexes resources by kind and name; a second declaration is an error naming both places.
-fn first_declarations<'a>(parsed: &'a [Parsed], out: &mut Vec<Diagnostic>) -> HashMap<ResourceId, &'a Parsed> {
+fn first_declarations<'a>(parsed: &'a [Parsed], out: &mut Vec<Finding>) -> HashMap<ResourceId, &'a Parsed> {
     let mut index: HashMap<ResourceId, &Parsed> = HashMap::new();
     for p in parsed {
         let id = p.resource.id();
@@ -598,7 +622,7 @@ fn check_dependencies(report: &mut Report<'_>, resource: &Resource, index: &Hash
 }
 
 /// Finds dependency cycles; each is reported once, at the first resource of the cycle.
-fn check_cycles(parsed: &[Parsed], index: &HashMap<ResourceId, &Parsed>, out: &mut Vec<Diagnostic>) {
+fn check_cycles(parsed: &[Parsed], index: &HashMap<ResourceId, &Parsed>, out: &mut Vec<Finding>) {
     let edges: BTreeMap<ResourceId, Vec<(usize, ResourceId)>> = parsed
         .iter()
         .map(|p| {
@@ -656,7 +680,7 @@ fn report_cycle(
     edges: &BTreeMap<ResourceId, Vec<(usize, ResourceId)>>,
     index: &HashMap<ResourceId, &Parsed>,
     reported: &mut HashSet<Vec<ResourceId>>,
-    out: &mut Vec<Diagnostic>,
+    out: &mut Vec<Finding>,
 ) {
     // Rotate so the smallest id leads: the same cycle found from another start reads the same.
     let lead = cycle
