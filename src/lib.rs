@@ -3,5 +3,8 @@
 
 pub mod cli;
 pub mod example;
+pub mod report;
 pub mod source;
 pub mod spec;
+pub mod state;
+pub mod store;

@@ -1,6 +1,8 @@
 //! The command line: global options (DESIGN.md §4), one file per command, exit codes.
 
+mod audit;
 mod crds;
+mod drift;
 mod init;
 mod validate;
 
@@ -12,6 +14,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::source::SourceOptions;
 use crate::spec::common::ByteSize;
+use crate::store::{StoreError, StoreUrl};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -81,11 +84,28 @@ pub enum Command {
     Validate,
     /// Regenerate the JSON Schemas of the resource kinds in crds/
     Crds(crds::CrdsArgs),
+    /// Drift reports stored in the truth store
+    #[command(subcommand)]
+    Drift(drift::DriftCommand),
+    /// Check the truth store's receipts
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 impl GlobalArgs {
     pub fn repo_dir(&self) -> PathBuf {
         self.repo.clone().unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(crate::state::default_state_dir)
+    }
+
+    pub fn store_url(&self) -> Result<StoreUrl, StoreError> {
+        match &self.store {
+            Some(url) => StoreUrl::parse(url),
+            None => Ok(StoreUrl::default_in(&self.state_dir())),
+        }
     }
 
     pub fn source_options(&self) -> SourceOptions {
@@ -119,8 +139,24 @@ pub fn main() -> ExitCode {
         Command::Init(args) => init::run(&cli.global, args),
         Command::Validate => validate::run(&cli.global),
         Command::Crds(args) => crds::run(&cli.global, args),
+        Command::Drift(command) => drift::run(&cli.global, command),
+        Command::Audit(command) => audit::run(&cli.global, command),
     };
     ExitCode::from(code)
+}
+
+/// Runs an async command body on a runtime of its own.
+fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts")
+        .block_on(future)
+}
+
+/// Opens the truth store named by the global options.
+async fn open_store(global: &GlobalArgs) -> Result<Box<dyn crate::store::Store>, StoreError> {
+    crate::store::open(&global.store_url()?).await
 }
 
 /// Prints a JSON value on stdout.

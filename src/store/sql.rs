@@ -1,0 +1,523 @@
+//! The SQL both backends share. Statements are written once, in the dialect SQLite and
+//! PostgreSQL have in common (`$N` parameters, `ON CONFLICT`), and run through sqlx's `Any`
+//! driver; `sqlite.rs` and `postgres.rs` open the pool and migrate it.
+
+use std::collections::BTreeMap;
+
+use sqlx::any::AnyRow;
+use sqlx::AnyPool;
+use sqlx::{Any, QueryBuilder, Row, Transaction};
+
+use super::{
+    Backend, BoxFuture, DriftItem, DriftReport, InventoryEntry, Receipt, Record, ReportSummary, Store, StoreError,
+    StoreUrl,
+};
+use crate::report::{parse_rfc3339, rfc3339, Drift, Severity};
+
+/// Tables counted by `counts`.
+pub const TABLES: [&str; 14] = [
+    "runs",
+    "receipts",
+    "drift_reports",
+    "drift_items",
+    "inventory",
+    "status_history",
+    "routes",
+    "route_history",
+    "enrollments",
+    "policy_versions",
+    "memory_items",
+    "memory_transitions",
+    "usage",
+    "memory_item_tags",
+];
+
+/// Rows per multi-row INSERT: well under PostgreSQL's 65,535 bind parameters and SQLite's 32,766.
+const ROWS_PER_INSERT: usize = 1000;
+
+pub struct SqlStore {
+    pub(super) pool: AnyPool,
+    pub(super) url: StoreUrl,
+    pub(super) backend: Backend,
+}
+
+/// Reads a boolean column: PostgreSQL has booleans, SQLite stores 0 and 1.
+fn get_bool(row: &AnyRow, column: &str) -> Result<bool, sqlx::Error> {
+    row.try_get::<bool, _>(column)
+        .or_else(|_| row.try_get::<i64, _>(column).map(|v| v != 0))
+}
+
+fn query_error(operation: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
+    move |e| StoreError::query(operation, e)
+}
+
+impl SqlStore {
+    async fn write_records(&self, records: &[Record]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(query_error("begin"))?;
+        for record in records {
+            write_record(&mut tx, record).await?;
+        }
+        tx.commit().await.map_err(query_error("commit"))
+    }
+}
+
+async fn write_record(tx: &mut Transaction<'static, Any>, record: &Record) -> Result<(), StoreError> {
+    let result = match record {
+        Record::RunStarted(r) => sqlx::query(
+            "INSERT INTO runs (id, host, commit_id, trigger, started_ms) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&r.id)
+        .bind(&r.host)
+        .bind(&r.commit)
+        .bind(&r.trigger)
+        .bind(r.started_ms)
+        .execute(&mut **tx)
+        .await
+        .map(drop),
+        Record::RunFinished(r) => {
+            sqlx::query("UPDATE runs SET ended_ms = $1, outcome = $2, summary = $3 WHERE id = $4")
+                .bind(r.ended_ms)
+                .bind(&r.outcome)
+                .bind(&r.summary)
+                .bind(&r.id)
+                .execute(&mut **tx)
+                .await
+                .map(drop)
+        }
+        Record::Receipt(r) => sqlx::query(
+            "INSERT INTO receipts (id, host, seq, run_id, commit_id, kind, name, action, reason, detail, at_ms, prev_hash, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&r.id)
+        .bind(&r.host)
+        .bind(r.seq)
+        .bind(&r.run_id)
+        .bind(&r.commit)
+        .bind(&r.kind)
+        .bind(&r.name)
+        .bind(&r.action)
+        .bind(&r.reason)
+        .bind(&r.detail)
+        .bind(r.at_ms)
+        .bind(&r.prev_hash)
+        .bind(&r.hash)
+        .execute(&mut **tx)
+        .await
+        .map(drop),
+        Record::DriftReport(report) => return write_drift_report(tx, report).await,
+        Record::Inventory(e) => sqlx::query(
+            "INSERT INTO inventory (host, kind, name, spec_hash, last_applied, process, updated_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (host, kind, name) DO UPDATE SET spec_hash = excluded.spec_hash, last_applied = excluded.last_applied, \
+             process = excluded.process, updated_ms = excluded.updated_ms",
+        )
+        .bind(&e.host)
+        .bind(&e.kind)
+        .bind(&e.name)
+        .bind(&e.spec_hash)
+        .bind(&e.last_applied)
+        .bind(&e.process)
+        .bind(e.updated_ms)
+        .execute(&mut **tx)
+        .await
+        .map(drop),
+        Record::InventoryRemoved { host, kind, name } => {
+            sqlx::query("DELETE FROM inventory WHERE host = $1 AND kind = $2 AND name = $3")
+                .bind(host)
+                .bind(kind)
+                .bind(name)
+                .execute(&mut **tx)
+                .await
+                .map(drop)
+        }
+        Record::Status(s) => sqlx::query(
+            "INSERT INTO status_history (id, host, kind, name, sync, health, detail, at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&s.id)
+        .bind(&s.host)
+        .bind(&s.kind)
+        .bind(&s.name)
+        .bind(&s.sync)
+        .bind(&s.health)
+        .bind(&s.detail)
+        .bind(s.at_ms)
+        .execute(&mut **tx)
+        .await
+        .map(drop),
+        Record::Route(r) => {
+            let inserted = sqlx::query(
+                "INSERT INTO route_history (id, host, agent, provider, model, at_ms, reason) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&r.id)
+            .bind(&r.host)
+            .bind(&r.agent)
+            .bind(&r.provider)
+            .bind(&r.model)
+            .bind(r.at_ms)
+            .bind(&r.reason)
+            .execute(&mut **tx)
+            .await
+            .map_err(query_error("write route history"))?;
+            if inserted.rows_affected() == 0 {
+                return Ok(());
+            }
+            sqlx::query(
+                "INSERT INTO routes (host, agent, provider, model, since_ms, reason) VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (host, agent) DO UPDATE SET provider = excluded.provider, model = excluded.model, \
+                 since_ms = excluded.since_ms, reason = excluded.reason",
+            )
+            .bind(&r.host)
+            .bind(&r.agent)
+            .bind(&r.provider)
+            .bind(&r.model)
+            .bind(r.at_ms)
+            .bind(&r.reason)
+            .execute(&mut **tx)
+            .await
+            .map(drop)
+        }
+        Record::Enrollment(e) => sqlx::query(
+            "INSERT INTO enrollments (host, agent, token_hash, policy, policy_hash, sandbox, enrolled_ms, revoked_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, NULL) ON CONFLICT (host, agent) DO UPDATE SET token_hash = excluded.token_hash, \
+             policy = excluded.policy, policy_hash = excluded.policy_hash, sandbox = excluded.sandbox, \
+             enrolled_ms = excluded.enrolled_ms, revoked_ms = NULL",
+        )
+        .bind(&e.host)
+        .bind(&e.agent)
+        .bind(&e.token_hash)
+        .bind(&e.policy)
+        .bind(&e.policy_hash)
+        .bind(&e.sandbox)
+        .bind(e.enrolled_ms)
+        .execute(&mut **tx)
+        .await
+        .map(drop),
+        Record::EnrollmentRevoked { host, agent, revoked_ms } => {
+            sqlx::query("UPDATE enrollments SET revoked_ms = $1 WHERE host = $2 AND agent = $3")
+                .bind(revoked_ms)
+                .bind(host)
+                .bind(agent)
+                .execute(&mut **tx)
+                .await
+                .map(drop)
+        }
+        Record::PolicyVersion(p) => sqlx::query(
+            "INSERT INTO policy_versions (name, hash, version, compiled, diff, created_ms) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (name, hash) DO NOTHING",
+        )
+        .bind(&p.name)
+        .bind(&p.hash)
+        .bind(p.version)
+        .bind(&p.compiled)
+        .bind(&p.diff)
+        .bind(p.created_ms)
+        .execute(&mut **tx)
+        .await
+        .map(drop),
+        Record::Usage(u) => sqlx::query(
+            "INSERT INTO usage (id, host, agent, provider, model, prompt_tokens, completion_tokens, cost_usd, at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&u.id)
+        .bind(&u.host)
+        .bind(&u.agent)
+        .bind(&u.provider)
+        .bind(&u.model)
+        .bind(u.prompt_tokens)
+        .bind(u.completion_tokens)
+        .bind(u.cost_usd)
+        .bind(u.at_ms)
+        .execute(&mut **tx)
+        .await
+        .map(drop),
+    };
+    result.map_err(query_error("write record"))
+}
+
+async fn write_drift_report(tx: &mut Transaction<'static, Any>, report: &DriftReport) -> Result<(), StoreError> {
+    let started_ms = parse_rfc3339(&report.started_at).unwrap_or_default();
+    let inserted = sqlx::query(
+        "INSERT INTO drift_reports (id, host, commit_id, run_id, started_ms, observe_only, item_count) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&report.id)
+    .bind(&report.host)
+    .bind(&report.commit)
+    .bind(&report.run_id)
+    .bind(started_ms)
+    .bind(report.observe_only)
+    .bind(report.items.len() as i64)
+    .execute(&mut **tx)
+    .await
+    .map_err(query_error("write drift report"))?;
+    if inserted.rows_affected() == 0 {
+        return Ok(()); // replayed: the items were written with it
+    }
+    for (chunk_index, chunk) in report.items.chunks(ROWS_PER_INSERT).enumerate() {
+        let mut insert = QueryBuilder::<Any>::new(
+            "INSERT INTO drift_items (report_id, position, kind, name, drift, corrective, severity, detail) ",
+        );
+        insert.push_values(chunk.iter().enumerate(), |mut row, (i, item)| {
+            row.push_bind(report.id.clone())
+                .push_bind((chunk_index * ROWS_PER_INSERT + i) as i64)
+                .push_bind(item.kind.clone())
+                .push_bind(item.name.clone())
+                .push_bind(item.drift.as_str())
+                .push_bind(item.corrective)
+                .push_bind(item.severity.as_str())
+                .push_bind(item.detail.clone());
+        });
+        insert
+            .build()
+            .execute(&mut **tx)
+            .await
+            .map_err(query_error("write drift items"))?;
+    }
+    Ok(())
+}
+
+fn receipt_from_row(row: &AnyRow) -> Result<Receipt, sqlx::Error> {
+    Ok(Receipt {
+        id: row.try_get("id")?,
+        host: row.try_get("host")?,
+        seq: row.try_get("seq")?,
+        run_id: row.try_get("run_id")?,
+        commit: row.try_get("commit_id")?,
+        kind: row.try_get("kind")?,
+        name: row.try_get("name")?,
+        action: row.try_get("action")?,
+        reason: row.try_get("reason")?,
+        detail: row.try_get("detail")?,
+        at_ms: row.try_get("at_ms")?,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}
+
+impl Store for SqlStore {
+    fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    fn url(&self) -> &StoreUrl {
+        &self.url
+    }
+
+    fn write<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(self.write_records(records))
+    }
+
+    fn drift_reports(&self, limit: u32) -> BoxFuture<'_, Result<Vec<ReportSummary>, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT id, host, commit_id, started_ms, observe_only, item_count FROM drift_reports \
+                 ORDER BY started_ms DESC, id DESC LIMIT $1",
+            )
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("list drift reports"))?;
+            rows.iter()
+                .map(|row| {
+                    Ok(ReportSummary {
+                        id: row.try_get("id")?,
+                        host: row.try_get("host")?,
+                        commit: row.try_get("commit_id")?,
+                        started_at: rfc3339(row.try_get("started_ms")?),
+                        observe_only: get_bool(row, "observe_only")?,
+                        items: row.try_get::<i64, _>("item_count")? as u64,
+                    })
+                })
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(query_error("read drift reports"))
+        })
+    }
+
+    fn drift_report<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<DriftReport>, StoreError>> {
+        Box::pin(async move {
+            let Some(row) = sqlx::query(
+                "SELECT id, host, commit_id, run_id, started_ms, observe_only FROM drift_reports WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_error("read drift report"))?
+            else {
+                return Ok(None);
+            };
+            let items = sqlx::query(
+                "SELECT kind, name, drift, corrective, severity, detail FROM drift_items WHERE report_id = $1 ORDER BY position",
+            )
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("read drift items"))?;
+            let read = || -> Result<DriftReport, sqlx::Error> {
+                let items = items
+                    .iter()
+                    .map(|item| {
+                        let drift: String = item.try_get("drift")?;
+                        let severity: String = item.try_get("severity")?;
+                        Ok(DriftItem {
+                            kind: item.try_get("kind")?,
+                            name: item.try_get("name")?,
+                            drift: Drift::parse(&drift)
+                                .ok_or_else(|| sqlx::Error::Decode(format!("unknown drift `{drift}`").into()))?,
+                            corrective: get_bool(item, "corrective")?,
+                            severity: Severity::parse(&severity)
+                                .ok_or_else(|| sqlx::Error::Decode(format!("unknown severity `{severity}`").into()))?,
+                            detail: item.try_get("detail")?,
+                        })
+                    })
+                    .collect::<Result<_, sqlx::Error>>()?;
+                Ok(DriftReport {
+                    id: row.try_get("id")?,
+                    host: row.try_get("host")?,
+                    commit: row.try_get("commit_id")?,
+                    run_id: row.try_get("run_id")?,
+                    started_at: rfc3339(row.try_get("started_ms")?),
+                    observe_only: get_bool(&row, "observe_only")?,
+                    items,
+                })
+            };
+            read().map(Some).map_err(query_error("decode drift report"))
+        })
+    }
+
+    fn delete_drift_reports_before(&self, before_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await.map_err(query_error("begin"))?;
+            // Items first: SQLite enforces ON DELETE CASCADE only with foreign keys on.
+            sqlx::query(
+                "DELETE FROM drift_items WHERE report_id IN (SELECT id FROM drift_reports WHERE started_ms < $1)",
+            )
+            .bind(before_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error("delete drift items"))?;
+            let deleted = sqlx::query("DELETE FROM drift_reports WHERE started_ms < $1")
+                .bind(before_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_error("delete drift reports"))?;
+            tx.commit().await.map_err(query_error("commit"))?;
+            Ok(deleted.rows_affected())
+        })
+    }
+
+    fn receipts(&self) -> BoxFuture<'_, Result<Vec<Receipt>, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT id, host, seq, run_id, commit_id, kind, name, action, reason, detail, at_ms, prev_hash, hash \
+                 FROM receipts ORDER BY host, seq",
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("read receipts"))?;
+            rows.iter()
+                .map(receipt_from_row)
+                .collect::<Result<_, _>>()
+                .map_err(query_error("decode receipts"))
+        })
+    }
+
+    fn inventory<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<InventoryEntry>, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT host, kind, name, spec_hash, last_applied, process, updated_ms FROM inventory WHERE host = $1 ORDER BY kind, name",
+            )
+            .bind(host)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("read inventory"))?;
+            rows.iter()
+                .map(|row| {
+                    Ok(InventoryEntry {
+                        host: row.try_get("host")?,
+                        kind: row.try_get("kind")?,
+                        name: row.try_get("name")?,
+                        spec_hash: row.try_get("spec_hash")?,
+                        last_applied: row.try_get("last_applied")?,
+                        process: row.try_get("process")?,
+                        updated_ms: row.try_get("updated_ms")?,
+                    })
+                })
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(query_error("decode inventory"))
+        })
+    }
+
+    fn counts(&self) -> BoxFuture<'_, Result<BTreeMap<String, i64>, StoreError>> {
+        Box::pin(async move {
+            let mut counts = BTreeMap::new();
+            for table in TABLES {
+                // `table` comes from the constant list above, never from input.
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) AS n FROM {table}")))
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(query_error("count rows"))?;
+                counts.insert(
+                    table.to_string(),
+                    row.try_get::<i64, _>("n").map_err(query_error("count rows"))?,
+                );
+            }
+            Ok(counts)
+        })
+    }
+
+    fn schema_version(&self) -> BoxFuture<'_, Result<i64, StoreError>> {
+        Box::pin(async move {
+            let row = sqlx::query("SELECT MAX(version) AS v FROM _sqlx_migrations WHERE success = TRUE")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(query_error("read schema version"))?;
+            Ok(row
+                .try_get::<Option<i64>, _>("v")
+                .map_err(query_error("read schema version"))?
+                .unwrap_or(0))
+        })
+    }
+}
+
+/// Refuses a database that has migrations this binary does not know (a newer mirrorctl wrote
+/// it), before anything is written to it.
+pub async fn check_not_newer(
+    pool: &AnyPool,
+    url: &StoreUrl,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<(), StoreError> {
+    let known = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    let applied = sqlx::query("SELECT version FROM _sqlx_migrations")
+        .fetch_all(pool)
+        .await;
+    let Ok(rows) = applied else {
+        return Ok(()); // no migrations table yet: a new database
+    };
+    let newest = rows
+        .iter()
+        .filter_map(|r| r.try_get::<i64, _>("version").ok())
+        .max()
+        .unwrap_or(0);
+    let unknown = rows
+        .iter()
+        .filter_map(|r| r.try_get::<i64, _>("version").ok())
+        .any(|v| !migrator.iter().any(|m| m.version == v));
+    if unknown || newest > known {
+        return Err(StoreError::NewerSchema {
+            url: url.to_string(),
+            found: newest,
+            known,
+        });
+    }
+    Ok(())
+}
+
+/// Runs the migrations of `migrator`, after checking the database is not newer.
+pub async fn migrate(pool: &AnyPool, url: &StoreUrl, migrator: &sqlx::migrate::Migrator) -> Result<(), StoreError> {
+    check_not_newer(pool, url, migrator).await?;
+    migrator.run(pool).await.map_err(|e| StoreError::Migrate {
+        url: url.to_string(),
+        message: super::redact(&e.to_string()),
+    })
+}

@@ -1,0 +1,51 @@
+//! SQLite: the default truth store, a file in the state dir, in WAL mode.
+
+use std::time::Duration;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::Executor;
+
+use super::sql::{self, SqlStore};
+use super::{Backend, StoreError, StoreUrl};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+pub async fn open(url: &StoreUrl) -> Result<SqlStore, StoreError> {
+    sqlx::any::install_default_drivers();
+    let connect_error = |e: &dyn std::fmt::Display| StoreError::Connect {
+        url: url.to_string(),
+        message: e.to_string(),
+    };
+    let path = url
+        .sqlite_path()
+        .ok_or_else(|| connect_error(&"expected sqlite://FILE"))?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| connect_error(&format!("{}: {e}", parent.display())))?;
+    }
+    // `mode=rwc` creates the file; WAL lets readers (status, drift list) run beside the writer.
+    let connect_url = format!("sqlite://{}?mode=rwc", path.display());
+    let pool = AnyPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute(sqlx::raw_sql(
+                    "PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;",
+                ))
+                .await?;
+                Ok(())
+            })
+        })
+        .connect(&connect_url)
+        .await
+        .map_err(|e| connect_error(&e))?;
+    pool.execute(sqlx::raw_sql("PRAGMA journal_mode = WAL;"))
+        .await
+        .map_err(|e| connect_error(&e))?;
+    sql::migrate(&pool, url, &MIGRATOR).await?;
+    Ok(SqlStore {
+        pool,
+        url: url.clone(),
+        backend: Backend::Sqlite,
+    })
+}
