@@ -6,6 +6,7 @@
 //! waits on the database and nothing is lost while it is away. Reads go to the `Store` directly.
 
 pub mod chain;
+pub mod inventory;
 pub mod journal;
 mod postgres;
 pub mod recorder;

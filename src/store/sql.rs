@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use sqlx::any::AnyRow;
 use sqlx::AnyPool;
-use sqlx::{Any, QueryBuilder, Row, Transaction};
+use sqlx::{Any, Row, Transaction};
 
 use super::{
     Backend, BoxFuture, DriftItem, DriftReport, InventoryEntry, Receipt, Record, ReportSummary, Store, StoreError,
@@ -255,26 +255,49 @@ async fn write_drift_report(tx: &mut Transaction<'static, Any>, report: &DriftRe
         return Ok(()); // replayed: the items were written with it
     }
     for (chunk_index, chunk) in report.items.chunks(ROWS_PER_INSERT).enumerate() {
-        let mut insert = QueryBuilder::<Any>::new(
-            "INSERT INTO drift_items (report_id, position, kind, name, drift, corrective, severity, detail) ",
+        let sql = multi_row_insert(
+            "INSERT INTO drift_items (report_id, position, kind, name, drift, corrective, severity, detail)",
+            8,
+            chunk.len(),
         );
-        insert.push_values(chunk.iter().enumerate(), |mut row, (i, item)| {
-            row.push_bind(report.id.clone())
-                .push_bind((chunk_index * ROWS_PER_INSERT + i) as i64)
-                .push_bind(item.kind.clone())
-                .push_bind(item.name.clone())
-                .push_bind(item.drift.as_str())
-                .push_bind(item.corrective)
-                .push_bind(item.severity.as_str())
-                .push_bind(item.detail.clone());
-        });
+        let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (i, item) in chunk.iter().enumerate() {
+            insert = insert
+                .bind(&report.id)
+                .bind((chunk_index * ROWS_PER_INSERT + i) as i64)
+                .bind(&item.kind)
+                .bind(&item.name)
+                .bind(item.drift.as_str())
+                .bind(item.corrective)
+                .bind(item.severity.as_str())
+                .bind(&item.detail);
+        }
         insert
-            .build()
             .execute(&mut **tx)
             .await
             .map_err(query_error("write drift items"))?;
     }
     Ok(())
+}
+
+/// `INSERT ... VALUES ($1, ..., $n), ($n+1, ...), ...` for `rows` rows of `columns` values.
+/// (sqlx's `QueryBuilder` writes `?` placeholders for the Any driver, which PostgreSQL rejects.)
+fn multi_row_insert(head: &str, columns: usize, rows: usize) -> String {
+    let mut sql = String::with_capacity(head.len() + rows * columns * 6);
+    sql.push_str(head);
+    sql.push_str(" VALUES ");
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..columns {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&(row * columns + column + 1).to_string());
+        }
+        sql.push(')');
+    }
+    sql
 }
 
 fn receipt_from_row(row: &AnyRow) -> Result<Receipt, sqlx::Error> {
@@ -311,7 +334,7 @@ impl Store for SqlStore {
     fn drift_reports(&self, limit: u32) -> BoxFuture<'_, Result<Vec<ReportSummary>, StoreError>> {
         Box::pin(async move {
             let rows = sqlx::query(
-                "SELECT id, host, commit_id, started_ms, observe_only, item_count FROM drift_reports \
+                "SELECT id, host, commit_id, started_ms, CAST(observe_only AS INTEGER) AS observe_only, item_count FROM drift_reports \
                  ORDER BY started_ms DESC, id DESC LIMIT $1",
             )
             .bind(i64::from(limit))
@@ -337,7 +360,7 @@ impl Store for SqlStore {
     fn drift_report<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<DriftReport>, StoreError>> {
         Box::pin(async move {
             let Some(row) = sqlx::query(
-                "SELECT id, host, commit_id, run_id, started_ms, observe_only FROM drift_reports WHERE id = $1",
+                "SELECT id, host, commit_id, run_id, started_ms, CAST(observe_only AS INTEGER) AS observe_only FROM drift_reports WHERE id = $1",
             )
             .bind(id)
             .fetch_optional(&self.pool)
@@ -347,7 +370,7 @@ impl Store for SqlStore {
                 return Ok(None);
             };
             let items = sqlx::query(
-                "SELECT kind, name, drift, corrective, severity, detail FROM drift_items WHERE report_id = $1 ORDER BY position",
+                "SELECT kind, name, drift, CAST(corrective AS INTEGER) AS corrective, severity, detail FROM drift_items WHERE report_id = $1 ORDER BY position",
             )
             .bind(id)
             .fetch_all(&self.pool)

@@ -6,4 +6,6 @@ mod crds;
 mod git_source;
 mod init;
 mod invalid_corpus;
+mod store_cli;
+mod store_contract;
 mod validate;

@@ -1,0 +1,665 @@
+//! The truth-store contract: one suite, run against SQLite and against PostgreSQL.
+//!
+//! PostgreSQL tests use the server named by `MIRROR_TEST_POSTGRES_URL` (`.ci/run` starts one
+//! with `scripts/throwaway-postgres`), a new database per test. Without it they are skipped,
+//! and say so on the terminal.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mirrorctl::report::{now_ms, rfc3339, Drift, DriftItem, DriftReport, Severity};
+use mirrorctl::store::chain::{verify_chain, ChainBreak, ChainHead};
+use mirrorctl::store::inventory::LocalInventory;
+use mirrorctl::store::recorder::{FlushReport, RecorderConfig};
+use mirrorctl::store::{
+    self, known_schema_version, new_id, Enrollment, InventoryEntry, PolicyVersion, Receipt, ReceiptDraft, Record,
+    Recorder, RouteChange, RunFinished, RunStarted, StatusChange, Store, StoreError, StoreUrl, Usage,
+};
+use sqlx::Connection;
+
+pub const POSTGRES_ENV: &str = "MIRROR_TEST_POSTGRES_URL";
+
+/// A store for one test: its URL, a raw URL for tampering, and a state dir.
+pub struct TestDb {
+    pub url: StoreUrl,
+    pub raw_url: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestDb {
+    pub fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        let raw_url = format!("sqlite://{}", dir.path().join("truth.db").display());
+        TestDb {
+            url: StoreUrl::parse(&raw_url).unwrap(),
+            raw_url,
+            dir,
+        }
+    }
+
+    /// A new database on the shared test server, or None (and a note on the terminal).
+    pub async fn postgres(test: &str) -> Option<TestDb> {
+        let Ok(base) = std::env::var(POSTGRES_ENV) else {
+            let _ = writeln!(
+                std::io::stderr(),
+                "note: PostgreSQL test `{test}` SKIPPED: {POSTGRES_ENV} is not set (scripts/throwaway-postgres start prints one; .ci/run sets it)"
+            );
+            return None;
+        };
+        let name = format!("t_{}", new_id().replace('-', ""));
+        let mut admin = sqlx::postgres::PgConnection::connect(&base)
+            .await
+            .expect("connect to the test server");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let (server, _) = base.rsplit_once('/').unwrap();
+        let raw_url = format!("{server}/{name}");
+        Some(TestDb {
+            url: StoreUrl::parse(&raw_url).unwrap(),
+            raw_url,
+            dir: tempfile::tempdir().unwrap(),
+        })
+    }
+
+    pub fn state_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub async fn open(&self) -> Box<dyn Store> {
+        store::open(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("open {}: {e}", self.url))
+    }
+
+    /// Runs SQL straight on the database, as someone tampering with it would.
+    pub async fn tamper(&self, sql: &str) {
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&self.raw_url).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    pub fn recorder(&self, host: &str) -> Recorder {
+        let config = RecorderConfig::new(self.state_dir(host), host.to_string(), self.url.clone());
+        Recorder::start(config).unwrap().0
+    }
+}
+
+pub fn draft(i: usize) -> ReceiptDraft {
+    ReceiptDraft {
+        run_id: Some(format!("run-{i}")),
+        commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
+        kind: "Service".into(),
+        name: format!("svc-{i}"),
+        action: "create".into(),
+        reason: "missing".into(),
+        detail: "{\"env\":{\"API_TOKEN\":\"(redacted)\"}}".into(),
+    }
+}
+
+fn report(id: &str, started_ms: i64, items: usize) -> DriftReport {
+    DriftReport {
+        id: id.into(),
+        host: "mini".into(),
+        commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
+        run_id: None,
+        started_at: rfc3339(started_ms),
+        observe_only: true,
+        items: (0..items)
+            .map(|i| DriftItem {
+                kind: "Service".into(),
+                name: format!("svc-{i}"),
+                drift: if i % 2 == 0 { Drift::Missing } else { Drift::Changed },
+                corrective: i % 2 == 0,
+                severity: Severity::Warning,
+                detail: format!("item {i}"),
+            })
+            .collect(),
+    }
+}
+
+fn run_started(id: &str, host: &str) -> Record {
+    Record::RunStarted(RunStarted {
+        id: id.into(),
+        host: host.into(),
+        commit: None,
+        trigger: "test".into(),
+        started_ms: now_ms(),
+    })
+}
+
+fn run_finished(id: &str) -> Record {
+    Record::RunFinished(RunFinished {
+        id: id.into(),
+        ended_ms: now_ms(),
+        outcome: "converged".into(),
+        summary: "ok".into(),
+    })
+}
+
+/// Flushes until the database has everything, or panics after `limit`.
+pub async fn drain(recorder: &Recorder, limit: Duration) -> FlushReport {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let report = recorder.flush().await;
+        if report.pending == 0 {
+            return report;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "backlog not drained: {report:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn count(store: &dyn Store, table: &str) -> i64 {
+    store.counts().await.unwrap()[table]
+}
+
+// ------------------------------------------------------------------------------------------
+// The contract
+
+async fn migrations_from_empty(db: TestDb) {
+    let store = db.open().await;
+    assert_eq!(
+        store.schema_version().await.unwrap(),
+        known_schema_version(store.backend())
+    );
+    assert!(store.counts().await.unwrap().values().all(|n| *n == 0));
+    drop(store);
+    let again = db.open().await;
+    assert_eq!(
+        again.schema_version().await.unwrap(),
+        known_schema_version(again.backend())
+    );
+}
+
+async fn records_round_trip_and_replay_once(db: TestDb) {
+    let store = db.open().await;
+    let mut head = ChainHead::default();
+    let receipts: Vec<Record> = (0..3)
+        .map(|i| {
+            let receipt = Receipt::seal(draft(i), new_id(), "mini", now_ms(), &head);
+            head = receipt.head();
+            Record::Receipt(receipt)
+        })
+        .collect();
+    let inventory = |name: &str, hash: &str| {
+        Record::Inventory(InventoryEntry {
+            host: "mini".into(),
+            kind: "Service".into(),
+            name: name.into(),
+            spec_hash: hash.into(),
+            last_applied: "{}".into(),
+            process: Some("{\"pid\":42}".into()),
+            updated_ms: now_ms(),
+        })
+    };
+    let drift = report(&new_id(), now_ms(), 3);
+    let mut records = vec![run_started("r1", "mini")];
+    records.extend(receipts);
+    records.extend([
+        Record::DriftReport(drift.clone()),
+        inventory("web", "h1"),
+        inventory("web", "h2"),
+        inventory("old", "h0"),
+        Record::InventoryRemoved {
+            host: "mini".into(),
+            kind: "Service".into(),
+            name: "old".into(),
+        },
+        Record::Status(StatusChange {
+            id: new_id(),
+            host: "mini".into(),
+            kind: "Service".into(),
+            name: "web".into(),
+            sync: "Synced".into(),
+            health: "Healthy".into(),
+            detail: String::new(),
+            at_ms: now_ms(),
+        }),
+        Record::Route(RouteChange {
+            id: new_id(),
+            host: "mini".into(),
+            agent: "archivist".into(),
+            provider: "ollama".into(),
+            model: "llama3.2:3b".into(),
+            at_ms: now_ms(),
+            reason: "primary".into(),
+        }),
+        Record::Route(RouteChange {
+            id: new_id(),
+            host: "mini".into(),
+            agent: "archivist".into(),
+            provider: "backup".into(),
+            model: "smollm2".into(),
+            at_ms: now_ms(),
+            reason: "ollama hung".into(),
+        }),
+        Record::Enrollment(Enrollment {
+            host: "mini".into(),
+            agent: "archivist".into(),
+            token_hash: "ab".into(),
+            policy: "default".into(),
+            policy_hash: "cd".into(),
+            sandbox: "/s".into(),
+            enrolled_ms: now_ms(),
+        }),
+        Record::EnrollmentRevoked {
+            host: "mini".into(),
+            agent: "archivist".into(),
+            revoked_ms: now_ms(),
+        },
+        Record::PolicyVersion(PolicyVersion {
+            name: "default".into(),
+            hash: "cd".into(),
+            version: 1,
+            compiled: "{}".into(),
+            diff: String::new(),
+            created_ms: now_ms(),
+        }),
+        Record::Usage(Usage {
+            id: new_id(),
+            host: "mini".into(),
+            agent: "archivist".into(),
+            provider: "ollama".into(),
+            model: "llama3.2:3b".into(),
+            prompt_tokens: 10,
+            completion_tokens: 5,
+            cost_usd: 0.0,
+            at_ms: now_ms(),
+        }),
+        run_finished("r1"),
+    ]);
+    store.write(&records).await.unwrap();
+    let first = store.counts().await.unwrap();
+    assert_eq!(first["runs"], 1);
+    assert_eq!(first["receipts"], 3);
+    assert_eq!(first["drift_reports"], 1);
+    assert_eq!(first["drift_items"], 3);
+    assert_eq!(first["inventory"], 1);
+    assert_eq!(first["routes"], 1);
+    assert_eq!(first["route_history"], 2);
+
+    assert_eq!(store.drift_report(&drift.id).await.unwrap(), Some(drift.clone()));
+    let listed = store.drift_reports(10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].items, 3);
+    let owned = store.inventory("mini").await.unwrap();
+    assert_eq!(owned.len(), 1);
+    assert_eq!((owned[0].name.as_str(), owned[0].spec_hash.as_str()), ("web", "h2"));
+    assert_eq!(verify_chain(&store.receipts().await.unwrap()), Ok(3));
+
+    // A replay (the journal after a crash) writes nothing twice.
+    store.write(&records).await.unwrap();
+    assert_eq!(store.counts().await.unwrap(), first);
+}
+
+async fn concurrent_writers(db: TestDb) {
+    let store = db.open().await;
+    let mut tasks = Vec::new();
+    for host in ["mini-a", "mini-b", "mini-c", "mini-d"] {
+        let recorder = db.recorder(host);
+        tasks.push(tokio::spawn(async move {
+            for i in 0..150 {
+                let run = format!("{host}-run-{i}");
+                recorder.record(run_started(&run, host));
+                recorder.receipt(draft(i));
+                recorder.receipt(draft(i + 1000));
+                recorder.record(run_finished(&run));
+                if i % 25 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            drain(&recorder, Duration::from_secs(60)).await
+        }));
+    }
+    for task in tasks {
+        let report = task.await.unwrap();
+        assert_eq!(report.store_error, None);
+    }
+    assert_eq!(count(&*store, "runs").await, 600);
+    assert_eq!(count(&*store, "receipts").await, 1200);
+    assert_eq!(verify_chain(&store.receipts().await.unwrap()), Ok(1200));
+}
+
+async fn audit_catches_edited_deleted_and_reordered_receipts(db: TestDb) {
+    let store = db.open().await;
+    for host in ["a-edit", "b-delete", "c-reorder"] {
+        let recorder = db.recorder(host);
+        for i in 0..10 {
+            recorder.receipt(draft(i));
+        }
+        drain(&recorder, Duration::from_secs(30)).await;
+    }
+    let receipts = store.receipts().await.unwrap();
+    assert_eq!(verify_chain(&receipts), Ok(30));
+    let id_of = |host: &str, seq: i64| {
+        receipts
+            .iter()
+            .find(|r| r.host == host && r.seq == seq)
+            .unwrap()
+            .id
+            .clone()
+    };
+
+    db.tamper("UPDATE receipts SET reason = 'nothing happened' WHERE host = 'a-edit' AND seq = 5")
+        .await;
+    let broken = verify_chain(&store.receipts().await.unwrap()).unwrap_err();
+    assert_eq!(
+        broken,
+        ChainBreak::Edited {
+            host: "a-edit".into(),
+            seq: 5,
+            id: id_of("a-edit", 5)
+        }
+    );
+    db.tamper("UPDATE receipts SET reason = 'missing' WHERE host = 'a-edit' AND seq = 5")
+        .await;
+    assert_eq!(verify_chain(&store.receipts().await.unwrap()), Ok(30));
+
+    db.tamper("DELETE FROM receipts WHERE host = 'b-delete' AND seq = 8")
+        .await;
+    let broken = verify_chain(&store.receipts().await.unwrap()).unwrap_err();
+    assert_eq!(
+        broken,
+        ChainBreak::Deleted {
+            host: "b-delete".into(),
+            missing_from: 8,
+            missing_to: 8,
+            before_id: id_of("b-delete", 9)
+        }
+    );
+    db.tamper("DELETE FROM receipts WHERE host = 'b-delete'").await;
+
+    // Swap receipts 6 and 7 of the last host (seq is unique, hence the detour through -1).
+    db.tamper("UPDATE receipts SET seq = -1 WHERE host = 'c-reorder' AND seq = 6")
+        .await;
+    db.tamper("UPDATE receipts SET seq = 6 WHERE host = 'c-reorder' AND seq = 7")
+        .await;
+    db.tamper("UPDATE receipts SET seq = 7 WHERE host = 'c-reorder' AND seq = -1")
+        .await;
+    let broken = verify_chain(&store.receipts().await.unwrap()).unwrap_err();
+    assert_eq!(
+        broken,
+        ChainBreak::Reordered {
+            host: "c-reorder".into(),
+            seq: 6,
+            id: id_of("c-reorder", 7)
+        }
+    );
+}
+
+async fn retention_deletes_old_reports_and_keeps_receipts(db: TestDb) {
+    let store = db.open().await;
+    let mut config = RecorderConfig::new(db.state_dir("mini"), "mini".into(), db.url.clone());
+    config.report_retention = Some(Duration::from_secs(3600));
+    let (recorder, _) = Recorder::start(config).unwrap();
+    let old = report("old-report", now_ms() - 2 * 3600 * 1000, 5);
+    let new = report("new-report", now_ms(), 5);
+    recorder.record(Record::DriftReport(old));
+    recorder.receipt(draft(1));
+    drain(&recorder, Duration::from_secs(30)).await;
+    recorder.record(Record::DriftReport(new));
+    recorder.receipt(draft(2));
+    drain(&recorder, Duration::from_secs(30)).await;
+    let ids: Vec<String> = store
+        .drift_reports(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, ["new-report"]);
+    assert_eq!(
+        count(&*store, "drift_items").await,
+        5,
+        "the old report's items go with it"
+    );
+    assert_eq!(count(&*store, "receipts").await, 2, "receipts are kept");
+}
+
+async fn a_newer_schema_is_refused_and_left_alone(db: TestDb) {
+    let store = db.open().await;
+    store.write(&[run_started("r1", "mini")]).await.unwrap();
+    drop(store);
+    db.tamper("CREATE TABLE from_the_future (x BIGINT)").await;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&db.raw_url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES ($1, $2, TRUE, $3, 0)",
+    )
+    .bind(99_990_001_i64)
+    .bind("from a newer mirrorctl")
+    .bind(vec![0u8; 48])
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    let error = match store::open(&db.url).await {
+        Ok(_) => panic!("a newer schema was accepted"),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(error, StoreError::NewerSchema { found: 99_990_001, .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("written by a newer mirrorctl"), "{error}");
+    let row: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM runs")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(row.0, 1, "the data is untouched");
+    let row: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM _sqlx_migrations")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(row.0, 2, "no migration was added or removed");
+}
+
+async fn the_local_inventory_does_not_need_the_store(db: TestDb) {
+    // The store is unreachable: an unwritable location for SQLite, a closed port for PostgreSQL.
+    let unreachable = match db.url.backend() {
+        store::Backend::Sqlite => {
+            let blocker = db.dir.path().join("not-a-dir");
+            std::fs::write(&blocker, "").unwrap();
+            StoreUrl::parse(&format!("sqlite://{}/truth.db", blocker.display())).unwrap()
+        }
+        store::Backend::Postgres => StoreUrl::parse("postgres://postgres@127.0.0.1:1/none").unwrap(),
+    };
+    let state_dir = db.state_dir("mini");
+    let (recorder, _) = Recorder::start(RecorderConfig::new(state_dir.clone(), "mini".into(), unreachable)).unwrap();
+    let mut inventory = LocalInventory::load(&state_dir).unwrap();
+    let entry = InventoryEntry {
+        host: "mini".into(),
+        kind: "Service".into(),
+        name: "web".into(),
+        spec_hash: "h1".into(),
+        last_applied: "{}".into(),
+        process: Some("{\"pid\":7}".into()),
+        updated_ms: now_ms(),
+    };
+    inventory.upsert(entry.clone(), &recorder).unwrap();
+    let report = recorder.flush().await;
+    assert_eq!(report.pending, 1);
+    assert!(report.store_error.is_some());
+    assert_eq!(
+        LocalInventory::load(&state_dir).unwrap().get("Service", "web"),
+        Some(&entry)
+    );
+    drop(recorder);
+
+    // The same state dir against a reachable store: the journal replays the mirror.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (recorder, _) = Recorder::start(RecorderConfig::new(state_dir, "mini".into(), db.url.clone())).unwrap();
+    drain(&recorder, Duration::from_secs(30)).await;
+    assert_eq!(db.open().await.inventory("mini").await.unwrap(), vec![entry]);
+}
+
+async fn sqlite_outage_and_replay(db: TestDb) {
+    // The database's directory is blocked by a file while records are written, then unblocked.
+    let blocked = db.dir.path().join("db");
+    std::fs::write(&blocked, "in the way").unwrap();
+    let url = StoreUrl::parse(&format!("sqlite://{}/truth.db", blocked.display())).unwrap();
+    let (recorder, _) = Recorder::start(RecorderConfig::new(db.state_dir("mini"), "mini".into(), url.clone())).unwrap();
+    for i in 0..300 {
+        let run = format!("run-{i}");
+        recorder.record(run_started(&run, "mini"));
+        recorder.receipt(draft(i));
+        recorder.record(run_finished(&run));
+        if i == 150 {
+            let report = recorder.flush().await;
+            assert!(report.pending > 0 && report.store_error.is_some(), "{report:?}");
+            std::fs::remove_file(&blocked).unwrap();
+        }
+    }
+    drain(&recorder, Duration::from_secs(30)).await;
+    let store = store::open(&url).await.unwrap();
+    assert_eq!(count(&*store, "runs").await, 300);
+    assert_eq!(count(&*store, "receipts").await, 300);
+    assert_eq!(verify_chain(&store.receipts().await.unwrap()), Ok(300));
+}
+
+macro_rules! contract {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(super::TestDb::sqlite()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    if let Some(db) = super::TestDb::postgres(stringify!($test)).await {
+                        super::$test(db).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    migrations_from_empty,
+    records_round_trip_and_replay_once,
+    concurrent_writers,
+    audit_catches_edited_deleted_and_reordered_receipts,
+    retention_deletes_old_reports_and_keeps_receipts,
+    a_newer_schema_is_refused_and_left_alone,
+    the_local_inventory_does_not_need_the_store,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_outage_nothing_lost_nothing_twice() {
+    sqlite_outage_and_replay(TestDb::sqlite()).await;
+}
+
+/// A PostgreSQL server of this test's own, so it can be stopped and started.
+struct OwnServer {
+    url: String,
+    dir: String,
+}
+
+impl OwnServer {
+    fn script() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/throwaway-postgres")
+    }
+
+    fn start() -> OwnServer {
+        let out = std::process::Command::new(Self::script())
+            .arg("start")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut lines = text.lines();
+        OwnServer {
+            url: lines.next().unwrap().into(),
+            dir: lines.next().unwrap().into(),
+        }
+    }
+
+    fn run(&self, verb: &str) {
+        let out = std::process::Command::new(Self::script())
+            .args([verb, &self.dir])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{verb}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(Self::script())
+            .args(["destroy", &self.dir])
+            .output();
+    }
+}
+
+/// The PostgreSQL server is stopped in the middle of a run of writes and started again: every
+/// record arrives, once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_nothing_lost_nothing_twice() {
+    if std::env::var(POSTGRES_ENV).is_err() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "note: PostgreSQL test `postgres_outage_nothing_lost_nothing_twice` SKIPPED: {POSTGRES_ENV} is not set"
+        );
+        return;
+    }
+    let server = OwnServer::start();
+    let url = StoreUrl::parse(&server.url).unwrap();
+    let state = tempfile::tempdir().unwrap();
+    store::open(&url).await.unwrap();
+    let mut config = RecorderConfig::new(state.path().to_path_buf(), "mini".into(), url.clone());
+    config.retry_max = Duration::from_millis(500);
+    let (recorder, _) = Recorder::start(config).unwrap();
+
+    const RUNS: usize = 600;
+    let mut outage_seen = false;
+    for i in 0..RUNS {
+        let run = format!("run-{i}");
+        recorder.record(run_started(&run, "mini"));
+        recorder.receipt(draft(i));
+        recorder.record(run_finished(&run));
+        if i == 200 {
+            assert_eq!(recorder.flush().await.pending, 0);
+            server.run("stop");
+        }
+        if i == 300 {
+            let report = recorder.flush().await;
+            outage_seen = report.pending > 0 && report.store_error.is_some();
+        }
+        if i == 400 {
+            server.run("resume");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(
+        outage_seen,
+        "the writes during the outage should have waited in the journal"
+    );
+    drain(&recorder, Duration::from_secs(60)).await;
+
+    let store = store::open(&url).await.unwrap();
+    assert_eq!(count(&*store, "runs").await, RUNS as i64, "nothing lost, nothing twice");
+    assert_eq!(count(&*store, "receipts").await, RUNS as i64);
+    assert_eq!(verify_chain(&store.receipts().await.unwrap()), Ok(RUNS));
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&server.url).await.unwrap();
+    let unfinished: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM runs WHERE ended_ms IS NULL")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(unfinished.0, 0, "every run's end arrived after its start");
+}
