@@ -17,12 +17,8 @@ pub enum AuditCommand {
 pub fn run(global: &GlobalArgs, command: &AuditCommand) -> u8 {
     let AuditCommand::Verify = command;
     block_on(async {
-        let store = match open_store(global).await {
-            Ok(store) => store,
-            Err(e) => {
-                report_error(global.output, &e);
-                return exit::ERROR;
-            }
+        let Some(store) = open_store(global).await else {
+            return exit::ERROR;
         };
         let receipts = match store.receipts().await {
             Ok(receipts) => receipts,

@@ -26,12 +26,8 @@ struct ReportNotFound(String);
 
 pub fn run(global: &GlobalArgs, command: &DriftCommand) -> u8 {
     block_on(async {
-        let store = match open_store(global).await {
-            Ok(store) => store,
-            Err(e) => {
-                report_error(global.output, &e);
-                return exit::ERROR;
-            }
+        let Some(store) = open_store(global).await else {
+            return exit::ERROR;
         };
         match command {
             DriftCommand::List { limit } => match store.drift_reports(*limit).await {

@@ -154,9 +154,13 @@ fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
         .block_on(future)
 }
 
-/// Opens the truth store named by the global options.
-async fn open_store(global: &GlobalArgs) -> Result<Box<dyn crate::store::Store>, StoreError> {
-    crate::store::open(&global.store_url()?).await
+/// Opens the truth store named by the global options; reports why not (redacted) on failure.
+async fn open_store(global: &GlobalArgs) -> Option<Box<dyn crate::store::Store>> {
+    let opened = match global.store_url() {
+        Ok(url) => crate::store::open(&url).await,
+        Err(e) => Err(e),
+    };
+    opened.map_err(|e: StoreError| report_error(global.output, &e)).ok()
 }
 
 /// Prints a JSON value on stdout.

@@ -1,5 +1,6 @@
 //! Integration tests: the real binary, real git repositories, in temp dirs.
 
+#[macro_use]
 mod support;
 
 mod crds;

@@ -142,30 +142,7 @@ async fn audit_verify_exit_codes(db: TestDb) {
     assert_eq!(json["break"]["detail"]["seq"], 4);
 }
 
-macro_rules! both {
-    ($($test:ident),*) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(super::TestDb::sqlite()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    if let Some(db) = super::TestDb::postgres(stringify!($test)).await {
-                        super::$test(db).await;
-                    }
-                }
-            )*
-        }
-    };
-}
-
-both!(drift_list_and_show, audit_verify_exit_codes);
+on_both_backends!(drift_list_and_show, audit_verify_exit_codes);
 
 #[test]
 fn the_default_store_is_sqlite_in_the_state_dir() {

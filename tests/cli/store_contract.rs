@@ -526,30 +526,7 @@ async fn sqlite_outage_and_replay(db: TestDb) {
     assert_eq!(verify_chain(&store.receipts().await.unwrap()), Ok(300));
 }
 
-macro_rules! contract {
-    ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    super::$test(super::TestDb::sqlite()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    if let Some(db) = super::TestDb::postgres(stringify!($test)).await {
-                        super::$test(db).await;
-                    }
-                }
-            )*
-        }
-    };
-}
-
-contract!(
+on_both_backends!(
     migrations_from_empty,
     records_round_trip_and_replay_once,
     concurrent_writers,

@@ -134,3 +134,28 @@ pub fn copy_dir(sandbox: &Sandbox, from: &Path, to: &str) {
         }
     }
 }
+
+/// Runs each async test function (taking a `TestDb`) once on SQLite and once on PostgreSQL
+/// (skipped, with a note, when no PostgreSQL test server is configured).
+macro_rules! on_both_backends {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    super::$test(crate::store_contract::TestDb::sqlite()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    if let Some(db) = crate::store_contract::TestDb::postgres(stringify!($test)).await {
+                        super::$test(db).await;
+                    }
+                }
+            )*
+        }
+    };
+}
