@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod example;
+pub mod plan;
 pub mod report;
 pub mod source;
 pub mod spec;

@@ -1,0 +1,386 @@
+//! Planning: the desired state and what was observed on the host in, the changes to make and
+//! the drift found out. Pure: no I/O, so a dry-run and an apply see the very same plan.
+
+pub mod redact;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::report::{Drift, DriftItem, Severity};
+use crate::spec::{Kind, ResourceId};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Start something the host does not run yet.
+    Create,
+    /// Restart with a changed spec.
+    Update,
+    /// Start again what stopped (same spec).
+    Restart,
+    /// Stop what is owned but no longer desired, and forget it.
+    Prune,
+    /// Stop a suspended resource and keep it stopped.
+    Suspend,
+    /// Nothing to do.
+    Noop,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Restart => "restart",
+            Action::Prune => "prune",
+            Action::Suspend => "suspend",
+            Action::Noop => "noop",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Change {
+    pub kind: Kind,
+    pub name: String,
+    pub action: Action,
+    pub reason: String,
+    /// Unified diff of the last-applied spec and the desired one (secrets redacted); empty when
+    /// there is nothing to compare.
+    pub diff: String,
+    /// True when the change repairs drift; false when it rolls out a new desired state.
+    #[serde(skip)]
+    pub corrective: bool,
+}
+
+/// A desired resource, rendered (secrets redacted) and hashed by the caller.
+#[derive(Clone, Debug)]
+pub struct DesiredItem {
+    pub id: ResourceId,
+    pub rendered: Value,
+    pub hash: String,
+    pub suspend: bool,
+    pub prune_allowed: bool,
+    pub depends_on: Vec<ResourceId>,
+}
+
+/// Something this controller owns, as the inventory and the process table say.
+#[derive(Clone, Debug)]
+pub struct OwnedItem {
+    pub id: ResourceId,
+    pub hash: String,
+    pub last_applied: Value,
+    /// Whether its process runs (and is the one that was started).
+    pub running: bool,
+    pub prune_allowed: bool,
+}
+
+pub struct PlanInput {
+    pub commit: Option<String>,
+    pub desired: Vec<DesiredItem>,
+    pub owned: Vec<OwnedItem>,
+    pub max_prune_fraction: f64,
+    pub allow_mass_prune: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub commit: Option<String>,
+    /// In apply order: dependencies before dependents, prunes last (dependents first).
+    pub changes: Vec<Change>,
+    #[serde(skip)]
+    pub drift: Vec<DriftItem>,
+    /// Why the pass is refused (the prune guard), if it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+}
+
+impl Plan {
+    /// Changes that are not no-ops.
+    pub fn pending(&self) -> impl Iterator<Item = &Change> {
+        self.changes.iter().filter(|c| c.action != Action::Noop)
+    }
+
+    /// `3 to create, 1 to update, 0 to restart, 2 to prune, 1 to suspend, 4 unchanged`.
+    pub fn summary(&self) -> String {
+        let count = |a: Action| self.changes.iter().filter(|c| c.action == a).count();
+        format!(
+            "{} to create, {} to update, {} to restart, {} to prune, {} to suspend, {} unchanged",
+            count(Action::Create),
+            count(Action::Update),
+            count(Action::Restart),
+            count(Action::Prune),
+            count(Action::Suspend),
+            count(Action::Noop)
+        )
+    }
+}
+
+fn yaml_of(value: &Value) -> String {
+    crate::source::yaml::render(value)
+}
+
+/// A unified diff between two rendered specs.
+pub fn diff(id: &ResourceId, old: Option<&Value>, new: Option<&Value>, commit: Option<&str>) -> String {
+    let old_text = old.map(yaml_of).unwrap_or_default();
+    let new_text = new.map(yaml_of).unwrap_or_default();
+    if old_text == new_text {
+        return String::new();
+    }
+    let short = commit.map_or("working tree".to_string(), |c| c[..c.len().min(12)].to_string());
+    similar::TextDiff::from_lines(&old_text, &new_text)
+        .unified_diff()
+        .context_radius(3)
+        .header(&format!("{id} (last applied)"), &format!("{id} (commit {short})"))
+        .to_string()
+}
+
+/// Orders ids so that each comes after the ids it depends on (ties by id); ids in a cycle (which
+/// validation rejects) keep their sorted order at the end.
+fn dependency_order(ids: &[ResourceId], depends_on: &BTreeMap<ResourceId, Vec<ResourceId>>) -> Vec<ResourceId> {
+    let present: BTreeSet<&ResourceId> = ids.iter().collect();
+    let mut done: BTreeSet<ResourceId> = BTreeSet::new();
+    let mut order = Vec::with_capacity(ids.len());
+    let mut remaining: Vec<&ResourceId> = ids.iter().collect();
+    remaining.sort();
+    while !remaining.is_empty() {
+        let before = remaining.len();
+        remaining.retain(|id| {
+            let ready = depends_on
+                .get(*id)
+                .is_none_or(|deps| deps.iter().all(|d| !present.contains(d) || done.contains(d)));
+            if ready {
+                done.insert((*id).clone());
+                order.push((*id).clone());
+            }
+            !ready
+        });
+        if remaining.len() == before {
+            order.extend(remaining.drain(..).cloned());
+        }
+    }
+    order
+}
+
+fn depends_on_of(value: &Value) -> Vec<ResourceId> {
+    value
+        .get("dependsOn")
+        .and_then(Value::as_array)
+        .map(|deps| deps.iter().filter_map(Value::as_str).filter_map(|d| crate::spec::parse_dependency(d).ok()).collect())
+        .unwrap_or_default()
+}
+
+fn drift_item(id: &ResourceId, drift: Drift, corrective: bool, severity: Severity, detail: String) -> DriftItem {
+    DriftItem { kind: id.kind.to_string(), name: id.name.clone(), drift, corrective, severity, detail }
+}
+
+/// Decides what to do with every desired and every owned resource.
+pub fn plan(input: PlanInput) -> Plan {
+    let commit = input.commit.as_deref();
+    let owned: BTreeMap<&ResourceId, &OwnedItem> = input.owned.iter().map(|o| (&o.id, o)).collect();
+    let mut by_id: BTreeMap<ResourceId, Change> = BTreeMap::new();
+    let mut drift = Vec::new();
+
+    for item in &input.desired {
+        let id = &item.id;
+        let mut change = |action: Action, reason: String, diff: String, corrective: bool| {
+            by_id.insert(id.clone(), Change { kind: id.kind, name: id.name.clone(), action, reason, diff, corrective });
+        };
+        match owned.get(id) {
+            None if item.suspend => change(Action::Noop, "suspended: not started".into(), String::new(), false),
+            None => {
+                change(Action::Create, "new in the desired state".into(), diff(id, None, Some(&item.rendered), commit), false);
+                drift.push(drift_item(id, Drift::Missing, false, Severity::Info, "not running yet: new in the desired state".into()));
+            }
+            Some(o) if item.suspend && o.running => {
+                change(Action::Suspend, "suspend: true: stop it and keep it stopped".into(), String::new(), false);
+                drift.push(drift_item(id, Drift::Changed, false, Severity::Info, "suspended in the desired state".into()));
+            }
+            Some(_) if item.suspend => change(Action::Noop, "suspended".into(), String::new(), false),
+            Some(o) if o.hash != item.hash => {
+                let reason = if o.running { "spec changed: restart with the new spec" } else { "spec changed (and not running): start with the new spec" };
+                change(Action::Update, reason.into(), diff(id, Some(&o.last_applied), Some(&item.rendered), commit), false);
+                drift.push(drift_item(id, Drift::Changed, false, Severity::Info, "spec changed in the desired state".into()));
+            }
+            Some(o) if !o.running => {
+                change(Action::Restart, "not running: start it again".into(), String::new(), true);
+                drift.push(drift_item(id, Drift::Failed, true, Severity::Error, "owned but not running".into()));
+            }
+            Some(_) => change(Action::Noop, "in sync".into(), String::new(), false),
+        }
+    }
+
+    // Owned but no longer desired: prune (unless opted out), dependents before dependencies.
+    let desired_ids: BTreeSet<&ResourceId> = input.desired.iter().map(|d| &d.id).collect();
+    let stale: Vec<&OwnedItem> = input.owned.iter().filter(|o| !desired_ids.contains(&o.id)).collect();
+    let mut prunes = Vec::new();
+    for o in &stale {
+        let (action, reason) = if o.prune_allowed {
+            (Action::Prune, "no longer in the desired state: stop it and forget it".to_string())
+        } else {
+            (Action::Noop, "no longer in the desired state, but `mirror.os/prune: disabled`: left running".to_string())
+        };
+        let old = diff(&o.id, Some(&o.last_applied), None, commit);
+        prunes.push((o.id.clone(), Change { kind: o.id.kind, name: o.id.name.clone(), action, reason, diff: old, corrective: false }));
+        drift.push(drift_item(&o.id, Drift::Stale, false, Severity::Warning, "owned but no longer desired".into()));
+    }
+
+    let prune_count = prunes.iter().filter(|(_, c)| c.action == Action::Prune).count();
+    let owned_count = input.owned.len();
+    let refused = if input.allow_mass_prune || prune_count == 0 {
+        None
+    } else if prune_count == owned_count {
+        Some(format!(
+            "refusing to prune all {owned_count} owned resource(s): the desired state would remove everything; pass --allow-mass-prune if this is intended"
+        ))
+    } else if prune_count as f64 > input.max_prune_fraction * owned_count as f64 {
+        Some(format!(
+            "refusing to prune {prune_count} of {owned_count} owned resources (more than the prune guard's {:.0}%); pass --allow-mass-prune if this is intended",
+            input.max_prune_fraction * 100.0
+        ))
+    } else {
+        None
+    };
+
+    let desired_deps: BTreeMap<ResourceId, Vec<ResourceId>> =
+        input.desired.iter().map(|d| (d.id.clone(), d.depends_on.clone())).collect();
+    let order = dependency_order(&input.desired.iter().map(|d| d.id.clone()).collect::<Vec<_>>(), &desired_deps);
+    let mut changes: Vec<Change> = order.into_iter().filter_map(|id| by_id.remove(&id)).collect();
+
+    let stale_deps: BTreeMap<ResourceId, Vec<ResourceId>> =
+        stale.iter().map(|o| (o.id.clone(), depends_on_of(&o.last_applied))).collect();
+    let prune_order = dependency_order(&prunes.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(), &stale_deps);
+    let mut prunes: BTreeMap<ResourceId, Change> = prunes.into_iter().collect();
+    changes.extend(prune_order.iter().rev().filter_map(|id| prunes.remove(id)));
+
+    Plan { commit: input.commit, changes, drift, refused }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn desired(name: &str, spec: Value, deps: &[&str]) -> DesiredItem {
+        DesiredItem {
+            id: ResourceId::new(Kind::Service, name),
+            hash: redact::spec_hash(&spec),
+            rendered: spec,
+            suspend: false,
+            prune_allowed: true,
+            depends_on: deps.iter().map(|d| ResourceId::new(Kind::Service, *d)).collect(),
+        }
+    }
+
+    fn owned(name: &str, spec: Value, running: bool) -> OwnedItem {
+        OwnedItem {
+            id: ResourceId::new(Kind::Service, name),
+            hash: redact::spec_hash(&spec),
+            last_applied: spec,
+            running,
+            prune_allowed: true,
+        }
+    }
+
+    fn input(desired: Vec<DesiredItem>, owned: Vec<OwnedItem>) -> PlanInput {
+        PlanInput { commit: Some("c0ffee".into()), desired, owned, max_prune_fraction: 0.5, allow_mass_prune: false }
+    }
+
+    fn actions(plan: &Plan) -> Vec<(String, Action)> {
+        plan.changes.iter().map(|c| (c.name.clone(), c.action)).collect()
+    }
+
+    #[test]
+    fn new_changed_dead_and_in_sync_services() {
+        let plan = plan(input(
+            vec![
+                desired("new", json!({"command": ["a"]}), &[]),
+                desired("changed", json!({"command": ["b2"]}), &[]),
+                desired("dead", json!({"command": ["c"]}), &[]),
+                desired("fine", json!({"command": ["d"]}), &[]),
+            ],
+            vec![
+                owned("changed", json!({"command": ["b1"]}), true),
+                owned("dead", json!({"command": ["c"]}), false),
+                owned("fine", json!({"command": ["d"]}), true),
+            ],
+        ));
+        assert_eq!(
+            actions(&plan),
+            vec![
+                ("changed".into(), Action::Update),
+                ("dead".into(), Action::Restart),
+                ("fine".into(), Action::Noop),
+                ("new".into(), Action::Create),
+            ]
+        );
+        let update = &plan.changes[0];
+        assert!(update.diff.contains("\n-- b1\n") && update.diff.contains("\n+- b2\n"), "{}", update.diff);
+        assert!(plan.changes[1].corrective, "a dead service is drift repaired");
+        assert!(!plan.changes[0].corrective, "a changed spec is a new desired state");
+        assert_eq!(plan.summary(), "1 to create, 1 to update, 1 to restart, 0 to prune, 0 to suspend, 1 unchanged");
+        assert!(plan.refused.is_none());
+    }
+
+    #[test]
+    fn dependencies_start_first_and_prunes_go_last_in_reverse() {
+        let plan = plan(PlanInput {
+            allow_mass_prune: true,
+            ..input(
+                vec![desired("app", json!({"command": ["app"]}), &["db"]), desired("db", json!({"command": ["db"]}), &[])],
+                vec![
+                    owned("old-db", json!({"command": ["x"]}), true),
+                    owned("old-app", json!({"command": ["y"], "dependsOn": ["old-db"]}), true),
+                ],
+            )
+        });
+        assert_eq!(
+            actions(&plan),
+            vec![
+                ("db".into(), Action::Create),
+                ("app".into(), Action::Create),
+                ("old-app".into(), Action::Prune),
+                ("old-db".into(), Action::Prune),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_prune_guard_refuses_emptying_the_host() {
+        let everything = plan(input(vec![], vec![owned("a", json!({}), true), owned("b", json!({}), true)]));
+        assert!(everything.refused.unwrap().contains("refusing to prune all 2"));
+        let most = plan(input(
+            vec![desired("a", json!({}), &[])],
+            vec![owned("a", json!({}), true), owned("b", json!({}), true), owned("c", json!({}), true)],
+        ));
+        assert!(most.refused.unwrap().contains("refusing to prune 2 of 3"));
+        let some = plan(input(
+            vec![desired("a", json!({}), &[]), desired("b", json!({}), &[])],
+            vec![owned("a", json!({}), true), owned("b", json!({}), true), owned("c", json!({}), true)],
+        ));
+        assert!(some.refused.is_none());
+    }
+
+    #[test]
+    fn prune_opt_out_and_suspend() {
+        let mut keep = owned("keep", json!({}), true);
+        keep.prune_allowed = false;
+        let mut paused = desired("paused", json!({}), &[]);
+        paused.suspend = true;
+        let plan = plan(PlanInput {
+            allow_mass_prune: true,
+            ..input(vec![paused], vec![keep, owned("paused", json!({}), true)])
+        });
+        assert_eq!(actions(&plan), vec![("paused".into(), Action::Suspend), ("keep".into(), Action::Noop)]);
+        assert!(plan.changes[1].reason.contains("mirror.os/prune: disabled"));
+    }
+
+    #[test]
+    fn a_second_plan_after_apply_is_all_noops() {
+        let spec = json!({"command": ["a"]});
+        let plan = plan(input(vec![desired("a", spec.clone(), &[])], vec![owned("a", spec, true)]));
+        assert_eq!(plan.pending().count(), 0);
+    }
+}
