@@ -4,8 +4,10 @@
 pub mod cli;
 pub mod example;
 pub mod plan;
+pub mod reconcile;
 pub mod report;
 pub mod source;
 pub mod spec;
 pub mod state;
 pub mod store;
+pub mod supervisor;

@@ -4,6 +4,7 @@ mod audit;
 mod crds;
 mod drift;
 mod init;
+mod reconcile;
 mod validate;
 
 use std::io::Write;
@@ -84,6 +85,8 @@ pub enum Command {
     Validate,
     /// Regenerate the JSON Schemas of the resource kinds in crds/
     Crds(crds::CrdsArgs),
+    /// One reconcile pass: make the host match the commit (--dry-run: show what would change)
+    Reconcile(reconcile::ReconcileArgs),
     /// Drift reports stored in the truth store
     #[command(subcommand)]
     Drift(drift::DriftCommand),
@@ -139,6 +142,7 @@ pub fn main() -> ExitCode {
         Command::Init(args) => init::run(&cli.global, args),
         Command::Validate => validate::run(&cli.global),
         Command::Crds(args) => crds::run(&cli.global, args),
+        Command::Reconcile(args) => reconcile::run(&cli.global, args),
         Command::Drift(command) => drift::run(&cli.global, command),
         Command::Audit(command) => audit::run(&cli.global, command),
     };

@@ -168,12 +168,24 @@ fn depends_on_of(value: &Value) -> Vec<ResourceId> {
     value
         .get("dependsOn")
         .and_then(Value::as_array)
-        .map(|deps| deps.iter().filter_map(Value::as_str).filter_map(|d| crate::spec::parse_dependency(d).ok()).collect())
+        .map(|deps| {
+            deps.iter()
+                .filter_map(Value::as_str)
+                .filter_map(|d| crate::spec::parse_dependency(d).ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn drift_item(id: &ResourceId, drift: Drift, corrective: bool, severity: Severity, detail: String) -> DriftItem {
-    DriftItem { kind: id.kind.to_string(), name: id.name.clone(), drift, corrective, severity, detail }
+    DriftItem {
+        kind: id.kind.to_string(),
+        name: id.name.clone(),
+        drift,
+        corrective,
+        severity,
+        detail,
+    }
 }
 
 /// Decides what to do with every desired and every owned resource.
@@ -186,27 +198,85 @@ pub fn plan(input: PlanInput) -> Plan {
     for item in &input.desired {
         let id = &item.id;
         let mut change = |action: Action, reason: String, diff: String, corrective: bool| {
-            by_id.insert(id.clone(), Change { kind: id.kind, name: id.name.clone(), action, reason, diff, corrective });
+            by_id.insert(
+                id.clone(),
+                Change {
+                    kind: id.kind,
+                    name: id.name.clone(),
+                    action,
+                    reason,
+                    diff,
+                    corrective,
+                },
+            );
         };
         match owned.get(id) {
             None if item.suspend => change(Action::Noop, "suspended: not started".into(), String::new(), false),
             None => {
-                change(Action::Create, "new in the desired state".into(), diff(id, None, Some(&item.rendered), commit), false);
-                drift.push(drift_item(id, Drift::Missing, false, Severity::Info, "not running yet: new in the desired state".into()));
+                change(
+                    Action::Create,
+                    "new in the desired state".into(),
+                    diff(id, None, Some(&item.rendered), commit),
+                    false,
+                );
+                drift.push(drift_item(
+                    id,
+                    Drift::Missing,
+                    false,
+                    Severity::Info,
+                    "not running yet: new in the desired state".into(),
+                ));
             }
             Some(o) if item.suspend && o.running => {
-                change(Action::Suspend, "suspend: true: stop it and keep it stopped".into(), String::new(), false);
-                drift.push(drift_item(id, Drift::Changed, false, Severity::Info, "suspended in the desired state".into()));
+                change(
+                    Action::Suspend,
+                    "suspend: true: stop it and keep it stopped".into(),
+                    String::new(),
+                    false,
+                );
+                drift.push(drift_item(
+                    id,
+                    Drift::Changed,
+                    false,
+                    Severity::Info,
+                    "suspended in the desired state".into(),
+                ));
             }
             Some(_) if item.suspend => change(Action::Noop, "suspended".into(), String::new(), false),
             Some(o) if o.hash != item.hash => {
-                let reason = if o.running { "spec changed: restart with the new spec" } else { "spec changed (and not running): start with the new spec" };
-                change(Action::Update, reason.into(), diff(id, Some(&o.last_applied), Some(&item.rendered), commit), false);
-                drift.push(drift_item(id, Drift::Changed, false, Severity::Info, "spec changed in the desired state".into()));
+                let reason = if o.running {
+                    "spec changed: restart with the new spec"
+                } else {
+                    "spec changed (and not running): start with the new spec"
+                };
+                change(
+                    Action::Update,
+                    reason.into(),
+                    diff(id, Some(&o.last_applied), Some(&item.rendered), commit),
+                    false,
+                );
+                drift.push(drift_item(
+                    id,
+                    Drift::Changed,
+                    false,
+                    Severity::Info,
+                    "spec changed in the desired state".into(),
+                ));
             }
             Some(o) if !o.running => {
-                change(Action::Restart, "not running: start it again".into(), String::new(), true);
-                drift.push(drift_item(id, Drift::Failed, true, Severity::Error, "owned but not running".into()));
+                change(
+                    Action::Restart,
+                    "not running: start it again".into(),
+                    String::new(),
+                    true,
+                );
+                drift.push(drift_item(
+                    id,
+                    Drift::Failed,
+                    true,
+                    Severity::Error,
+                    "owned but not running".into(),
+                ));
             }
             Some(_) => change(Action::Noop, "in sync".into(), String::new(), false),
         }
@@ -218,13 +288,35 @@ pub fn plan(input: PlanInput) -> Plan {
     let mut prunes = Vec::new();
     for o in &stale {
         let (action, reason) = if o.prune_allowed {
-            (Action::Prune, "no longer in the desired state: stop it and forget it".to_string())
+            (
+                Action::Prune,
+                "no longer in the desired state: stop it and forget it".to_string(),
+            )
         } else {
-            (Action::Noop, "no longer in the desired state, but `mirror.os/prune: disabled`: left running".to_string())
+            (
+                Action::Noop,
+                "no longer in the desired state, but `mirror.os/prune: disabled`: left running".to_string(),
+            )
         };
         let old = diff(&o.id, Some(&o.last_applied), None, commit);
-        prunes.push((o.id.clone(), Change { kind: o.id.kind, name: o.id.name.clone(), action, reason, diff: old, corrective: false }));
-        drift.push(drift_item(&o.id, Drift::Stale, false, Severity::Warning, "owned but no longer desired".into()));
+        prunes.push((
+            o.id.clone(),
+            Change {
+                kind: o.id.kind,
+                name: o.id.name.clone(),
+                action,
+                reason,
+                diff: old,
+                corrective: false,
+            },
+        ));
+        drift.push(drift_item(
+            &o.id,
+            Drift::Stale,
+            false,
+            Severity::Warning,
+            "owned but no longer desired".into(),
+        ));
     }
 
     let prune_count = prunes.iter().filter(|(_, c)| c.action == Action::Prune).count();
@@ -244,18 +336,34 @@ pub fn plan(input: PlanInput) -> Plan {
         None
     };
 
-    let desired_deps: BTreeMap<ResourceId, Vec<ResourceId>> =
-        input.desired.iter().map(|d| (d.id.clone(), d.depends_on.clone())).collect();
-    let order = dependency_order(&input.desired.iter().map(|d| d.id.clone()).collect::<Vec<_>>(), &desired_deps);
+    let desired_deps: BTreeMap<ResourceId, Vec<ResourceId>> = input
+        .desired
+        .iter()
+        .map(|d| (d.id.clone(), d.depends_on.clone()))
+        .collect();
+    let order = dependency_order(
+        &input.desired.iter().map(|d| d.id.clone()).collect::<Vec<_>>(),
+        &desired_deps,
+    );
     let mut changes: Vec<Change> = order.into_iter().filter_map(|id| by_id.remove(&id)).collect();
 
-    let stale_deps: BTreeMap<ResourceId, Vec<ResourceId>> =
-        stale.iter().map(|o| (o.id.clone(), depends_on_of(&o.last_applied))).collect();
-    let prune_order = dependency_order(&prunes.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(), &stale_deps);
+    let stale_deps: BTreeMap<ResourceId, Vec<ResourceId>> = stale
+        .iter()
+        .map(|o| (o.id.clone(), depends_on_of(&o.last_applied)))
+        .collect();
+    let prune_order = dependency_order(
+        &prunes.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>(),
+        &stale_deps,
+    );
     let mut prunes: BTreeMap<ResourceId, Change> = prunes.into_iter().collect();
     changes.extend(prune_order.iter().rev().filter_map(|id| prunes.remove(id)));
 
-    Plan { commit: input.commit, changes, drift, refused }
+    Plan {
+        commit: input.commit,
+        changes,
+        drift,
+        refused,
+    }
 }
 
 #[cfg(test)]
@@ -285,7 +393,13 @@ mod tests {
     }
 
     fn input(desired: Vec<DesiredItem>, owned: Vec<OwnedItem>) -> PlanInput {
-        PlanInput { commit: Some("c0ffee".into()), desired, owned, max_prune_fraction: 0.5, allow_mass_prune: false }
+        PlanInput {
+            commit: Some("c0ffee".into()),
+            desired,
+            owned,
+            max_prune_fraction: 0.5,
+            allow_mass_prune: false,
+        }
     }
 
     fn actions(plan: &Plan) -> Vec<(String, Action)> {
@@ -317,10 +431,17 @@ mod tests {
             ]
         );
         let update = &plan.changes[0];
-        assert!(update.diff.contains("\n-- b1\n") && update.diff.contains("\n+- b2\n"), "{}", update.diff);
+        assert!(
+            update.diff.contains("\n-- b1\n") && update.diff.contains("\n+- b2\n"),
+            "{}",
+            update.diff
+        );
         assert!(plan.changes[1].corrective, "a dead service is drift repaired");
         assert!(!plan.changes[0].corrective, "a changed spec is a new desired state");
-        assert_eq!(plan.summary(), "1 to create, 1 to update, 1 to restart, 0 to prune, 0 to suspend, 1 unchanged");
+        assert_eq!(
+            plan.summary(),
+            "1 to create, 1 to update, 1 to restart, 0 to prune, 0 to suspend, 1 unchanged"
+        );
         assert!(plan.refused.is_none());
     }
 
@@ -329,7 +450,10 @@ mod tests {
         let plan = plan(PlanInput {
             allow_mass_prune: true,
             ..input(
-                vec![desired("app", json!({"command": ["app"]}), &["db"]), desired("db", json!({"command": ["db"]}), &[])],
+                vec![
+                    desired("app", json!({"command": ["app"]}), &["db"]),
+                    desired("db", json!({"command": ["db"]}), &[]),
+                ],
                 vec![
                     owned("old-db", json!({"command": ["x"]}), true),
                     owned("old-app", json!({"command": ["y"], "dependsOn": ["old-db"]}), true),
@@ -349,16 +473,27 @@ mod tests {
 
     #[test]
     fn the_prune_guard_refuses_emptying_the_host() {
-        let everything = plan(input(vec![], vec![owned("a", json!({}), true), owned("b", json!({}), true)]));
+        let everything = plan(input(
+            vec![],
+            vec![owned("a", json!({}), true), owned("b", json!({}), true)],
+        ));
         assert!(everything.refused.unwrap().contains("refusing to prune all 2"));
         let most = plan(input(
             vec![desired("a", json!({}), &[])],
-            vec![owned("a", json!({}), true), owned("b", json!({}), true), owned("c", json!({}), true)],
+            vec![
+                owned("a", json!({}), true),
+                owned("b", json!({}), true),
+                owned("c", json!({}), true),
+            ],
         ));
         assert!(most.refused.unwrap().contains("refusing to prune 2 of 3"));
         let some = plan(input(
             vec![desired("a", json!({}), &[]), desired("b", json!({}), &[])],
-            vec![owned("a", json!({}), true), owned("b", json!({}), true), owned("c", json!({}), true)],
+            vec![
+                owned("a", json!({}), true),
+                owned("b", json!({}), true),
+                owned("c", json!({}), true),
+            ],
         ));
         assert!(some.refused.is_none());
     }
@@ -373,14 +508,20 @@ mod tests {
             allow_mass_prune: true,
             ..input(vec![paused], vec![keep, owned("paused", json!({}), true)])
         });
-        assert_eq!(actions(&plan), vec![("paused".into(), Action::Suspend), ("keep".into(), Action::Noop)]);
+        assert_eq!(
+            actions(&plan),
+            vec![("paused".into(), Action::Suspend), ("keep".into(), Action::Noop)]
+        );
         assert!(plan.changes[1].reason.contains("mirror.os/prune: disabled"));
     }
 
     #[test]
     fn a_second_plan_after_apply_is_all_noops() {
         let spec = json!({"command": ["a"]});
-        let plan = plan(input(vec![desired("a", spec.clone(), &[])], vec![owned("a", spec, true)]));
+        let plan = plan(input(
+            vec![desired("a", spec.clone(), &[])],
+            vec![owned("a", spec, true)],
+        ));
         assert_eq!(plan.pending().count(), 0);
     }
 }

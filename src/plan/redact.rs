@@ -56,7 +56,9 @@ pub fn render_spec(spec: Value, key: &[u8], env_files: &BTreeMap<PathBuf, Option
 
 /// SHA-256 of the rendered spec's canonical JSON (keys sorted): what "the spec changed" means.
 pub fn spec_hash(rendered: &Value) -> String {
-    hex::encode(Sha256::digest(serde_json::to_vec(rendered).expect("JSON values serialize")))
+    hex::encode(Sha256::digest(
+        serde_json::to_vec(rendered).expect("JSON values serialize"),
+    ))
 }
 
 #[cfg(test)]
@@ -68,13 +70,17 @@ mod tests {
     fn secrets_are_replaced_and_changes_still_show() {
         let key = b"local key";
         let files = BTreeMap::from([(PathBuf::from("/etc/web.env"), Some(b"DB_PASSWORD=hunter2\n".to_vec()))]);
-        let spec = json!({"command": ["web"], "env": {"PORT": "80", "API_TOKEN": "s3cret"}, "envFiles": ["/etc/web.env"]});
+        let spec =
+            json!({"command": ["web"], "env": {"PORT": "80", "API_TOKEN": "s3cret"}, "envFiles": ["/etc/web.env"]});
         let shown = render_spec(spec.clone(), key, &files);
         let text = shown.to_string();
         assert!(!text.contains("s3cret") && !text.contains("hunter2"), "{text}");
         assert_eq!(shown["env"]["PORT"], "80");
         assert!(shown["env"]["API_TOKEN"].as_str().unwrap().starts_with("(redacted "));
-        assert!(shown["envFiles"]["/etc/web.env"].as_str().unwrap().starts_with("(redacted "));
+        assert!(shown["envFiles"]["/etc/web.env"]
+            .as_str()
+            .unwrap()
+            .starts_with("(redacted "));
 
         let mut changed = spec.clone();
         changed["env"]["API_TOKEN"] = json!("rotated");
@@ -82,6 +88,9 @@ mod tests {
         assert_ne!(shown["env"]["API_TOKEN"], shown_changed["env"]["API_TOKEN"]);
         assert_ne!(spec_hash(&shown), spec_hash(&shown_changed));
         // Another host's key gives other fingerprints: they cannot be compared across hosts.
-        assert_ne!(render_spec(spec, b"other key", &files)["env"]["API_TOKEN"], shown["env"]["API_TOKEN"]);
+        assert_ne!(
+            render_spec(spec, b"other key", &files)["env"]["API_TOKEN"],
+            shown["env"]["API_TOKEN"]
+        );
     }
 }

@@ -7,6 +7,7 @@ mod crds;
 mod git_source;
 mod init;
 mod invalid_corpus;
+mod reconcile;
 mod store_cli;
 mod store_contract;
 mod validate;

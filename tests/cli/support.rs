@@ -58,6 +58,11 @@ impl Sandbox {
         self
     }
 
+    pub fn remove(&self, path: &str) -> &Self {
+        std::fs::remove_file(self.repo().join(path)).unwrap();
+        self
+    }
+
     /// Stages everything in the working tree (deletions too) and commits; returns the commit id.
     pub fn commit(&self, message: &str) -> String {
         let repo = Repository::open(self.repo()).unwrap();

@@ -1,0 +1,174 @@
+//! `mirrorctl reconcile [--dry-run]`: one pass. Dry-run exits 0 in sync, 2 changes pending,
+//! 1 error; apply exits 0 converged, 1 error (nothing applied when the source is invalid).
+
+use std::io::IsTerminal;
+
+use clap::Args;
+use serde_json::json;
+
+use super::{block_on, exit, print_json, report_error, GlobalArgs, Output};
+use crate::plan::{Action, Plan};
+use crate::reconcile::{run_pass, Context, PassOptions, PassOutcome};
+
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// Show what would change and why; change nothing (a drift report is still stored)
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Allow a pass that prunes everything owned, or more than the prune guard's fraction
+    #[arg(long)]
+    pub allow_mass_prune: bool,
+    /// Also list resources that are in sync
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+pub fn run(global: &GlobalArgs, args: &ReconcileArgs) -> u8 {
+    let store = match global.store_url() {
+        Ok(url) => url,
+        Err(e) => {
+            report_error(global.output, &e);
+            return exit::ERROR;
+        }
+    };
+    let context = Context {
+        source: global.source_options(),
+        state_dir: global.state_dir(),
+        store,
+        host: crate::state::host_name(),
+    };
+    if global.worktree && !args.dry_run {
+        eprintln!(
+            "mirrorctl: error: --worktree is a preview: use it with --dry-run (uncommitted edits are never applied)"
+        );
+        return exit::ERROR;
+    }
+    let options = PassOptions {
+        dry_run: args.dry_run,
+        allow_mass_prune: args.allow_mass_prune,
+        trigger: "cli".into(),
+    };
+    let outcome = match block_on(run_pass(&context, &options)) {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            report_error(global.output, &e);
+            return exit::ERROR;
+        }
+    };
+    match global.output {
+        Output::Text => print_text(&outcome, args),
+        Output::Json => print_json(&to_json(&outcome, args.dry_run)),
+    }
+    if let Some(problem) = &outcome.store.store_error {
+        eprintln!(
+            "mirrorctl: note: the truth store was not written ({problem}); {} record(s) wait in the journal",
+            outcome.store.pending
+        );
+    }
+    match (
+        &outcome.error,
+        args.dry_run,
+        outcome.plan.as_ref().map_or(0, |p| p.pending().count()),
+    ) {
+        (Some(_), _, _) => exit::ERROR,
+        (None, true, pending) if pending > 0 => exit::CHANGES,
+        _ => exit::OK,
+    }
+}
+
+fn to_json(outcome: &PassOutcome, dry_run: bool) -> serde_json::Value {
+    let changes: Vec<_> = outcome
+        .plan
+        .iter()
+        .flat_map(|p| p.changes.iter())
+        .map(|c| json!({"kind": c.kind, "name": c.name, "action": c.action, "reason": c.reason, "diff": c.diff}))
+        .collect();
+    json!({
+        "commit": outcome.commit,
+        "dry_run": dry_run,
+        "changes": changes,
+        "summary": outcome.plan.as_ref().map(Plan::summary),
+        "applied": outcome.applied,
+        "report_id": outcome.report.id,
+        "error": outcome.error,
+        "errors": outcome.diagnostics,
+    })
+}
+
+const GROUPS: [(Action, &str, &str); 6] = [
+    (Action::Create, "create", "+"),
+    (Action::Update, "update", "~"),
+    (Action::Restart, "restart", "↻"),
+    (Action::Suspend, "suspend", "‖"),
+    (Action::Prune, "prune", "-"),
+    (Action::Noop, "unchanged", "="),
+];
+
+fn colored(line: &str, color: bool) -> String {
+    if !color {
+        return line.to_string();
+    }
+    match line.chars().next() {
+        Some('+') if !line.starts_with("+++") => format!("\x1b[32m{line}\x1b[0m"),
+        Some('-') if !line.starts_with("---") => format!("\x1b[31m{line}\x1b[0m"),
+        Some('@') => format!("\x1b[36m{line}\x1b[0m"),
+        _ => line.to_string(),
+    }
+}
+
+fn print_text(outcome: &PassOutcome, args: &ReconcileArgs) {
+    let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let Some(plan) = &outcome.plan else {
+        for d in &outcome.diagnostics {
+            println!("{d}");
+        }
+        println!(
+            "invalid: the desired state has {} error(s): nothing was applied",
+            outcome.diagnostics.len()
+        );
+        return;
+    };
+    let commit = plan
+        .commit
+        .as_deref()
+        .map_or("(working tree)", |c| &c[..c.len().min(12)]);
+    println!("{} at commit {commit}", if args.dry_run { "plan" } else { "reconcile" });
+    for (action, title, mark) in GROUPS {
+        if action == Action::Noop && !args.verbose {
+            continue;
+        }
+        let changes: Vec<_> = plan.changes.iter().filter(|c| c.action == action).collect();
+        if changes.is_empty() {
+            continue;
+        }
+        println!("\n{title}:");
+        for change in changes {
+            println!("  {mark} {}/{}: {}", change.kind, change.name, change.reason);
+            for line in change.diff.lines() {
+                println!("      {}", colored(line, color));
+            }
+        }
+    }
+    if let Some(refused) = &plan.refused {
+        println!("\nrefused: {refused}");
+    }
+    for applied in outcome.applied.iter().filter(|a| !a.ok) {
+        println!(
+            "\nfailed: {}/{} ({}): {}",
+            applied.kind,
+            applied.name,
+            applied.action.as_str(),
+            applied.detail
+        );
+    }
+    println!(
+        "\n{}{}",
+        plan.summary(),
+        if args.dry_run {
+            " (dry-run: nothing changed)"
+        } else {
+            ""
+        }
+    );
+    println!("drift report {} stored", outcome.report.id);
+}

@@ -1,0 +1,516 @@
+//! One reconcile pass: source -> observe -> plan -> (a dry-run stops here) -> apply -> verify
+//! -> store. The dry-run runs the very same steps up to the plan. Every pass writes one run
+//! record and one drift report; every action one receipt.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::plan::redact::{render_spec, spec_hash};
+use crate::plan::{self, Action, DesiredItem, OwnedItem, Plan, PlanInput};
+use crate::report::{now_ms, rfc3339, Drift, DriftItem, DriftReport, Severity};
+use crate::source::{self, DesiredState, LoadError, SourceOptions};
+use crate::spec::{parse_dependency, Kind, ResourceId, ServiceSpec, Spec};
+use crate::store::inventory::LocalInventory;
+use crate::store::recorder::{FlushReport, RecorderConfig};
+use crate::store::{new_id, InventoryEntry, ReceiptDraft, Record, Recorder, RunFinished, RunStarted, StoreUrl};
+use crate::supervisor::process::{self, Liveness, ProcessIdentity, SpawnSpec};
+
+/// Where a pass reads and writes.
+#[derive(Clone, Debug)]
+pub struct Context {
+    pub source: SourceOptions,
+    pub state_dir: PathBuf,
+    pub store: StoreUrl,
+    pub host: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct PassOptions {
+    pub dry_run: bool,
+    pub allow_mass_prune: bool,
+    /// What started the pass: `cli`, `commit`, `resync`, ...
+    pub trigger: String,
+}
+
+/// What apply did with one change.
+#[derive(Clone, Debug, Serialize)]
+pub struct Applied {
+    pub kind: Kind,
+    pub name: String,
+    pub action: Action,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug)]
+pub struct PassOutcome {
+    pub commit: Option<String>,
+    /// None when the source was invalid.
+    pub plan: Option<Plan>,
+    pub diagnostics: Vec<source::Diagnostic>,
+    pub applied: Vec<Applied>,
+    pub report: DriftReport,
+    /// Why the pass did not converge: an invalid source, the prune guard, failed actions.
+    pub error: Option<String>,
+    pub store: FlushReport,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Source(#[from] source::ReadSourceError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("{path}: {message}")]
+    StateDir { path: PathBuf, message: String },
+}
+
+/// How long a pass waits for the truth store before leaving the rest in the journal.
+const STORE_WAIT: Duration = Duration::from_secs(5);
+
+pub async fn run_pass(context: &Context, options: &PassOptions) -> Result<PassOutcome, ReconcileError> {
+    std::fs::create_dir_all(&context.state_dir).map_err(|e| ReconcileError::StateDir {
+        path: context.state_dir.clone(),
+        message: e.to_string(),
+    })?;
+    let config = RecorderConfig::new(context.state_dir.clone(), context.host.clone(), context.store.clone());
+    let (recorder, _writer) = Recorder::start(config)?;
+    let run_id = new_id();
+    let started_ms = now_ms();
+
+    let loaded = source::load(&context.source);
+    let (state, commit) = match loaded {
+        Ok(state) => {
+            let commit = state.commit.clone();
+            (Some(state), commit)
+        }
+        Err(LoadError::Read(e)) => return Err(e.into()),
+        Err(LoadError::Invalid {
+            commit, diagnostics, ..
+        }) => {
+            // An invalid source applies nothing; the report says why.
+            recorder.record(run_started(&run_id, context, &commit, options, started_ms));
+            let detail = format!("{} error(s), first: {}", diagnostics.len(), diagnostics[0]);
+            let item = DriftItem {
+                kind: "Source".into(),
+                name: context.source.path.display().to_string(),
+                drift: Drift::InvalidSource,
+                corrective: false,
+                severity: Severity::Critical,
+                detail,
+            };
+            let report = drift_report(context, &commit, &run_id, options, started_ms, vec![item]);
+            recorder.record(Record::DriftReport(report.clone()));
+            recorder.record(run_finished(&run_id, "invalid-source", "nothing applied".into()));
+            let store = flush(&recorder).await;
+            return Ok(PassOutcome {
+                commit,
+                plan: None,
+                diagnostics,
+                applied: Vec::new(),
+                report,
+                error: Some("the desired state is invalid: nothing was applied".into()),
+                store,
+            });
+        }
+    };
+    let state = state.expect("loaded");
+    recorder.record(run_started(&run_id, context, &commit, options, started_ms));
+
+    let key = secret_key(&context.state_dir)?;
+    let mut inventory = LocalInventory::load(&context.state_dir)?;
+    let desired = desired_services(&state, &key, &context.state_dir);
+    let owned = observe(&inventory);
+    let controller = state.controller();
+    let plan = plan::plan(PlanInput {
+        commit: commit.clone(),
+        desired: desired.iter().map(|d| d.item.clone()).collect(),
+        owned,
+        max_prune_fraction: controller.prune_max_fraction(),
+        allow_mass_prune: options.allow_mass_prune,
+    });
+
+    let mut applied = Vec::new();
+    let mut error = plan.refused.clone();
+    if !options.dry_run && plan.refused.is_none() {
+        let specs: BTreeMap<&ResourceId, &DesiredService> = desired.iter().map(|d| (&d.item.id, d)).collect();
+        let mut failed: Vec<ResourceId> = Vec::new();
+        for change in plan.pending() {
+            let id = ResourceId::new(change.kind, change.name.clone());
+            let blocked = specs
+                .get(&id)
+                .and_then(|d| d.item.depends_on.iter().find(|dep| failed.contains(dep)))
+                .cloned();
+            let result = match blocked {
+                Some(dep) => Err(format!("not started: its dependency {dep} failed")),
+                None => apply_change(
+                    context,
+                    change.action,
+                    &id,
+                    specs.get(&id).copied(),
+                    &mut inventory,
+                    &recorder,
+                ),
+            };
+            let (ok, detail) = match result {
+                Ok(detail) => (true, detail),
+                Err(detail) => {
+                    failed.push(id.clone());
+                    (false, detail)
+                }
+            };
+            recorder.receipt(ReceiptDraft {
+                run_id: Some(run_id.clone()),
+                commit: commit.clone(),
+                kind: change.kind.to_string(),
+                name: change.name.clone(),
+                action: if ok {
+                    change.action.as_str().to_string()
+                } else {
+                    format!("{}-failed", change.action.as_str())
+                },
+                reason: change.reason.clone(),
+                detail: json!({"ok": ok, "detail": detail}).to_string(),
+            });
+            applied.push(Applied {
+                kind: change.kind,
+                name: change.name.clone(),
+                action: change.action,
+                ok,
+                detail,
+            });
+        }
+        if !failed.is_empty() {
+            error = Some(format!("{} action(s) failed", failed.len()));
+        }
+        refresh_unchanged(&plan, &desired, &mut inventory, &recorder)?;
+    }
+
+    let mut items = plan.drift.clone();
+    for a in applied.iter().filter(|a| !a.ok) {
+        items.push(DriftItem {
+            kind: a.kind.to_string(),
+            name: a.name.clone(),
+            drift: Drift::Failed,
+            corrective: false,
+            severity: Severity::Error,
+            detail: a.detail.clone(),
+        });
+    }
+    let report = drift_report(context, &commit, &run_id, options, started_ms, items);
+    recorder.set_report_retention(controller.report_retention().as_std());
+    recorder.record(Record::DriftReport(report.clone()));
+    let outcome = match (&error, options.dry_run, plan.pending().count()) {
+        (Some(_), _, _) => "failed",
+        (None, true, 0) | (None, false, _) => "converged",
+        (None, true, _) => "changes-pending",
+    };
+    recorder.record(run_finished(&run_id, outcome, plan.summary()));
+    let store = flush(&recorder).await;
+    Ok(PassOutcome {
+        commit,
+        plan: Some(plan),
+        diagnostics: Vec::new(),
+        applied,
+        report,
+        error,
+        store,
+    })
+}
+
+async fn flush(recorder: &Recorder) -> FlushReport {
+    tokio::time::timeout(STORE_WAIT, recorder.flush())
+        .await
+        .unwrap_or_else(|_| FlushReport {
+            pending: 1,
+            store_error: Some(format!(
+                "the truth store did not answer within {}s; records wait in the journal",
+                STORE_WAIT.as_secs()
+            )),
+        })
+}
+
+fn run_started(id: &str, context: &Context, commit: &Option<String>, options: &PassOptions, started_ms: i64) -> Record {
+    Record::RunStarted(RunStarted {
+        id: id.to_string(),
+        host: context.host.clone(),
+        commit: commit.clone(),
+        trigger: if options.dry_run {
+            format!("{} (dry-run)", options.trigger)
+        } else {
+            options.trigger.clone()
+        },
+        started_ms,
+    })
+}
+
+fn run_finished(id: &str, outcome: &str, summary: String) -> Record {
+    Record::RunFinished(RunFinished {
+        id: id.to_string(),
+        ended_ms: now_ms(),
+        outcome: outcome.to_string(),
+        summary,
+    })
+}
+
+fn drift_report(
+    context: &Context,
+    commit: &Option<String>,
+    run_id: &str,
+    options: &PassOptions,
+    started_ms: i64,
+    items: Vec<DriftItem>,
+) -> DriftReport {
+    DriftReport {
+        id: new_id(),
+        host: context.host.clone(),
+        commit: commit.clone(),
+        run_id: Some(run_id.to_string()),
+        started_at: rfc3339(started_ms),
+        observe_only: options.dry_run,
+        items,
+    }
+}
+
+/// The key of secret fingerprints, made on first use (`<state dir>/secret.key`, mode 0600).
+fn secret_key(state_dir: &Path) -> Result<Vec<u8>, ReconcileError> {
+    let path = state_dir.join("secret.key");
+    let error = |e: std::io::Error| ReconcileError::StateDir {
+        path: path.clone(),
+        message: e.to_string(),
+    };
+    match std::fs::read(&path) {
+        Ok(key) if key.len() >= 32 => return Ok(key),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(error(e)),
+    }
+    let mut key = vec![0u8; 32];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut key))
+        .map_err(error)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    use std::io::Write;
+    options.open(&path).and_then(|mut f| f.write_all(&key)).map_err(error)?;
+    Ok(key)
+}
+
+/// A desired Service with what apply needs.
+struct DesiredService {
+    item: DesiredItem,
+    spec: ServiceSpec,
+}
+
+/// Relative env files and working dirs are relative to the state dir (secrets live outside git).
+fn resolve(state_dir: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        state_dir.join(path)
+    }
+}
+
+fn desired_services(state: &DesiredState, key: &[u8], state_dir: &Path) -> Vec<DesiredService> {
+    state
+        .resources
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::Service(spec) => Some((r, spec)),
+            _ => None,
+        })
+        .map(|(resource, spec)| {
+            let env_files: BTreeMap<PathBuf, Option<Vec<u8>>> = spec
+                .env_files
+                .iter()
+                .map(|p| (p.clone(), std::fs::read(resolve(state_dir, p)).ok()))
+                .collect();
+            let raw = serde_json::to_value(spec).expect("specs serialize");
+            let rendered = render_spec(raw, key, &env_files);
+            let hash = spec_hash(&rendered);
+            let mut last_applied = rendered.clone();
+            // Remember the prune opt-out with the spec: once the resource leaves the desired
+            // state, the annotation is only known from here.
+            if !resource.metadata.prune_allowed() {
+                last_applied["x-prune"] = json!("disabled");
+            }
+            DesiredService {
+                item: DesiredItem {
+                    id: resource.id(),
+                    rendered: last_applied,
+                    hash,
+                    suspend: spec.suspend,
+                    prune_allowed: resource.metadata.prune_allowed(),
+                    depends_on: spec
+                        .depends_on
+                        .iter()
+                        .filter_map(|d| parse_dependency(d).ok())
+                        .collect(),
+                },
+                spec: spec.clone(),
+            }
+        })
+        .collect()
+}
+
+fn identity_of(entry: &InventoryEntry) -> Option<ProcessIdentity> {
+    entry.process.as_deref().and_then(|p| serde_json::from_str(p).ok())
+}
+
+/// What the host runs of what it owns: the inventory, checked against the process table.
+fn observe(inventory: &LocalInventory) -> Vec<OwnedItem> {
+    inventory
+        .entries()
+        .filter(|e| e.kind == Kind::Service.as_str())
+        .map(|entry| {
+            let last_applied: Value = serde_json::from_str(&entry.last_applied).unwrap_or(Value::Null);
+            let running = identity_of(entry).is_some_and(|id| process::liveness(&id) == Liveness::Running);
+            OwnedItem {
+                id: ResourceId::new(Kind::Service, entry.name.clone()),
+                hash: entry.spec_hash.clone(),
+                prune_allowed: last_applied.get("x-prune").and_then(Value::as_str) != Some("disabled"),
+                last_applied,
+                running,
+            }
+        })
+        .collect()
+}
+
+/// Carries out one change; Ok(detail) or Err(why it failed).
+fn apply_change(
+    context: &Context,
+    action: Action,
+    id: &ResourceId,
+    desired: Option<&DesiredService>,
+    inventory: &mut LocalInventory,
+    recorder: &Recorder,
+) -> Result<String, String> {
+    let current = inventory.get(id.kind.as_str(), &id.name).cloned();
+    let stop_current = |inventory_entry: &Option<InventoryEntry>| -> String {
+        let Some(identity) = inventory_entry.as_ref().and_then(identity_of) else {
+            return String::new();
+        };
+        let (signal, grace) = match inventory_entry.as_ref().map(|e| stop_settings(&e.last_applied)) {
+            Some(settings) => settings,
+            None => ("SIGTERM", Duration::from_secs(10)),
+        };
+        format!(
+            "stopped pid {} ({:?}); ",
+            identity.pid,
+            process::stop(&identity, signal, grace)
+        )
+    };
+    let local_error = |e: crate::store::StoreError| e.to_string();
+    match action {
+        Action::Noop => Ok(String::new()),
+        Action::Create | Action::Update | Action::Restart => {
+            let desired = desired.ok_or("no desired spec")?;
+            let stopped = if action == Action::Create {
+                String::new()
+            } else {
+                stop_current(&current)
+            };
+            let identity = start(context, &id.name, &desired.spec)?;
+            let entry = InventoryEntry {
+                host: context.host.clone(),
+                kind: id.kind.to_string(),
+                name: id.name.clone(),
+                spec_hash: desired.item.hash.clone(),
+                last_applied: desired.item.rendered.to_string(),
+                process: Some(serde_json::to_string(&identity).expect("identities serialize")),
+                updated_ms: now_ms(),
+            };
+            inventory.upsert(entry, recorder).map_err(local_error)?;
+            Ok(format!("{stopped}started pid {}", identity.pid))
+        }
+        Action::Suspend => {
+            let stopped = stop_current(&current);
+            if let Some(mut entry) = current {
+                entry.process = None;
+                entry.updated_ms = now_ms();
+                inventory.upsert(entry, recorder).map_err(local_error)?;
+            }
+            Ok(format!("{stopped}suspended"))
+        }
+        Action::Prune => {
+            let stopped = stop_current(&current);
+            inventory
+                .remove(&context.host, id.kind.as_str(), &id.name, recorder)
+                .map_err(local_error)?;
+            Ok(format!("{stopped}forgotten"))
+        }
+    }
+}
+
+/// Unchanged resources whose recorded spec differs only in what does not restart them (the
+/// prune opt-out): the inventory learns it, the process is left alone.
+fn refresh_unchanged(
+    plan: &Plan,
+    desired: &[DesiredService],
+    inventory: &mut LocalInventory,
+    recorder: &Recorder,
+) -> Result<(), ReconcileError> {
+    for change in plan.changes.iter().filter(|c| c.action == Action::Noop) {
+        let Some(d) = desired
+            .iter()
+            .find(|d| d.item.id.kind == change.kind && d.item.id.name == change.name)
+        else {
+            continue;
+        };
+        if let Some(mut entry) = inventory.get(change.kind.as_str(), &change.name).cloned() {
+            let rendered = d.item.rendered.to_string();
+            if entry.last_applied != rendered && entry.spec_hash == d.item.hash {
+                entry.last_applied = rendered;
+                entry.updated_ms = now_ms();
+                inventory.upsert(entry, recorder)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The stop signal and grace of a last-applied spec.
+fn stop_settings(last_applied: &str) -> (&'static str, Duration) {
+    let spec: Option<ServiceSpec> = serde_json::from_str::<Value>(last_applied).ok().and_then(|mut v| {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("x-prune");
+            o.remove("envFiles");
+        }
+        serde_json::from_value(v).ok()
+    });
+    let stop = spec.map(|s| s.stop()).unwrap_or_default();
+    (stop.signal().unwrap_or("SIGTERM"), stop.grace().as_std())
+}
+
+fn start(context: &Context, name: &str, spec: &ServiceSpec) -> Result<ProcessIdentity, String> {
+    let working_dir = match &spec.working_dir {
+        Some(dir) => resolve(&context.state_dir, dir),
+        None => context.state_dir.join("services").join(name),
+    };
+    if spec.working_dir.is_none() {
+        std::fs::create_dir_all(&working_dir).map_err(|e| format!("{}: {e}", working_dir.display()))?;
+    }
+    let env_files: Vec<PathBuf> = spec.env_files.iter().map(|p| resolve(&context.state_dir, p)).collect();
+    let logs = spec.logs();
+    let log_dir = context.state_dir.join("logs");
+    let spawn = SpawnSpec {
+        name,
+        command: &spec.command,
+        working_dir: Some(&working_dir),
+        env: &spec.env,
+        env_files: &env_files,
+        limits: spec.limits.as_ref(),
+        log_dir: &log_dir,
+        log_max_size: logs.max_size().0,
+        log_max_files: logs.max_files(),
+    };
+    let identity = process::spawn(&spawn).map_err(|e| e.to_string())?;
+    Ok(identity)
+}

@@ -1,0 +1,412 @@
+//! `mirrorctl reconcile` on real commits with real processes.
+
+use std::path::Path;
+
+use crate::support::*;
+
+/// Kills every process group this test's controller started, whatever happens in the test.
+struct Reaper<'a>(&'a Sandbox);
+
+impl Drop for Reaper<'_> {
+    fn drop(&mut self) {
+        for pid in owned_pids(self.0) {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", "--", &format!("-{pid}")])
+                .status();
+        }
+    }
+}
+
+fn service(name: &str, command: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  command: [\"sh\", \"-c\", {command:?}]\n  stop: {{grace: 2s}}\n{extra}"
+    )
+}
+
+/// The pid of each owned service, from the local inventory.
+fn owned(sandbox: &Sandbox) -> Vec<(String, i32)> {
+    let Ok(text) = std::fs::read_to_string(sandbox.root().join("state/inventory.json")) else {
+        return Vec::new();
+    };
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    entries
+        .iter()
+        .filter_map(|e| {
+            let process: serde_json::Value = serde_json::from_str(e["process"].as_str()?).ok()?;
+            Some((e["name"].as_str()?.to_string(), process["pid"].as_i64()? as i32))
+        })
+        .collect()
+}
+
+fn owned_pids(sandbox: &Sandbox) -> Vec<i32> {
+    owned(sandbox).into_iter().map(|(_, pid)| pid).collect()
+}
+
+fn pid_of(sandbox: &Sandbox, name: &str) -> i32 {
+    owned(sandbox)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("{name} not owned"))
+        .1
+}
+
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .next()
+                .unwrap_or("");
+            state != "Z"
+        })
+        .unwrap_or(false)
+}
+
+/// Pids whose process group is `pgid` (the service and everything it forked).
+fn group_members(pgid: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .is_some_and(|stat| {
+                    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+                    fields.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid) && fields.first() != Some(&"Z")
+                })
+        })
+        .collect()
+}
+
+fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !condition() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn log_of(sandbox: &Sandbox, name: &str) -> String {
+    std::fs::read_to_string(sandbox.root().join(format!("state/logs/{name}.log"))).unwrap_or_default()
+}
+
+#[test]
+fn a_commit_starts_services_and_a_second_pass_changes_nothing() {
+    let sandbox = Sandbox::new();
+    let _reaper = Reaper(&sandbox);
+    sandbox.write(
+        "web.yaml",
+        service(
+            "web",
+            "echo hello $GREETING; exec sleep 300",
+            "  env: {GREETING: world}\n",
+        ),
+    );
+    sandbox.write(
+        "worker.yaml",
+        service("worker", "exec sleep 300", "  dependsOn: [web]\n"),
+    );
+    sandbox.commit("two services");
+
+    let dry = sandbox.run(&["reconcile", "--dry-run"]);
+    assert_eq!(dry.code, 2, "{dry:?}");
+    assert!(
+        dry.stdout
+            .contains("create:\n  + Service/web: new in the desired state"),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        dry.stdout.contains("+GREETING: world") || dry.stdout.contains("+  GREETING: world"),
+        "{}",
+        dry.stdout
+    );
+    assert!(owned(&sandbox).is_empty(), "a dry-run starts nothing");
+
+    let run = sandbox.run(&["reconcile"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let web = pid_of(&sandbox, "web");
+    assert!(alive(web) && alive(pid_of(&sandbox, "worker")));
+    wait_for("the log line", || log_of(&sandbox, "web").contains("hello world"));
+    let web_stat = std::fs::read_to_string(format!("/proc/{web}/stat")).unwrap();
+    let session: i32 = web_stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(session, web, "a service runs in its own session");
+
+    let again = sandbox.run(&["reconcile", "--dry-run"]);
+    assert_eq!(again.code, 0, "in sync: {again:?}");
+    assert!(again
+        .stdout
+        .contains("0 to create, 0 to update, 0 to restart, 0 to prune, 0 to suspend, 2 unchanged"));
+    assert_eq!(sandbox.run(&["reconcile"]).code, 0);
+    assert_eq!(pid_of(&sandbox, "web"), web, "a second pass does not restart");
+
+    let json = sandbox.run(&["reconcile", "--dry-run", "--output", "json"]).json();
+    for key in ["commit", "changes", "summary"] {
+        assert!(json.get(key).is_some(), "{key}: {json}");
+    }
+    assert_eq!(json["changes"][0]["action"], "noop");
+}
+
+#[test]
+fn a_killed_service_is_restarted_and_reported_as_corrective() {
+    let sandbox = Sandbox::new();
+    let _reaper = Reaper(&sandbox);
+    sandbox.write("web.yaml", service("web", "exec sleep 300", ""));
+    sandbox.commit("web");
+    assert_eq!(sandbox.run(&["reconcile"]).code, 0);
+    let first = pid_of(&sandbox, "web");
+    std::process::Command::new("kill")
+        .args(["-9", &first.to_string()])
+        .status()
+        .unwrap();
+    wait_for("the kill", || !alive(first));
+
+    let dry = sandbox.run(&["reconcile", "--dry-run"]);
+    assert_eq!(dry.code, 2, "{dry:?}");
+    assert!(
+        dry.stdout
+            .contains("restart:\n  ↻ Service/web: not running: start it again"),
+        "{}",
+        dry.stdout
+    );
+    let run = sandbox.run(&["reconcile", "--output", "json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let second = pid_of(&sandbox, "web");
+    assert_ne!(second, first);
+    assert!(alive(second));
+    let report = run.json()["report_id"].as_str().unwrap().to_string();
+    let shown = sandbox.run(&["drift", "show", &report, "--output", "json"]).json();
+    assert_eq!(shown["items"][0]["drift"], "failed");
+    assert_eq!(shown["items"][0]["corrective"], true);
+}
+
+#[test]
+fn an_env_change_restarts_with_the_new_env_and_removal_stops_the_whole_tree() {
+    let sandbox = Sandbox::new();
+    let _reaper = Reaper(&sandbox);
+    sandbox.write("keep.yaml", service("keep", "exec sleep 300", ""));
+    sandbox.write(
+        "web.yaml",
+        service(
+            "web",
+            "echo mode=$MODE; sleep 300 & exec sleep 301",
+            "  env: {MODE: one}\n",
+        ),
+    );
+    sandbox.commit("v1");
+    assert_eq!(sandbox.run(&["reconcile"]).code, 0);
+    let first = pid_of(&sandbox, "web");
+    wait_for("the tree", || group_members(first).len() == 2);
+
+    sandbox.write(
+        "web.yaml",
+        service(
+            "web",
+            "echo mode=$MODE; sleep 300 & exec sleep 301",
+            "  env: {MODE: two}\n",
+        ),
+    );
+    sandbox.commit("v2");
+    let dry = sandbox.run(&["reconcile", "--dry-run"]);
+    assert_eq!(dry.code, 2);
+    assert!(
+        dry.stdout.contains("update:\n  ~ Service/web: spec changed"),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        dry.stdout.contains("-  MODE: one") && dry.stdout.contains("+  MODE: two"),
+        "{}",
+        dry.stdout
+    );
+    assert_eq!(sandbox.run(&["reconcile"]).code, 0);
+    let second = pid_of(&sandbox, "web");
+    assert_ne!(first, second);
+    assert!(group_members(first).is_empty(), "the old tree is gone");
+    wait_for("the new env", || log_of(&sandbox, "web").contains("mode=two"));
+
+    sandbox.remove("web.yaml");
+    sandbox.commit("remove web");
+    let run = sandbox.run(&["reconcile"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        group_members(second).is_empty(),
+        "the service and its children are gone"
+    );
+    assert!(
+        owned(&sandbox).iter().all(|(name, _)| name != "web"),
+        "it left the inventory"
+    );
+    assert!(alive(pid_of(&sandbox, "keep")));
+}
+
+#[test]
+fn an_invalid_commit_changes_nothing() {
+    let sandbox = Sandbox::new();
+    let _reaper = Reaper(&sandbox);
+    sandbox.write("web.yaml", service("web", "exec sleep 300", ""));
+    sandbox.commit("web");
+    assert_eq!(sandbox.run(&["reconcile"]).code, 0);
+    let pid = pid_of(&sandbox, "web");
+    sandbox.write("web.yaml", service("web", "exec sleep 300", "  restart: sometimes\n"));
+    sandbox.write("other.yaml", service("other", "exec sleep 300", ""));
+    sandbox.commit("broken");
+    let run = sandbox.run(&["reconcile"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("web.yaml:7:12: Service/web: spec.restart: unknown value `sometimes`"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("nothing was applied"));
+    assert_eq!(pid_of(&sandbox, "web"), pid);
+    assert!(alive(pid));
+    assert_eq!(owned(&sandbox).len(), 1, "the valid new service was not started either");
+    let reports = sandbox.run(&["drift", "list", "--output", "json"]).json();
+    let latest = reports["reports"][0]["id"].as_str().unwrap().to_string();
+    let shown = sandbox.run(&["drift", "show", &latest, "--output", "json"]).json();
+    assert_eq!(shown["items"][0]["drift"], "invalid_source");
+}
+
+#[test]
+fn emptying_the_path_is_refused_by_the_prune_guard() {
+    let sandbox = Sandbox::new();
+    let _reaper = Reaper(&sandbox);
+    sandbox.write("desired/a.yaml", service("a", "exec sleep 300", ""));
+    sandbox.write("desired/b.yaml", service("b", "exec sleep 300", ""));
+    sandbox.commit("two");
+    assert_eq!(sandbox.run(&["reconcile", "--path", "desired"]).code, 0);
+    let pids = owned_pids(&sandbox);
+    sandbox.remove("desired/a.yaml");
+    sandbox.remove("desired/b.yaml");
+    sandbox.write("desired/README.md", "nothing here\n");
+    sandbox.commit("empty");
+    let run = sandbox.run(&["reconcile", "--path", "desired"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("refused: refusing to prune all 2 owned resource(s)"),
+        "{}",
+        run.stdout
+    );
+    assert!(pids.iter().all(|pid| alive(*pid)), "everything keeps running");
+    let run = sandbox.run(&["reconcile", "--path", "desired", "--allow-mass-prune"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(owned(&sandbox).is_empty());
+    for pid in pids {
+        wait_for("the prune", || !alive(pid));
+    }
+}
+
+#[test]
+fn a_recycled_pid_is_not_mistaken_for_the_service() {
+    let sandbox = Sandbox::new();
+    let _reaper = Reaper(&sandbox);
+    sandbox.write("web.yaml", service("web", "exec sleep 300", ""));
+    sandbox.commit("web");
+    assert_eq!(sandbox.run(&["reconcile"]).code, 0);
+    let original = pid_of(&sandbox, "web");
+    std::process::Command::new("kill")
+        .args(["-9", &original.to_string()])
+        .status()
+        .unwrap();
+    wait_for("the kill", || !alive(original));
+
+    // An unrelated process now holds the pid the inventory remembers (as after PID reuse).
+    let mut stranger = std::process::Command::new("sleep").arg("300").spawn().unwrap();
+    let path = sandbox.root().join("state/inventory.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace(
+            &format!("\\\"pid\\\":{original}"),
+            &format!("\\\"pid\\\":{}", stranger.id()),
+        ),
+    )
+    .unwrap();
+    assert_eq!(pid_of(&sandbox, "web"), stranger.id() as i32);
+
+    let run = sandbox.run(&["reconcile"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_ne!(
+        pid_of(&sandbox, "web"),
+        stranger.id() as i32,
+        "a new process was started"
+    );
+    assert!(stranger.try_wait().unwrap().is_none(), "the stranger was not killed");
+    stranger.kill().unwrap();
+    let _ = stranger.wait();
+}
+
+#[test]
+fn a_secret_in_an_env_file_never_appears() {
+    let sandbox = Sandbox::new();
+    let _reaper = Reaper(&sandbox);
+    let state = sandbox.root().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("web.env"), "API_TOKEN=hunter2-very-secret\n").unwrap();
+    let extra = "  envFiles: [web.env]\n  env: {DB_PASSWORD: also-a-secret-value, PORT: \"8080\"}\n";
+    sandbox.write("web.yaml", service("web", "exec sleep 300", extra));
+    sandbox.commit("web");
+    let mut seen = String::new();
+    for args in [
+        &["reconcile", "--dry-run"][..],
+        &["reconcile"],
+        &["reconcile", "--dry-run", "--output", "json"],
+    ] {
+        let run = sandbox.run(args);
+        seen.push_str(&run.stdout);
+        seen.push_str(&run.stderr);
+    }
+    std::fs::write(state.join("web.env"), "API_TOKEN=rotated-secret-value\n").unwrap();
+    let dry = sandbox.run(&["reconcile", "--dry-run"]);
+    assert_eq!(dry.code, 2, "a changed secret is a change: {dry:?}");
+    assert!(dry.stdout.contains("web.env: (redacted "), "{}", dry.stdout);
+    seen.push_str(&dry.stdout);
+    let reports = sandbox.run(&["drift", "list", "--output", "json"]);
+    seen.push_str(&reports.stdout);
+    assert!(seen.contains("(redacted "), "{seen}");
+    for secret in ["hunter2-very-secret", "also-a-secret-value", "rotated-secret-value"] {
+        assert!(!seen.contains(secret), "{secret} printed");
+        for file in stored_files(&state) {
+            let bytes = std::fs::read(&file).unwrap();
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret} stored in {}",
+                file.display()
+            );
+        }
+    }
+}
+
+/// Every file mirrorctl keeps, except the service logs (a service's own output is its own) and
+/// the env file itself.
+fn stored_files(state: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![state.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                if !path.ends_with("logs") {
+                    stack.push(path);
+                }
+            } else if path.file_name().unwrap() != "web.env" {
+                files.push(path);
+            }
+        }
+    }
+    files
+}
