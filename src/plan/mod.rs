@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::report::{Drift, DriftItem, Severity};
+use crate::spec::common::{Backoff, RestartPolicy};
 use crate::spec::{Kind, ResourceId};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -64,6 +65,8 @@ pub struct DesiredItem {
     pub suspend: bool,
     pub prune_allowed: bool,
     pub depends_on: Vec<ResourceId>,
+    pub restart: RestartPolicy,
+    pub backoff: Backoff,
 }
 
 /// Something this controller owns, as the inventory and the process table say.
@@ -75,6 +78,11 @@ pub struct OwnedItem {
     /// Whether its process runs (and is the one that was started).
     pub running: bool,
     pub prune_allowed: bool,
+    /// Restarts since the last stable run, and when the current process was started.
+    pub restarts: u32,
+    pub started_ms: i64,
+    /// The exit code, when it is known (only for processes this controller reaped).
+    pub exit_code: Option<i32>,
 }
 
 pub struct PlanInput {
@@ -83,6 +91,23 @@ pub struct PlanInput {
     pub owned: Vec<OwnedItem>,
     pub max_prune_fraction: f64,
     pub allow_mass_prune: bool,
+    /// The time of the pass (planning reads no clock).
+    pub now_ms: i64,
+}
+
+/// When a failed process may be restarted: the first restart at once, then `initial`,
+/// doubling (by `multiplier`) up to `max`; a run of at least `resetAfter` starts over.
+/// Returns (restarts counted so far, earliest restart time).
+pub fn next_restart(backoff: &Backoff, restarts: u32, started_ms: i64, now_ms: i64) -> (u32, i64) {
+    let stable = now_ms - started_ms >= backoff.reset_after().as_std().as_millis() as i64;
+    let restarts = if stable { 0 } else { restarts };
+    if restarts == 0 {
+        return (0, now_ms);
+    }
+    let initial = backoff.initial().as_std().as_millis() as f64;
+    let max = backoff.max().as_std().as_millis() as f64;
+    let delay = (initial * backoff.multiplier().powi(restarts as i32 - 1)).min(max);
+    (restarts, started_ms + delay as i64)
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -264,19 +289,47 @@ pub fn plan(input: PlanInput) -> Plan {
                 ));
             }
             Some(o) if !o.running => {
-                change(
-                    Action::Restart,
-                    "not running: start it again".into(),
-                    String::new(),
-                    true,
-                );
-                drift.push(drift_item(
-                    id,
-                    Drift::Failed,
-                    true,
-                    Severity::Error,
-                    "owned but not running".into(),
-                ));
+                let exited = match o.exit_code {
+                    Some(code) => format!("exited with status {code}"),
+                    None => "not running".to_string(),
+                };
+                let clean = o.exit_code == Some(0);
+                let (restarts, earliest) = next_restart(&item.backoff, o.restarts, o.started_ms, input.now_ms);
+                if item.restart == RestartPolicy::Never || (item.restart == RestartPolicy::OnFailure && clean) {
+                    let policy = if item.restart == RestartPolicy::Never {
+                        "never"
+                    } else {
+                        "on-failure"
+                    };
+                    change(
+                        Action::Noop,
+                        format!("{exited}; restart: {policy}"),
+                        String::new(),
+                        false,
+                    );
+                    let severity = if clean { Severity::Info } else { Severity::Error };
+                    let detail = format!("{exited}; not restarted (restart: {policy})");
+                    drift.push(drift_item(id, Drift::Failed, false, severity, detail));
+                } else if earliest > input.now_ms {
+                    let wait = (earliest - input.now_ms + 999) / 1000;
+                    let reason =
+                        format!("CrashLoopBackOff: {exited} after {restarts} restart(s); next restart in {wait}s");
+                    change(Action::Noop, reason.clone(), String::new(), true);
+                    drift.push(drift_item(id, Drift::Failed, true, Severity::Critical, reason));
+                } else {
+                    let reason = format!(
+                        "{exited}: start it again (restart {} since the last stable run)",
+                        restarts + 1
+                    );
+                    change(Action::Restart, reason, String::new(), true);
+                    drift.push(drift_item(
+                        id,
+                        Drift::Failed,
+                        true,
+                        Severity::Error,
+                        format!("owned but {exited}"),
+                    ));
+                }
             }
             Some(_) => change(Action::Noop, "in sync".into(), String::new(), false),
         }
@@ -379,6 +432,8 @@ mod tests {
             suspend: false,
             prune_allowed: true,
             depends_on: deps.iter().map(|d| ResourceId::new(Kind::Service, *d)).collect(),
+            restart: RestartPolicy::Always,
+            backoff: Backoff::default(),
         }
     }
 
@@ -389,6 +444,9 @@ mod tests {
             last_applied: spec,
             running,
             prune_allowed: true,
+            restarts: 0,
+            started_ms: 0,
+            exit_code: None,
         }
     }
 
@@ -399,6 +457,7 @@ mod tests {
             owned,
             max_prune_fraction: 0.5,
             allow_mass_prune: false,
+            now_ms: 1_000_000,
         }
     }
 
@@ -513,6 +572,67 @@ mod tests {
             vec![("paused".into(), Action::Suspend), ("keep".into(), Action::Noop)]
         );
         assert!(plan.changes[1].reason.contains("mirror.os/prune: disabled"));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum_and_resets_after_a_stable_run() {
+        let backoff = Backoff::default(); // 1s initial, 1m max, x2, reset after 1m
+        let start = 1_000_000;
+        assert_eq!(
+            next_restart(&backoff, 0, start, start + 10),
+            (0, start + 10),
+            "the first restart is at once"
+        );
+        assert_eq!(next_restart(&backoff, 1, start, start + 10), (1, start + 1_000));
+        assert_eq!(next_restart(&backoff, 2, start, start + 10), (2, start + 2_000));
+        assert_eq!(next_restart(&backoff, 4, start, start + 10), (4, start + 8_000));
+        assert_eq!(
+            next_restart(&backoff, 30, start, start + 10),
+            (30, start + 60_000),
+            "capped at max"
+        );
+        assert_eq!(
+            next_restart(&backoff, 30, start, start + 61_000),
+            (0, start + 61_000),
+            "reset after a stable run"
+        );
+    }
+
+    #[test]
+    fn a_crash_loop_waits_and_restart_policies_hold() {
+        let spec = json!({"command": ["a"]});
+        let mut dead = owned("a", spec.clone(), false);
+        dead.restarts = 3;
+        dead.started_ms = 999_000;
+        let waiting = plan(input(vec![desired("a", spec.clone(), &[])], vec![dead.clone()]));
+        assert_eq!(waiting.changes[0].action, Action::Noop);
+        assert!(waiting.changes[0]
+            .reason
+            .starts_with("CrashLoopBackOff: not running after 3 restart(s); next restart in 3s"));
+        assert_eq!(waiting.drift[0].severity, Severity::Critical);
+
+        dead.started_ms = 990_000;
+        let due = plan(input(vec![desired("a", spec.clone(), &[])], vec![dead.clone()]));
+        assert_eq!(due.changes[0].action, Action::Restart);
+
+        let mut never = desired("a", spec.clone(), &[]);
+        never.restart = RestartPolicy::Never;
+        assert_eq!(
+            plan(input(vec![never], vec![dead.clone()])).changes[0].action,
+            Action::Noop
+        );
+        let mut on_failure = desired("a", spec.clone(), &[]);
+        on_failure.restart = RestartPolicy::OnFailure;
+        dead.exit_code = Some(0);
+        assert_eq!(
+            plan(input(vec![on_failure.clone()], vec![dead.clone()])).changes[0].action,
+            Action::Noop
+        );
+        dead.exit_code = Some(3);
+        assert_eq!(
+            plan(input(vec![on_failure], vec![dead])).changes[0].action,
+            Action::Restart
+        );
     }
 
     #[test]

@@ -132,6 +132,7 @@ pub async fn run_pass(context: &Context, options: &PassOptions) -> Result<PassOu
         owned,
         max_prune_fraction: controller.prune_max_fraction(),
         allow_mass_prune: options.allow_mass_prune,
+        now_ms: now_ms(),
     });
 
     let mut applied = Vec::new();
@@ -353,6 +354,8 @@ fn desired_services(state: &DesiredState, key: &[u8], state_dir: &Path) -> Vec<D
                         .iter()
                         .filter_map(|d| parse_dependency(d).ok())
                         .collect(),
+                    restart: spec.restart,
+                    backoff: spec.backoff(),
                 },
                 spec: spec.clone(),
             }
@@ -360,8 +363,23 @@ fn desired_services(state: &DesiredState, key: &[u8], state_dir: &Path) -> Vec<D
         .collect()
 }
 
-fn identity_of(entry: &InventoryEntry) -> Option<ProcessIdentity> {
+/// What the inventory keeps about a service's process: who it is, and its restart history.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct ProcessRecord {
+    #[serde(flatten)]
+    pub identity: ProcessIdentity,
+    #[serde(default)]
+    pub restarts: u32,
+    #[serde(default)]
+    pub started_ms: i64,
+}
+
+pub fn process_record(entry: &InventoryEntry) -> Option<ProcessRecord> {
     entry.process.as_deref().and_then(|p| serde_json::from_str(p).ok())
+}
+
+fn identity_of(entry: &InventoryEntry) -> Option<ProcessIdentity> {
+    process_record(entry).map(|r| r.identity)
 }
 
 /// What the host runs of what it owns: the inventory, checked against the process table.
@@ -371,13 +389,21 @@ fn observe(inventory: &LocalInventory) -> Vec<OwnedItem> {
         .filter(|e| e.kind == Kind::Service.as_str())
         .map(|entry| {
             let last_applied: Value = serde_json::from_str(&entry.last_applied).unwrap_or(Value::Null);
-            let running = identity_of(entry).is_some_and(|id| process::liveness(&id) == Liveness::Running);
+            let record = process_record(entry);
+            let liveness = record.as_ref().map(|r| process::liveness(&r.identity));
+            let exit_code = record
+                .as_ref()
+                .and_then(|r| process::take_exit(&r.identity))
+                .and_then(|e| e.code);
             OwnedItem {
                 id: ResourceId::new(Kind::Service, entry.name.clone()),
                 hash: entry.spec_hash.clone(),
                 prune_allowed: last_applied.get("x-prune").and_then(Value::as_str) != Some("disabled"),
                 last_applied,
-                running,
+                running: liveness == Some(Liveness::Running),
+                restarts: record.as_ref().map_or(0, |r| r.restarts),
+                started_ms: record.as_ref().map_or(0, |r| r.started_ms),
+                exit_code,
             }
         })
         .collect()
@@ -417,14 +443,27 @@ fn apply_change(
             } else {
                 stop_current(&current)
             };
+            // A restart counts towards the backoff unless the last run was stable.
+            let restarts = match (action, current.as_ref().and_then(process_record)) {
+                (Action::Restart, Some(previous)) => {
+                    let backoff = desired.spec.backoff();
+                    crate::plan::next_restart(&backoff, previous.restarts, previous.started_ms, now_ms()).0 + 1
+                }
+                _ => 0,
+            };
             let identity = start(context, &id.name, &desired.spec)?;
+            let record = ProcessRecord {
+                identity: identity.clone(),
+                restarts,
+                started_ms: now_ms(),
+            };
             let entry = InventoryEntry {
                 host: context.host.clone(),
                 kind: id.kind.to_string(),
                 name: id.name.clone(),
                 spec_hash: desired.item.hash.clone(),
                 last_applied: desired.item.rendered.to_string(),
-                process: Some(serde_json::to_string(&identity).expect("identities serialize")),
+                process: Some(serde_json::to_string(&record).expect("records serialize")),
                 updated_ms: now_ms(),
             };
             inventory.upsert(entry, recorder).map_err(local_error)?;

@@ -36,5 +36,6 @@ pub async fn open(url: &StoreUrl) -> Result<SqlStore, StoreError> {
         pool,
         url: url.clone(),
         backend: Backend::Postgres,
+        sqlite_reader: None,
     })
 }

@@ -39,7 +39,49 @@ pub struct SqlStore {
     pub(super) pool: AnyPool,
     pub(super) url: StoreUrl,
     pub(super) backend: Backend,
+    /// SQLite only: a native read pool for bulk reads (the Any driver copies every value once
+    /// more and hands rows over one by one: 100,000 receipts take ~0.7 s through it, ~0.2 s here).
+    pub(super) sqlite_reader: Option<sqlx::SqlitePool>,
 }
+
+type ReceiptRow = (
+    String,
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    String,
+    String,
+);
+
+fn receipt_from_tuple(row: ReceiptRow) -> Receipt {
+    let (id, host, seq, run_id, commit, kind, name, action, reason, detail, at_ms, prev_hash, hash) = row;
+    Receipt {
+        id,
+        host,
+        seq,
+        run_id,
+        commit,
+        kind,
+        name,
+        action,
+        reason,
+        detail,
+        at_ms,
+        prev_hash,
+        hash,
+    }
+}
+
+const SELECT_RECEIPTS: &str =
+    "SELECT id, host, seq, run_id, commit_id, kind, name, action, reason, detail, at_ms, prev_hash, hash \
+     FROM receipts ORDER BY host, seq";
 
 /// Reads a boolean column: PostgreSQL has booleans, SQLite stores 0 and 1.
 fn get_bool(row: &AnyRow, column: &str) -> Result<bool, sqlx::Error> {
@@ -55,13 +97,13 @@ impl SqlStore {
     async fn write_records(&self, records: &[Record]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(query_error("begin"))?;
         for record in records {
-            write_record(&mut tx, record).await?;
+            write_record(&mut tx, record, self.backend).await?;
         }
         tx.commit().await.map_err(query_error("commit"))
     }
 }
 
-async fn write_record(tx: &mut Transaction<'static, Any>, record: &Record) -> Result<(), StoreError> {
+async fn write_record(tx: &mut Transaction<'static, Any>, record: &Record, backend: Backend) -> Result<(), StoreError> {
     let result = match record {
         Record::RunStarted(r) => sqlx::query(
             "INSERT INTO runs (id, host, commit_id, trigger, started_ms) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
@@ -104,7 +146,7 @@ async fn write_record(tx: &mut Transaction<'static, Any>, record: &Record) -> Re
         .execute(&mut **tx)
         .await
         .map(drop),
-        Record::DriftReport(report) => return write_drift_report(tx, report).await,
+        Record::DriftReport(report) => return write_drift_report(tx, report, backend).await,
         Record::Inventory(e) => sqlx::query(
             "INSERT INTO inventory (host, kind, name, spec_hash, last_applied, process, updated_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) \
              ON CONFLICT (host, kind, name) DO UPDATE SET spec_hash = excluded.spec_hash, last_applied = excluded.last_applied, \
@@ -235,7 +277,11 @@ async fn write_record(tx: &mut Transaction<'static, Any>, record: &Record) -> Re
     result.map_err(query_error("write record"))
 }
 
-async fn write_drift_report(tx: &mut Transaction<'static, Any>, report: &DriftReport) -> Result<(), StoreError> {
+async fn write_drift_report(
+    tx: &mut Transaction<'static, Any>,
+    report: &DriftReport,
+    backend: Backend,
+) -> Result<(), StoreError> {
     let started_ms = parse_rfc3339(&report.started_at).unwrap_or_default();
     let inserted = sqlx::query(
         "INSERT INTO drift_reports (id, host, commit_id, run_id, started_ms, observe_only, item_count) \
@@ -259,6 +305,7 @@ async fn write_drift_report(tx: &mut Transaction<'static, Any>, report: &DriftRe
             "INSERT INTO drift_items (report_id, position, kind, name, drift, corrective, severity, detail)",
             8,
             chunk.len(),
+            backend,
         );
         let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (i, item) in chunk.iter().enumerate() {
@@ -280,9 +327,11 @@ async fn write_drift_report(tx: &mut Transaction<'static, Any>, report: &DriftRe
     Ok(())
 }
 
-/// `INSERT ... VALUES ($1, ..., $n), ($n+1, ...), ...` for `rows` rows of `columns` values.
-/// (sqlx's `QueryBuilder` writes `?` placeholders for the Any driver, which PostgreSQL rejects.)
-fn multi_row_insert(head: &str, columns: usize, rows: usize) -> String {
+/// `INSERT ... VALUES (...), (...), ...` for `rows` rows of `columns` values. PostgreSQL needs
+/// `$N` (sqlx's `QueryBuilder` writes `?` for the Any driver, which it rejects); SQLite gets
+/// plain `?`, bound in order, because it looks `$N` names up one by one: quadratic in the
+/// parameters of a statement (8,000 here), 20x slower for a 10,000-item report.
+fn multi_row_insert(head: &str, columns: usize, rows: usize, backend: Backend) -> String {
     let mut sql = String::with_capacity(head.len() + rows * columns * 6);
     sql.push_str(head);
     sql.push_str(" VALUES ");
@@ -292,8 +341,13 @@ fn multi_row_insert(head: &str, columns: usize, rows: usize) -> String {
             if column > 0 {
                 sql.push_str(", ");
             }
-            sql.push('$');
-            sql.push_str(&(row * columns + column + 1).to_string());
+            match backend {
+                Backend::Postgres => {
+                    sql.push('$');
+                    sql.push_str(&(row * columns + column + 1).to_string());
+                }
+                Backend::Sqlite => sql.push('?'),
+            }
         }
         sql.push(')');
     }
@@ -301,21 +355,21 @@ fn multi_row_insert(head: &str, columns: usize, rows: usize) -> String {
 }
 
 fn receipt_from_row(row: &AnyRow) -> Result<Receipt, sqlx::Error> {
-    Ok(Receipt {
-        id: row.try_get("id")?,
-        host: row.try_get("host")?,
-        seq: row.try_get("seq")?,
-        run_id: row.try_get("run_id")?,
-        commit: row.try_get("commit_id")?,
-        kind: row.try_get("kind")?,
-        name: row.try_get("name")?,
-        action: row.try_get("action")?,
-        reason: row.try_get("reason")?,
-        detail: row.try_get("detail")?,
-        at_ms: row.try_get("at_ms")?,
-        prev_hash: row.try_get("prev_hash")?,
-        hash: row.try_get("hash")?,
-    })
+    Ok(receipt_from_tuple((
+        row.try_get(0)?,
+        row.try_get(1)?,
+        row.try_get(2)?,
+        row.try_get(3)?,
+        row.try_get(4)?,
+        row.try_get(5)?,
+        row.try_get(6)?,
+        row.try_get(7)?,
+        row.try_get(8)?,
+        row.try_get(9)?,
+        row.try_get(10)?,
+        row.try_get(11)?,
+        row.try_get(12)?,
+    )))
 }
 
 impl Store for SqlStore {
@@ -431,13 +485,17 @@ impl Store for SqlStore {
 
     fn receipts(&self) -> BoxFuture<'_, Result<Vec<Receipt>, StoreError>> {
         Box::pin(async move {
-            let rows = sqlx::query(
-                "SELECT id, host, seq, run_id, commit_id, kind, name, action, reason, detail, at_ms, prev_hash, hash \
-                 FROM receipts ORDER BY host, seq",
-            )
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_error("read receipts"))?;
+            if let Some(reader) = &self.sqlite_reader {
+                let rows: Vec<ReceiptRow> = sqlx::query_as(SELECT_RECEIPTS)
+                    .fetch_all(reader)
+                    .await
+                    .map_err(query_error("read receipts"))?;
+                return Ok(rows.into_iter().map(receipt_from_tuple).collect());
+            }
+            let rows = sqlx::query(SELECT_RECEIPTS)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error("read receipts"))?;
             rows.iter()
                 .map(receipt_from_row)
                 .collect::<Result<_, _>>()

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::Executor;
 
 use super::sql::{self, SqlStore};
@@ -43,9 +44,20 @@ pub async fn open(url: &StoreUrl) -> Result<SqlStore, StoreError> {
         .await
         .map_err(|e| connect_error(&e))?;
     sql::migrate(&pool, url, &MIGRATOR).await?;
+    let reader_options = SqliteConnectOptions::new()
+        .filename(&path)
+        .read_only(true)
+        .busy_timeout(Duration::from_secs(10))
+        .row_buffer_size(4096);
+    let reader = SqlitePoolOptions::new()
+        .max_connections(2)
+        .connect_with(reader_options)
+        .await
+        .map_err(|e| connect_error(&e))?;
     Ok(SqlStore {
         pool,
         url: url.clone(),
         backend: Backend::Sqlite,
+        sqlite_reader: Some(reader),
     })
 }
