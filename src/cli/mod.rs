@@ -4,7 +4,9 @@ mod audit;
 mod crds;
 mod drift;
 mod init;
+mod logs;
 mod reconcile;
+mod status;
 mod validate;
 
 use std::io::Write;
@@ -87,6 +89,10 @@ pub enum Command {
     Crds(crds::CrdsArgs),
     /// One reconcile pass: make the host match the commit (--dry-run: show what would change)
     Reconcile(reconcile::ReconcileArgs),
+    /// Per resource: sync and health, pid, restarts, uptime
+    Status,
+    /// A service's stdout and stderr
+    Logs(logs::LogsArgs),
     /// Drift reports stored in the truth store
     #[command(subcommand)]
     Drift(drift::DriftCommand),
@@ -143,6 +149,8 @@ pub fn main() -> ExitCode {
         Command::Validate => validate::run(&cli.global),
         Command::Crds(args) => crds::run(&cli.global, args),
         Command::Reconcile(args) => reconcile::run(&cli.global, args),
+        Command::Status => status::run(&cli.global),
+        Command::Logs(args) => logs::run(&cli.global, args),
         Command::Drift(command) => drift::run(&cli.global, command),
         Command::Audit(command) => audit::run(&cli.global, command),
     };

@@ -291,6 +291,7 @@ fn secret_key(state_dir: &Path) -> Result<Vec<u8>, ReconcileError> {
         Err(e) => return Err(error(e)),
     }
     let mut key = vec![0u8; 32];
+    std::fs::create_dir_all(state_dir).map_err(error)?;
     use std::io::Read;
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut key))
@@ -552,4 +553,103 @@ fn start(context: &Context, name: &str, spec: &ServiceSpec) -> Result<ProcessIde
     };
     let identity = process::spawn(&spawn).map_err(|e| e.to_string())?;
     Ok(identity)
+}
+
+/// One resource in `mirrorctl status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ResourceStatus {
+    pub kind: Kind,
+    pub name: String,
+    /// `Synced` when what runs is the committed spec, else `OutOfSync`.
+    pub sync: &'static str,
+    /// `Healthy`, `Progressing`, `Degraded`, `Missing` or `Suspended`.
+    pub health: &'static str,
+    pub pid: Option<i32>,
+    pub restarts: u32,
+    pub uptime_s: Option<u64>,
+    pub last_exit: Option<i32>,
+    /// Health probes run in the daemon; a one-shot status has none to show yet.
+    pub last_probe: Option<String>,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub commit: Option<String>,
+    /// How liveness is checked on this platform (`linux-proc` or `portable-kill0`).
+    pub mechanism: &'static str,
+    pub resources: Vec<ResourceStatus>,
+    /// Set when the desired state could not be loaded (status then shows the inventory alone).
+    pub source_error: Option<String>,
+}
+
+/// What runs against what is desired, without changing anything or writing to the store.
+pub fn status(context: &Context) -> Result<StatusReport, ReconcileError> {
+    let (state, source_error) = match source::load(&context.source) {
+        Ok(state) => (Some(state), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let inventory = LocalInventory::load(&context.state_dir)?;
+    let owned = observe(&inventory);
+    let key = secret_key(&context.state_dir)?;
+    let desired = state
+        .as_ref()
+        .map(|s| desired_services(s, &key, &context.state_dir))
+        .unwrap_or_default();
+    let plan = plan::plan(PlanInput {
+        commit: state.as_ref().and_then(|s| s.commit.clone()),
+        desired: desired.iter().map(|d| d.item.clone()).collect(),
+        owned: owned.clone(),
+        max_prune_fraction: 1.0,
+        allow_mass_prune: true,
+        now_ms: now_ms(),
+    });
+    let now = now_ms();
+    let resources = plan
+        .changes
+        .iter()
+        .map(|change| {
+            let id = ResourceId::new(change.kind, change.name.clone());
+            let o = owned.iter().find(|o| o.id == id);
+            let d = desired.iter().find(|d| d.item.id == id);
+            let record = inventory.get(id.kind.as_str(), &id.name).and_then(process_record);
+            let synced = match (d, o) {
+                (Some(d), Some(o)) => d.item.hash == o.hash,
+                (Some(d), None) => d.item.suspend,
+                _ => false,
+            };
+            let running = o.is_some_and(|o| o.running);
+            let health = match (d, o) {
+                (Some(d), _) if d.item.suspend && !running => "Suspended",
+                (_, Some(_)) if running => "Healthy",
+                (_, Some(_)) => "Degraded",
+                (_, None) => "Missing",
+            };
+            ResourceStatus {
+                kind: id.kind,
+                name: id.name.clone(),
+                sync: if synced && source_error.is_none() {
+                    "Synced"
+                } else {
+                    "OutOfSync"
+                },
+                health,
+                pid: record.as_ref().filter(|_| running).map(|r| r.identity.pid),
+                restarts: record.as_ref().map_or(0, |r| r.restarts),
+                uptime_s: record
+                    .as_ref()
+                    .filter(|_| running)
+                    .map(|r| ((now - r.started_ms).max(0) / 1000) as u64),
+                last_exit: o.and_then(|o| o.exit_code),
+                last_probe: None,
+                detail: change.reason.clone(),
+            }
+        })
+        .collect();
+    Ok(StatusReport {
+        commit: state.and_then(|s| s.commit),
+        mechanism: process::mechanism(),
+        resources,
+        source_error,
+    })
 }

@@ -410,3 +410,110 @@ fn stored_files(state: &Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+#[test]
+fn status_shows_sync_health_pid_and_restarts() {
+    let sandbox = Sandbox::new();
+    let _reaper = Reaper(&sandbox);
+    sandbox.write("web.yaml", service("web", "echo up; exec sleep 300", ""));
+    sandbox.write("later.yaml", service("later", "exec sleep 300", "  suspend: true\n"));
+    sandbox.commit("web");
+    let before = sandbox.run(&["status", "--output", "json"]).json();
+    assert_eq!(before["resources"][0]["health"], "Suspended");
+    assert_eq!(before["resources"][1]["health"], "Missing");
+    assert_eq!(before["resources"][1]["sync"], "OutOfSync");
+
+    assert_eq!(sandbox.run(&["reconcile"]).code, 0);
+    let pid = pid_of(&sandbox, "web");
+    let json = sandbox.run(&["status", "--output", "json"]).json();
+    let web = json["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "web")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (web["kind"].as_str(), web["sync"].as_str(), web["health"].as_str()),
+        (Some("Service"), Some("Synced"), Some("Healthy"))
+    );
+    assert_eq!(web["pid"], pid);
+    assert_eq!(web["restarts"], 0);
+    assert_eq!(json["mechanism"], "linux-proc");
+    let text = sandbox.run(&["status"]);
+    assert_eq!(text.code, 0);
+    assert!(text.stdout.starts_with("KIND"), "{}", text.stdout);
+    assert!(
+        text.stdout.contains(&format!(
+            "Service        web                      Synced     Healthy     {pid:>8}"
+        )),
+        "{}",
+        text.stdout
+    );
+
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    wait_for("the kill", || !alive(pid));
+    let json = sandbox.run(&["status", "--output", "json"]).json();
+    let web = json["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "web")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (web["sync"].as_str(), web["health"].as_str()),
+        (Some("Synced"), Some("Degraded"))
+    );
+    assert_eq!(web["pid"], serde_json::Value::Null);
+
+    let logs = sandbox.run(&["logs", "web"]);
+    assert_eq!(logs.code, 0);
+    assert_eq!(logs.stdout, "up\n");
+    assert_eq!(sandbox.run(&["logs", "nothing"]).code, 1);
+}
+
+#[test]
+fn a_crash_loop_backs_off_exponentially() {
+    let sandbox = Sandbox::new();
+    let _reaper = Reaper(&sandbox);
+    sandbox.write(
+        "bad.yaml",
+        service("bad", "exit 3", "  backoff: {initial: 1s, max: 2s}\n"),
+    );
+    sandbox.commit("crashes at once");
+    let reason = |sandbox: &Sandbox| {
+        let json = sandbox.run(&["reconcile", "--output", "json"]).json();
+        (
+            json["changes"][0]["action"].as_str().unwrap().to_string(),
+            json["changes"][0]["reason"].as_str().unwrap().to_string(),
+        )
+    };
+    assert_eq!(sandbox.run(&["reconcile"]).code, 0);
+    wait_for("the crash", || !alive(pid_of(&sandbox, "bad")));
+    let (action, why) = reason(&sandbox);
+    assert_eq!(action, "restart", "the first restart is immediate: {why}");
+    wait_for("the crash", || !alive(pid_of(&sandbox, "bad")));
+    let (action, why) = reason(&sandbox);
+    assert_eq!(action, "noop");
+    assert!(
+        why.starts_with("CrashLoopBackOff: not running after 1 restart(s); next restart in 1s"),
+        "{why}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (action, why) = reason(&sandbox);
+    assert_eq!(action, "restart", "after the initial delay: {why}");
+    wait_for("the crash", || !alive(pid_of(&sandbox, "bad")));
+    let (action, why) = reason(&sandbox);
+    assert_eq!(action, "noop");
+    assert!(
+        why.contains("after 2 restart(s); next restart in 2s"),
+        "the delay doubled: {why}"
+    );
+    let status = sandbox.run(&["status", "--output", "json"]).json();
+    assert_eq!(status["resources"][0]["restarts"], 2);
+    assert_eq!(status["resources"][0]["health"], "Degraded");
+}
