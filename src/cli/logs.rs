@@ -36,7 +36,10 @@ pub fn run(global: &GlobalArgs, args: &LogsArgs) -> u8 {
     }
     let _ = out.flush();
     let mut position = buffer.len() as u64;
-    while args.follow {
+    if !args.follow {
+        return exit::OK;
+    }
+    loop {
         std::thread::sleep(Duration::from_millis(200));
         let length = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         if length < position {
@@ -58,5 +61,4 @@ pub fn run(global: &GlobalArgs, args: &LogsArgs) -> u8 {
             }
         }
     }
-    exit::OK
 }
