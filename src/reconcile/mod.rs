@@ -17,6 +17,7 @@ use crate::spec::{parse_dependency, Kind, ResourceId, ServiceSpec, Spec};
 use crate::store::inventory::LocalInventory;
 use crate::store::recorder::{FlushReport, RecorderConfig};
 use crate::store::{new_id, InventoryEntry, ReceiptDraft, Record, Recorder, RunFinished, RunStarted, StoreUrl};
+use crate::supervisor::probe;
 use crate::supervisor::process::{self, Liveness, ProcessIdentity, SpawnSpec};
 
 /// Where a pass reads and writes.
@@ -468,7 +469,20 @@ fn apply_change(
                 updated_ms: now_ms(),
             };
             inventory.upsert(entry, recorder).map_err(local_error)?;
-            Ok(format!("{stopped}started pid {}", identity.pid))
+            // Verify: a service with a probe must answer it before its dependents start.
+            match &desired.spec.health {
+                Some(probe) => {
+                    let deadline = std::time::Instant::now() + probe::verify_budget(probe);
+                    match probe::wait_healthy(probe, deadline) {
+                        Ok(answer) => Ok(format!("{stopped}started pid {}; healthy: {answer}", identity.pid)),
+                        Err(why) => Err(format!(
+                            "{stopped}started pid {} but it is not healthy: {why}",
+                            identity.pid
+                        )),
+                    }
+                }
+                None => Ok(format!("{stopped}started pid {}", identity.pid)),
+            }
         }
         Action::Suspend => {
             let stopped = stop_current(&current);
@@ -568,7 +582,7 @@ pub struct ResourceStatus {
     pub restarts: u32,
     pub uptime_s: Option<u64>,
     pub last_exit: Option<i32>,
-    /// Health probes run in the daemon; a one-shot status has none to show yet.
+    /// One probe run now, for running services that have one.
     pub last_probe: Option<String>,
     pub detail: String,
 }
@@ -619,8 +633,13 @@ pub fn status(context: &Context) -> Result<StatusReport, ReconcileError> {
                 _ => false,
             };
             let running = o.is_some_and(|o| o.running);
+            let last_probe = d
+                .and_then(|d| d.spec.health.as_ref())
+                .filter(|_| running)
+                .map(probe::check);
             let health = match (d, o) {
                 (Some(d), _) if d.item.suspend && !running => "Suspended",
+                (_, Some(_)) if running && matches!(last_probe, Some(Err(_))) => "Degraded",
                 (_, Some(_)) if running => "Healthy",
                 (_, Some(_)) => "Degraded",
                 (_, None) => "Missing",
@@ -641,7 +660,10 @@ pub fn status(context: &Context) -> Result<StatusReport, ReconcileError> {
                     .filter(|_| running)
                     .map(|r| ((now - r.started_ms).max(0) / 1000) as u64),
                 last_exit: o.and_then(|o| o.exit_code),
-                last_probe: None,
+                last_probe: last_probe.map(|result| match result {
+                    Ok(answer) => format!("ok: {answer}"),
+                    Err(why) => format!("failed: {why}"),
+                }),
                 detail: change.reason.clone(),
             }
         })

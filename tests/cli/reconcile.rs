@@ -517,3 +517,87 @@ fn a_crash_loop_backs_off_exponentially() {
     assert_eq!(status["resources"][0]["restarts"], 2);
     assert_eq!(status["resources"][0]["health"], "Degraded");
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn dependents_start_once_their_dependency_answers_its_probe() {
+    let sandbox = Sandbox::new();
+    let _reaper = Reaper(&sandbox);
+    let port = free_port();
+    // The web server needs a moment to listen; `app` records whether web answered when it started.
+    let web = format!(
+        "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  command: [\"sh\", \"-c\", \"sleep 0.3; exec python3 -m http.server {port} --bind 127.0.0.1\"]\n  health: {{http: {{url: \"http://127.0.0.1:{port}/\"}}, interval: 1s, timeout: 1s, failureThreshold: 5}}\n"
+    );
+    let check = format!("python3 -c \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/'); print('web answered')\"; exec sleep 300");
+    sandbox.write("web.yaml", web);
+    sandbox.write("app.yaml", service("app", &check, "  dependsOn: [web]\n"));
+    sandbox.commit("web and app");
+    let run = sandbox.run(&["reconcile", "--output", "json"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let applied = run.json()["applied"].clone();
+    assert!(
+        applied[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("healthy: http://127.0.0.1:{port}/ answered 200")),
+        "{applied}"
+    );
+    wait_for("app's check", || log_of(&sandbox, "app").contains("web answered"));
+    let status = sandbox.run(&["status", "--output", "json"]).json();
+    let web = status["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "web")
+        .unwrap()
+        .clone();
+    assert!(web["last_probe"].as_str().unwrap().starts_with("ok: "), "{web}");
+}
+
+#[test]
+fn a_service_that_never_answers_its_probe_fails_the_pass_and_blocks_its_dependents() {
+    let sandbox = Sandbox::new();
+    let _reaper = Reaper(&sandbox);
+    let port = free_port();
+    let probe = format!(
+        "  health: {{tcp: {{address: \"127.0.0.1:{port}\"}}, interval: 200ms, timeout: 100ms, failureThreshold: 2}}\n"
+    );
+    sandbox.write("db.yaml", service("db", "exec sleep 300", &probe));
+    sandbox.write("api.yaml", service("api", "exec sleep 300", "  dependsOn: [db]\n"));
+    sandbox.commit("db never listens");
+    let run = sandbox.run(&["reconcile"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stdout.contains("failed: Service/db (create): started pid"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("but it is not healthy: probe failed"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("failed: Service/api (create): not started: its dependency Service/db failed"),
+        "{}",
+        run.stdout
+    );
+    assert!(owned(&sandbox).iter().all(|(name, _)| name != "api"));
+    let status = sandbox.run(&["status", "--output", "json"]).json();
+    let db = status["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "db")
+        .unwrap()
+        .clone();
+    assert_eq!(db["health"], "Degraded");
+}
