@@ -601,3 +601,58 @@ fn a_service_that_never_answers_its_probe_fails_the_pass_and_blocks_its_dependen
         .clone();
     assert_eq!(db["health"], "Degraded");
 }
+
+#[test]
+fn labels_alone_change_nothing_suspend_stops_and_the_prune_opt_out_holds() {
+    let sandbox = Sandbox::new();
+    let _reaper = Reaper(&sandbox);
+    let with_meta = |name: &str, meta: &str, extra: &str| {
+        service(name, "exec sleep 300", extra).replace(
+            &format!("metadata: {{name: {name}}}"),
+            &format!("metadata: {{name: {name}, {meta}}}"),
+        )
+    };
+    sandbox.write("a.yaml", with_meta("a", "labels: {team: one}", ""));
+    sandbox.write("b.yaml", service("b", "exec sleep 300", ""));
+    sandbox.write(
+        "keep.yaml",
+        with_meta("keep", "annotations: {mirror.os/prune: disabled}", ""),
+    );
+    sandbox.write("other.yaml", service("other", "exec sleep 300", ""));
+    sandbox.commit("four");
+    assert_eq!(sandbox.run(&["reconcile"]).code, 0);
+    let (a, b, keep) = (pid_of(&sandbox, "a"), pid_of(&sandbox, "b"), pid_of(&sandbox, "keep"));
+
+    sandbox.write("a.yaml", with_meta("a", "labels: {team: two}", ""));
+    sandbox.commit("relabel");
+    let dry = sandbox.run(&["reconcile", "--dry-run"]);
+    assert_eq!(dry.code, 0, "a label is not a spec change: {dry:?}");
+    assert_eq!(pid_of(&sandbox, "a"), a);
+
+    sandbox.write("b.yaml", service("b", "exec sleep 300", "  suspend: true\n"));
+    sandbox.commit("suspend b");
+    let run = sandbox.run(&["reconcile"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    wait_for("b to stop", || !alive(b));
+    assert_eq!(
+        sandbox.run(&["reconcile", "--dry-run"]).code,
+        0,
+        "a suspended service stays stopped"
+    );
+    let status = sandbox.run(&["status", "--output", "json"]).json();
+    let b_status = status["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "b")
+        .unwrap()
+        .clone();
+    assert_eq!(b_status["health"], "Suspended");
+
+    sandbox.remove("keep.yaml");
+    sandbox.commit("drop keep");
+    let run = sandbox.run(&["reconcile"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(alive(keep), "mirror.os/prune: disabled keeps it running");
+    assert!(alive(a));
+}
