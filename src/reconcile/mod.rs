@@ -190,6 +190,7 @@ pub async fn run_pass(context: &Context, options: &PassOptions) -> Result<PassOu
             error = Some(format!("{} action(s) failed", failed.len()));
         }
         refresh_unchanged(&plan, &desired, &mut inventory, &recorder)?;
+        rotate_logs(&context.state_dir, &desired);
     }
 
     let mut items = plan.drift.clone();
@@ -528,6 +529,17 @@ fn refresh_unchanged(
         }
     }
     Ok(())
+}
+
+/// Bounds the logs of running services: each pass copies and truncates a log past its
+/// `logs.maxSize` (the process keeps writing to the same file; its O_APPEND writes land at the
+/// new end). Errors leave the log as it is.
+fn rotate_logs(state_dir: &Path, desired: &[DesiredService]) {
+    for service in desired {
+        let logs = service.spec.logs();
+        let path = state_dir.join("logs").join(format!("{}.log", service.item.id.name));
+        let _ = process::rotate_running_log(&path, logs.max_size().0, logs.max_files());
+    }
 }
 
 /// The stop signal and grace of a last-applied spec.

@@ -656,3 +656,33 @@ fn labels_alone_change_nothing_suspend_stops_and_the_prune_opt_out_holds() {
     assert!(alive(keep), "mirror.os/prune: disabled keeps it running");
     assert!(alive(a));
 }
+
+#[test]
+fn a_running_service_log_is_rotated_past_its_size() {
+    let sandbox = Sandbox::new();
+    let _reaper = Reaper(&sandbox);
+    let command = "i=0; while [ $i -lt 400 ]; do echo line-$i-0123456789012345678901234567890123456789; i=$((i+1)); done; exec sleep 300";
+    sandbox.write(
+        "chatty.yaml",
+        service("chatty", command, "  logs: {maxSize: 4Ki, maxFiles: 2}\n"),
+    );
+    sandbox.commit("chatty");
+    assert_eq!(sandbox.run(&["reconcile"]).code, 0);
+    let logs = sandbox.root().join("state/logs");
+    wait_for("the output", || {
+        log_of(&sandbox, "chatty").contains("line-399-")
+            || std::fs::read_to_string(logs.join("chatty.log.1")).is_ok_and(|t| t.contains("line-399-"))
+    });
+    assert_eq!(sandbox.run(&["reconcile"]).code, 0);
+    assert!(
+        std::fs::metadata(logs.join("chatty.log")).unwrap().len() < 4096,
+        "the live log was truncated"
+    );
+    assert!(
+        std::fs::read_to_string(logs.join("chatty.log.1"))
+            .unwrap()
+            .contains("line-399-"),
+        "and kept as .1"
+    );
+    assert!(!logs.join("chatty.log.3").exists());
+}
