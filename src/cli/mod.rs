@@ -117,6 +117,16 @@ impl GlobalArgs {
         }
     }
 
+    /// Where a reconcile pass (or `status`) reads and writes.
+    pub fn reconcile_context(&self) -> Result<crate::reconcile::Context, StoreError> {
+        Ok(crate::reconcile::Context {
+            source: self.source_options(),
+            state_dir: self.state_dir(),
+            store: self.store_url()?,
+            host: crate::state::host_name(),
+        })
+    }
+
     pub fn source_options(&self) -> SourceOptions {
         SourceOptions {
             repo: self.repo_dir(),

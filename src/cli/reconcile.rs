@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{block_on, exit, print_json, report_error, GlobalArgs, Output};
 use crate::plan::{Action, Plan};
-use crate::reconcile::{run_pass, Context, PassOptions, PassOutcome};
+use crate::reconcile::{run_pass, PassOptions, PassOutcome};
 
 #[derive(Debug, Args)]
 pub struct ReconcileArgs {
@@ -24,18 +24,12 @@ pub struct ReconcileArgs {
 }
 
 pub fn run(global: &GlobalArgs, args: &ReconcileArgs) -> u8 {
-    let store = match global.store_url() {
-        Ok(url) => url,
+    let context = match global.reconcile_context() {
+        Ok(context) => context,
         Err(e) => {
             report_error(global.output, &e);
             return exit::ERROR;
         }
-    };
-    let context = Context {
-        source: global.source_options(),
-        state_dir: global.state_dir(),
-        store,
-        host: crate::state::host_name(),
     };
     if global.worktree && !args.dry_run {
         eprintln!(

@@ -3,21 +3,15 @@
 use serde_json::json;
 
 use super::{exit, print_json, report_error, GlobalArgs, Output};
-use crate::reconcile::{status, Context};
+use crate::reconcile::status;
 
 pub fn run(global: &GlobalArgs) -> u8 {
-    let store = match global.store_url() {
-        Ok(url) => url,
+    let context = match global.reconcile_context() {
+        Ok(context) => context,
         Err(e) => {
             report_error(global.output, &e);
             return exit::ERROR;
         }
-    };
-    let context = Context {
-        source: global.source_options(),
-        state_dir: global.state_dir(),
-        store,
-        host: crate::state::host_name(),
     };
     let report = match status(&context) {
         Ok(report) => report,

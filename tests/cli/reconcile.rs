@@ -81,6 +81,24 @@ fn group_members(pgid: i32) -> Vec<i32> {
         .collect()
 }
 
+fn kill9(pid: i32) {
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+}
+
+/// One resource of `status --output json`, by name.
+fn resource(status: &serde_json::Value, name: &str) -> serde_json::Value {
+    status["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap()
+        .clone()
+}
+
 fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while !condition() {
@@ -166,10 +184,7 @@ fn a_killed_service_is_restarted_and_reported_as_corrective() {
     sandbox.commit("web");
     assert_eq!(sandbox.run(&["reconcile"]).code, 0);
     let first = pid_of(&sandbox, "web");
-    std::process::Command::new("kill")
-        .args(["-9", &first.to_string()])
-        .status()
-        .unwrap();
+    kill9(first);
     wait_for("the kill", || !alive(first));
 
     let dry = sandbox.run(&["reconcile", "--dry-run"]);
@@ -318,10 +333,7 @@ fn a_recycled_pid_is_not_mistaken_for_the_service() {
     sandbox.commit("web");
     assert_eq!(sandbox.run(&["reconcile"]).code, 0);
     let original = pid_of(&sandbox, "web");
-    std::process::Command::new("kill")
-        .args(["-9", &original.to_string()])
-        .status()
-        .unwrap();
+    kill9(original);
     wait_for("the kill", || !alive(original));
 
     // An unrelated process now holds the pid the inventory remembers (as after PID reuse).
@@ -426,13 +438,7 @@ fn status_shows_sync_health_pid_and_restarts() {
     assert_eq!(sandbox.run(&["reconcile"]).code, 0);
     let pid = pid_of(&sandbox, "web");
     let json = sandbox.run(&["status", "--output", "json"]).json();
-    let web = json["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "web")
-        .unwrap()
-        .clone();
+    let web = resource(&json, "web");
     assert_eq!(
         (web["kind"].as_str(), web["sync"].as_str(), web["health"].as_str()),
         (Some("Service"), Some("Synced"), Some("Healthy"))
@@ -451,19 +457,10 @@ fn status_shows_sync_health_pid_and_restarts() {
         text.stdout
     );
 
-    std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .unwrap();
+    kill9(pid);
     wait_for("the kill", || !alive(pid));
     let json = sandbox.run(&["status", "--output", "json"]).json();
-    let web = json["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "web")
-        .unwrap()
-        .clone();
+    let web = resource(&json, "web");
     assert_eq!(
         (web["sync"].as_str(), web["health"].as_str()),
         (Some("Synced"), Some("Degraded"))
@@ -551,13 +548,7 @@ fn dependents_start_once_their_dependency_answers_its_probe() {
     );
     wait_for("app's check", || log_of(&sandbox, "app").contains("web answered"));
     let status = sandbox.run(&["status", "--output", "json"]).json();
-    let web = status["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "web")
-        .unwrap()
-        .clone();
+    let web = resource(&status, "web");
     assert!(web["last_probe"].as_str().unwrap().starts_with("ok: "), "{web}");
 }
 
@@ -592,13 +583,7 @@ fn a_service_that_never_answers_its_probe_fails_the_pass_and_blocks_its_dependen
     );
     assert!(owned(&sandbox).iter().all(|(name, _)| name != "api"));
     let status = sandbox.run(&["status", "--output", "json"]).json();
-    let db = status["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "db")
-        .unwrap()
-        .clone();
+    let db = resource(&status, "db");
     assert_eq!(db["health"], "Degraded");
 }
 
@@ -640,13 +625,7 @@ fn labels_alone_change_nothing_suspend_stops_and_the_prune_opt_out_holds() {
         "a suspended service stays stopped"
     );
     let status = sandbox.run(&["status", "--output", "json"]).json();
-    let b_status = status["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == "b")
-        .unwrap()
-        .clone();
+    let b_status = resource(&status, "b");
     assert_eq!(b_status["health"], "Suspended");
 
     sandbox.remove("keep.yaml");
