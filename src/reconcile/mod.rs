@@ -190,6 +190,7 @@ pub async fn run_pass(context: &Context, options: &PassOptions) -> Result<PassOu
             error = Some(format!("{} action(s) failed", failed.len()));
         }
         refresh_unchanged(&plan, &desired, &mut inventory, &recorder)?;
+        inventory.compact()?;
         rotate_logs(&context.state_dir, &desired);
     }
 
