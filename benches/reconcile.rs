@@ -1006,7 +1006,7 @@ fn main() {
     let fixed_ms = replay.fixed_each.as_secs_f64() * 1e3;
     let n = entries.len();
     println!(
-        "- replay of the {n} `LocalInventory::save` calls of a 1,000 start (the whole file after every start): {} = serialize (`to_vec_pretty`) {} + `write_atomically` (create, write, fdatasync, rename) {}; {:.0} MiB written; of that, the fixed cost of a save (an empty inventory): {fixed_ms:.2} ms each, {:.0} ms for {n}",
+        "- for comparison, the inventory as it was before its append-only log (the whole file rewritten after every start), {n} saves: {} = serialize (`to_vec_pretty`) {} + `write_atomically` (create, write, fdatasync, rename) {}; {:.0} MiB written; of that, the fixed cost of a save (an empty inventory): {fixed_ms:.2} ms each, {:.0} ms for {n}",
         ms(replay.serialize + replay.write),
         ms(replay.serialize),
         ms(replay.write),
