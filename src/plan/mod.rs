@@ -77,6 +77,8 @@ pub struct OwnedItem {
     pub last_applied: Value,
     /// Whether its process runs (and is the one that was started).
     pub running: bool,
+    /// Set when it runs but failed its probe `failureThreshold` times in a row: why.
+    pub unhealthy: Option<String>,
     pub prune_allowed: bool,
     /// Restarts since the last stable run, and when the current process was started.
     pub restarts: u32,
@@ -331,6 +333,16 @@ pub fn plan(input: PlanInput) -> Plan {
                     ));
                 }
             }
+            Some(o) if o.unhealthy.is_some() && item.restart != RestartPolicy::Never => {
+                let why = o.unhealthy.clone().unwrap_or_default();
+                change(Action::Restart, format!("{why}: restart it"), String::new(), true);
+                drift.push(drift_item(id, Drift::Degraded, true, Severity::Error, why));
+            }
+            Some(o) if o.unhealthy.is_some() => {
+                let why = o.unhealthy.clone().unwrap_or_default();
+                change(Action::Noop, format!("{why}; restart: never"), String::new(), false);
+                drift.push(drift_item(id, Drift::Degraded, false, Severity::Error, why));
+            }
             Some(_) => change(Action::Noop, "in sync".into(), String::new(), false),
         }
     }
@@ -443,6 +455,7 @@ mod tests {
             hash: redact::spec_hash(&spec),
             last_applied: spec,
             running,
+            unhealthy: None,
             prune_allowed: true,
             restarts: 0,
             started_ms: 0,

@@ -125,7 +125,7 @@ pub async fn run_pass(context: &Context, options: &PassOptions) -> Result<PassOu
     let key = secret_key(&context.state_dir)?;
     let mut inventory = LocalInventory::load(&context.state_dir)?;
     let desired = desired_services(&state, &key, &context.state_dir);
-    let owned = observe(&inventory);
+    let owned = observe(&inventory, &desired);
     let controller = state.controller();
     let plan = plan::plan(PlanInput {
         commit: commit.clone(),
@@ -387,11 +387,15 @@ fn identity_of(entry: &InventoryEntry) -> Option<ProcessIdentity> {
 }
 
 /// What the host runs of what it owns: the inventory, checked against the process table.
-fn observe(inventory: &LocalInventory) -> Vec<OwnedItem> {
+fn observe(inventory: &LocalInventory, desired: &[DesiredService]) -> Vec<OwnedItem> {
     inventory
         .entries()
         .filter(|e| e.kind == Kind::Service.as_str())
         .map(|entry| {
+            let probe = desired
+                .iter()
+                .find(|d| d.item.id.name == entry.name)
+                .and_then(|d| d.spec.health.as_ref());
             let last_applied: Value = serde_json::from_str(&entry.last_applied).unwrap_or(Value::Null);
             let record = process_record(entry);
             let liveness = record.as_ref().map(|r| process::liveness(&r.identity));
@@ -405,12 +409,38 @@ fn observe(inventory: &LocalInventory) -> Vec<OwnedItem> {
                 prune_allowed: last_applied.get("x-prune").and_then(Value::as_str) != Some("disabled"),
                 last_applied,
                 running: liveness == Some(Liveness::Running),
+                unhealthy: match (liveness, probe, record.as_ref()) {
+                    (Some(Liveness::Running), Some(probe), Some(record)) => unhealthy(probe, record.started_ms),
+                    _ => None,
+                },
                 restarts: record.as_ref().map_or(0, |r| r.restarts),
                 started_ms: record.as_ref().map_or(0, |r| r.started_ms),
                 exit_code,
             }
         })
         .collect()
+}
+
+/// Whether a running service fails its probe `failureThreshold` times in a row, once its start
+/// period is over. A pass counts the failures itself, at most 200 ms apart (the daemon probes
+/// every `interval`); one success ends the count.
+fn unhealthy(probe: &crate::spec::common::Probe, started_ms: i64) -> Option<String> {
+    if now_ms() - started_ms < probe.start_period().as_std().as_millis() as i64 {
+        return None;
+    }
+    let pause = probe.interval().as_std().min(Duration::from_millis(200));
+    let threshold = probe.failure_threshold().max(1);
+    let mut last = String::new();
+    for attempt in 1..=threshold {
+        match probe::check(probe) {
+            Ok(_) => return None,
+            Err(why) => last = why,
+        }
+        if attempt < threshold {
+            std::thread::sleep(pause);
+        }
+    }
+    Some(format!("probe failed {threshold} time(s) in a row: {last}"))
 }
 
 /// Carries out one change; Ok(detail) or Err(why it failed).
@@ -617,12 +647,12 @@ pub fn status(context: &Context) -> Result<StatusReport, ReconcileError> {
         Err(e) => (None, Some(e.to_string())),
     };
     let inventory = LocalInventory::load(&context.state_dir)?;
-    let owned = observe(&inventory);
     let key = secret_key(&context.state_dir)?;
     let desired = state
         .as_ref()
         .map(|s| desired_services(s, &key, &context.state_dir))
         .unwrap_or_default();
+    let owned = observe(&inventory, &desired);
     let plan = plan::plan(PlanInput {
         commit: state.as_ref().and_then(|s| s.commit.clone()),
         desired: desired.iter().map(|d| d.item.clone()).collect(),

@@ -665,3 +665,30 @@ fn a_running_service_log_is_rotated_past_its_size() {
     );
     assert!(!logs.join("chatty.log.3").exists());
 }
+
+#[test]
+fn a_running_service_that_fails_its_probe_is_restarted() {
+    let sandbox = Sandbox::new();
+    let _reaper = Reaper(&sandbox);
+    let port = free_port();
+    // Listens at first, then stops answering while the process stays alive (a hang).
+    let command = format!(
+        "python3 -c \"import socket, time; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(1); s.close(); time.sleep(300)\""
+    );
+    let probe = format!(
+        "  health: {{tcp: {{address: \"127.0.0.1:{port}\"}}, interval: 100ms, timeout: 100ms, failureThreshold: 3}}\n"
+    );
+    sandbox.write("hang.yaml", service("hang", &command, &probe));
+    sandbox.commit("hangs after a second");
+    assert_eq!(sandbox.run(&["reconcile"]).code, 0);
+    let first = pid_of(&sandbox, "hang");
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    assert!(alive(first), "the process is alive but not answering");
+    let dry = sandbox.run(&["reconcile", "--dry-run"]);
+    assert_eq!(dry.code, 2, "{dry:?}");
+    assert!(dry.stdout.contains("probe failed 3 time(s) in a row"), "{}", dry.stdout);
+    assert_eq!(sandbox.run(&["reconcile"]).code, 0);
+    let second = pid_of(&sandbox, "hang");
+    assert_ne!(first, second);
+    wait_for("the hung process to be stopped", || !alive(first));
+}
