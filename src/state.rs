@@ -32,3 +32,38 @@ pub fn host_name() -> String {
         name
     }
 }
+
+/// The state dir's writer lock (`<state dir>/lock`, an exclusive `flock`): one pass at a time
+/// writes the inventory and the journal. Released when dropped (or when the process dies).
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+/// Takes the writer lock, waiting for another mirrorctl that holds it (said once on stderr,
+/// with its pid).
+pub fn lock_state_dir(state_dir: &std::path::Path) -> std::io::Result<StateLock> {
+    use rustix::fs::{flock, FlockOperation};
+    use std::io::{Read, Seek, Write};
+
+    std::fs::create_dir_all(state_dir)?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(state_dir.join("lock"))?;
+    if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        eprintln!(
+            "mirrorctl: waiting for another mirrorctl (pid {}) to finish with {}",
+            holder.trim(),
+            state_dir.display()
+        );
+        flock(&file, FlockOperation::LockExclusive)?;
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{}", std::process::id())?;
+    Ok(StateLock { _file: file })
+}

@@ -74,7 +74,8 @@ pub enum ReconcileError {
 const STORE_WAIT: Duration = Duration::from_secs(5);
 
 pub async fn run_pass(context: &Context, options: &PassOptions) -> Result<PassOutcome, ReconcileError> {
-    std::fs::create_dir_all(&context.state_dir).map_err(|e| ReconcileError::StateDir {
+    // One pass at a time: two would race on the inventory and the journal.
+    let _lock = crate::state::lock_state_dir(&context.state_dir).map_err(|e| ReconcileError::StateDir {
         path: context.state_dir.clone(),
         message: e.to_string(),
     })?;

@@ -692,3 +692,30 @@ fn a_running_service_that_fails_its_probe_is_restarted() {
     assert_ne!(first, second);
     wait_for("the hung process to be stopped", || !alive(first));
 }
+
+#[test]
+fn concurrent_passes_do_not_duplicate_services() {
+    let sandbox = Sandbox::new();
+    let _reaper = Reaper(&sandbox);
+    for i in 0..10 {
+        sandbox.write(
+            &format!("s{i}.yaml"),
+            service(&format!("s{i}"), &format!("exec sleep 30{i}"), ""),
+        );
+    }
+    sandbox.commit("ten");
+    let children: Vec<_> = (0..3).map(|_| sandbox.cmd(&["reconcile"]).spawn().unwrap()).collect();
+    for mut child in children {
+        assert!(child.wait().unwrap().success());
+    }
+    assert_eq!(owned(&sandbox).len(), 10);
+    for i in 0..10 {
+        let pattern = format!("sleep 30{i}");
+        let running = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+            .filter(|cmdline| String::from_utf8_lossy(cmdline).replace('\0', " ").trim_end() == pattern)
+            .count();
+        assert_eq!(running, 1, "`{pattern}` runs exactly once");
+    }
+}
