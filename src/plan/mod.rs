@@ -77,8 +77,9 @@ pub struct OwnedItem {
     pub last_applied: Value,
     /// Whether its process runs (and is the one that was started).
     pub running: bool,
-    /// Set when it runs but failed its probe `failureThreshold` times in a row: why.
-    pub unhealthy: Option<String>,
+    /// This pass's probe verdict, for a running service with a probe: `Ok(answer)`, or
+    /// `Err(why)` after `failureThreshold` failures in a row.
+    pub probe: Option<Result<String, String>>,
     pub prune_allowed: bool,
     /// Restarts since the last stable run, and when the current process was started.
     pub restarts: u32,
@@ -333,15 +334,17 @@ pub fn plan(input: PlanInput) -> Plan {
                     ));
                 }
             }
-            Some(o) if o.unhealthy.is_some() && item.restart != RestartPolicy::Never => {
-                let why = o.unhealthy.clone().unwrap_or_default();
+            Some(OwnedItem {
+                probe: Some(Err(why)), ..
+            }) if item.restart != RestartPolicy::Never => {
                 change(Action::Restart, format!("{why}: restart it"), String::new(), true);
-                drift.push(drift_item(id, Drift::Degraded, true, Severity::Error, why));
+                drift.push(drift_item(id, Drift::Degraded, true, Severity::Error, why.clone()));
             }
-            Some(o) if o.unhealthy.is_some() => {
-                let why = o.unhealthy.clone().unwrap_or_default();
+            Some(OwnedItem {
+                probe: Some(Err(why)), ..
+            }) => {
                 change(Action::Noop, format!("{why}; restart: never"), String::new(), false);
-                drift.push(drift_item(id, Drift::Degraded, false, Severity::Error, why));
+                drift.push(drift_item(id, Drift::Degraded, false, Severity::Error, why.clone()));
             }
             Some(_) => change(Action::Noop, "in sync".into(), String::new(), false),
         }
@@ -455,7 +458,7 @@ mod tests {
             hash: redact::spec_hash(&spec),
             last_applied: spec,
             running,
-            unhealthy: None,
+            probe: None,
             prune_allowed: true,
             restarts: 0,
             started_ms: 0,

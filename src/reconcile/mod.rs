@@ -410,8 +410,8 @@ fn observe(inventory: &LocalInventory, desired: &[DesiredService]) -> Vec<OwnedI
                 prune_allowed: last_applied.get("x-prune").and_then(Value::as_str) != Some("disabled"),
                 last_applied,
                 running: liveness == Some(Liveness::Running),
-                unhealthy: match (liveness, probe, record.as_ref()) {
-                    (Some(Liveness::Running), Some(probe), Some(record)) => unhealthy(probe, record.started_ms),
+                probe: match (liveness, probe, record.as_ref()) {
+                    (Some(Liveness::Running), Some(probe), Some(record)) => probe_running(probe, record.started_ms),
                     _ => None,
                 },
                 restarts: record.as_ref().map_or(0, |r| r.restarts),
@@ -422,10 +422,10 @@ fn observe(inventory: &LocalInventory, desired: &[DesiredService]) -> Vec<OwnedI
         .collect()
 }
 
-/// Whether a running service fails its probe `failureThreshold` times in a row, once its start
-/// period is over. A pass counts the failures itself, at most 200 ms apart (the daemon probes
-/// every `interval`); one success ends the count.
-fn unhealthy(probe: &crate::spec::common::Probe, started_ms: i64) -> Option<String> {
+/// Probes a running service: `Ok(answer)` on the first success, `Err(why)` when it fails
+/// `failureThreshold` times in a row; None within its start period. A pass counts the failures
+/// itself, at most 200 ms apart (the daemon probes every `interval`).
+fn probe_running(probe: &crate::spec::common::Probe, started_ms: i64) -> Option<Result<String, String>> {
     if now_ms() - started_ms < probe.start_period().as_std().as_millis() as i64 {
         return None;
     }
@@ -434,14 +434,14 @@ fn unhealthy(probe: &crate::spec::common::Probe, started_ms: i64) -> Option<Stri
     let mut last = String::new();
     for attempt in 1..=threshold {
         match probe::check(probe) {
-            Ok(_) => return None,
+            Ok(answer) => return Some(Ok(answer)),
             Err(why) => last = why,
         }
         if attempt < threshold {
             std::thread::sleep(pause);
         }
     }
-    Some(format!("probe failed {threshold} time(s) in a row: {last}"))
+    Some(Err(format!("probe failed {threshold} time(s) in a row: {last}")))
 }
 
 /// Carries out one change; Ok(detail) or Err(why it failed).
@@ -677,10 +677,7 @@ pub fn status(context: &Context) -> Result<StatusReport, ReconcileError> {
                 _ => false,
             };
             let running = o.is_some_and(|o| o.running);
-            let last_probe = d
-                .and_then(|d| d.spec.health.as_ref())
-                .filter(|_| running)
-                .map(probe::check);
+            let last_probe = o.and_then(|o| o.probe.clone());
             let health = match (d, o) {
                 (Some(d), _) if d.item.suspend && !running => "Suspended",
                 (_, Some(_)) if running && matches!(last_probe, Some(Err(_))) => "Degraded",

@@ -73,7 +73,7 @@ impl Receipt {
             reason: draft.reason,
             detail: draft.detail,
             at_ms,
-            prev_hash: head.prev_for_next(),
+            prev_hash: head.hash.clone(),
             hash: String::new(),
         };
         receipt.hash = receipt.compute_hash();
@@ -107,12 +107,6 @@ impl Receipt {
             seq: self.seq,
             hash: self.hash.clone(),
         }
-    }
-}
-
-impl ChainHead {
-    fn prev_for_next(&self) -> String {
-        self.hash.clone()
     }
 }
 
