@@ -302,8 +302,23 @@ fn observe(id: &ProcessIdentity) -> Observed {
 /// (a kill of group 0 or -1 would reach the controller or every process).
 fn signallable(id: &ProcessIdentity) -> bool {
     let own_pid = rustix::process::getpid().as_raw_nonzero().get();
-    let own_pgrp = rustix::process::getpgrp().as_raw_nonzero().get();
+    let own_pgrp = raw_pgid(0).unwrap_or(0);
     id.pid > 1 && id.pgid > 1 && id.pid != own_pid && id.pgid != own_pgrp
+}
+
+/// The process group of `pid` (0: ourselves) as the kernel reports it. Raw because inside a PID
+/// namespace the answer is 0 when the group leader lives outside it (CI containers do this), and
+/// rustix's typed `Pid` asserts it is positive.
+fn raw_pgid(pid: i32) -> Result<i32, Errno> {
+    // SAFETY: getpgid only reads kernel state and takes a plain integer.
+    let group = unsafe { libc::getpgid(pid) };
+    if group < 0 {
+        Err(Errno::from_raw_os_error(
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+        ))
+    } else {
+        Ok(group)
+    }
 }
 
 fn to_pid(raw: i32) -> Option<Pid> {
@@ -425,7 +440,8 @@ pub fn identify(pid: i32) -> Option<ProcessIdentity> {
         });
     }
     let (_, start_time) = portable::ps(pid).ok().flatten()?;
-    let pgid = rustix::process::getpgid(to_pid(pid)).ok()?.as_raw_nonzero().get();
+    to_pid(pid)?;
+    let pgid = raw_pgid(pid).ok()?;
     Some(ProcessIdentity {
         pid,
         pgid,
@@ -1101,9 +1117,9 @@ mod portable {
         if let Err(Errno::SRCH) = rustix::process::test_kill_process(target) {
             return Observed::Exited { anchor: false };
         }
-        match rustix::process::getpgid(Some(target)) {
+        match super::raw_pgid(target.as_raw_nonzero().get()) {
             Err(Errno::SRCH) => return Observed::Exited { anchor: false },
-            Ok(group) if group.as_raw_nonzero().get() != id.pgid => return Observed::Reused,
+            Ok(group) if group != id.pgid => return Observed::Reused,
             _ => {}
         }
         match ps(id.pid) {
@@ -1224,10 +1240,9 @@ mod tests {
         assert_eq!(stat.session, id.pid, "session leader");
         assert_eq!(stat.pgrp, id.pid, "group leader");
         assert_eq!(stat.start_time, id.start_time);
-        assert_ne!(
-            stat.session,
-            rustix::process::getsid(None).unwrap().as_raw_nonzero().get()
-        );
+        // Our own session as /proc shows it (getsid may say 0 inside a PID namespace).
+        let own = linux::stat(rustix::process::getpid().as_raw_nonzero().get()).unwrap();
+        assert_ne!(stat.session, own.session);
         wait_for("both lines in the log", || {
             let log = fx.log("greeter");
             log.contains("hello from env\n") && log.contains("oops\n")
