@@ -25,6 +25,7 @@
 
 pub mod probe;
 pub mod process;
+pub mod watch;
 
 pub use process::{
     boot_id, identify, liveness, mechanism, parse_env_file, rotate_log, rotate_running_log, spawn, stop, take_exit,
