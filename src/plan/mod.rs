@@ -123,6 +123,10 @@ pub struct Plan {
     /// Why the pass is refused (the prune guard), if it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// The earliest time (ms) a restart held back by its backoff becomes due: when the daemon
+    /// should look again.
+    #[serde(skip)]
+    pub retry_at: Option<i64>,
 }
 
 impl Plan {
@@ -222,6 +226,7 @@ pub fn plan(input: PlanInput) -> Plan {
     let owned: BTreeMap<&ResourceId, &OwnedItem> = input.owned.iter().map(|o| (&o.id, o)).collect();
     let mut by_id: BTreeMap<ResourceId, Change> = BTreeMap::new();
     let mut drift = Vec::new();
+    let mut retry_at = None;
 
     for item in &input.desired {
         let id = &item.id;
@@ -319,6 +324,7 @@ pub fn plan(input: PlanInput) -> Plan {
                         format!("CrashLoopBackOff: {exited} after {restarts} restart(s); next restart in {wait}s");
                     change(Action::Noop, reason.clone(), String::new(), true);
                     drift.push(drift_item(id, Drift::Failed, true, Severity::Critical, reason));
+                    retry_at = Some(retry_at.map_or(earliest, |t: i64| t.min(earliest)));
                 } else {
                     let reason = format!(
                         "{exited}: start it again (restart {} since the last stable run)",
@@ -431,6 +437,7 @@ pub fn plan(input: PlanInput) -> Plan {
         changes,
         drift,
         refused,
+        retry_at,
     }
 }
 

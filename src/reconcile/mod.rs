@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -73,158 +74,340 @@ pub enum ReconcileError {
 /// How long a pass waits for the truth store before leaving the rest in the journal.
 const STORE_WAIT: Duration = Duration::from_secs(5);
 
+/// One-shot pass (the CLI without a daemon): takes the state dir's writer lock, runs one pass
+/// over the source, waits (bounded) for the truth store.
 pub async fn run_pass(context: &Context, options: &PassOptions) -> Result<PassOutcome, ReconcileError> {
     // One pass at a time: two would race on the inventory and the journal.
     let _lock = crate::state::lock_state_dir(&context.state_dir).map_err(|e| ReconcileError::StateDir {
         path: context.state_dir.clone(),
         message: e.to_string(),
     })?;
-    let config = RecorderConfig::new(context.state_dir.clone(), context.host.clone(), context.store.clone());
-    let (recorder, _writer) = Recorder::start(config)?;
-    let run_id = new_id();
-    let started_ms = now_ms();
+    let mut reconciler = Reconciler::open(context.clone())?;
+    let loaded = reconciler.load()?;
+    let mut outcome = reconciler.pass(PassInput::full(loaded), options);
+    outcome.store = reconciler.flush().await;
+    Ok(outcome)
+}
 
-    let loaded = source::load(&context.source);
-    let (state, commit) = match loaded {
-        Ok(state) => {
-            let commit = state.commit.clone();
-            (Some(state), commit)
-        }
-        Err(LoadError::Read(e)) => return Err(e.into()),
-        Err(LoadError::Invalid {
-            commit, diagnostics, ..
-        }) => {
-            // An invalid source applies nothing; the report says why.
-            recorder.record(run_started(&run_id, context, &commit, options, started_ms));
-            let detail = format!("{} error(s), first: {}", diagnostics.len(), diagnostics[0]);
-            let item = DriftItem {
-                kind: "Source".into(),
-                name: context.source.path.display().to_string(),
-                drift: Drift::InvalidSource,
-                corrective: false,
-                severity: Severity::Critical,
-                detail,
-            };
-            let report = drift_report(context, &commit, &run_id, options, started_ms, vec![item]);
-            recorder.record(Record::DriftReport(report.clone()));
-            recorder.record(run_finished(&run_id, "invalid-source", "nothing applied".into()));
-            let store = flush(&recorder).await;
-            return Ok(PassOutcome {
-                commit,
-                plan: None,
-                diagnostics,
-                applied: Vec::new(),
-                report,
-                error: Some("the desired state is invalid: nothing was applied".into()),
-                store,
-            });
-        }
-    };
-    let state = state.expect("loaded");
-    recorder.record(run_started(&run_id, context, &commit, options, started_ms));
+/// Probe verdicts a pass uses for running services.
+#[derive(Clone, Debug)]
+pub enum Probes {
+    /// Probe now, up to `failureThreshold` times (one-shot passes).
+    RunNow,
+    /// What the daemon's probe schedule found, by service name, for the identity probed:
+    /// `Err` only once `failureThreshold` probes failed in a row.
+    Known(BTreeMap<String, (ProcessIdentity, Result<String, String>)>),
+}
 
-    let key = secret_key(&context.state_dir)?;
-    let mut inventory = LocalInventory::load(&context.state_dir)?;
-    let desired = desired_services(&state, &key, &context.state_dir);
-    let owned = observe(&inventory, &desired);
-    let controller = state.controller();
-    let plan = plan::plan(PlanInput {
-        commit: commit.clone(),
-        desired: desired.iter().map(|d| d.item.clone()).collect(),
-        owned,
-        max_prune_fraction: controller.prune_max_fraction(),
-        allow_mass_prune: options.allow_mass_prune,
-        now_ms: now_ms(),
-    });
+/// What a pass works on.
+pub struct PassInput {
+    /// The desired state, or why there is none to apply.
+    pub desired: Result<Arc<DesiredState>, LoadError>,
+    /// Drift found before planning (an untrusted commit).
+    pub extra_drift: Vec<DriftItem>,
+    /// Only this resource (the daemon's answer to one exited or unhealthy service); None: all.
+    pub only: Option<ResourceId>,
+    pub probes: Probes,
+}
 
-    let mut applied = Vec::new();
-    let mut error = plan.refused.clone();
-    if !options.dry_run && plan.refused.is_none() {
-        let specs: BTreeMap<&ResourceId, &DesiredService> = desired.iter().map(|d| (&d.item.id, d)).collect();
-        let mut failed: Vec<ResourceId> = Vec::new();
-        for change in plan.pending() {
-            let id = ResourceId::new(change.kind, change.name.clone());
-            let blocked = specs
-                .get(&id)
-                .and_then(|d| d.item.depends_on.iter().find(|dep| failed.contains(dep)))
-                .cloned();
-            let result = match blocked {
-                Some(dep) => Err(format!("not started: its dependency {dep} failed")),
-                None => apply_change(
-                    context,
-                    change.action,
-                    &id,
-                    specs.get(&id).copied(),
-                    &mut inventory,
-                    &recorder,
-                ),
-            };
-            let (ok, detail) = match result {
-                Ok(detail) => (true, detail),
-                Err(detail) => {
-                    failed.push(id.clone());
-                    (false, detail)
-                }
-            };
-            recorder.receipt(ReceiptDraft {
-                run_id: Some(run_id.clone()),
-                commit: commit.clone(),
-                kind: change.kind.to_string(),
-                name: change.name.clone(),
-                action: if ok {
-                    change.action.as_str().to_string()
-                } else {
-                    format!("{}-failed", change.action.as_str())
-                },
-                reason: change.reason.clone(),
-                detail: json!({"ok": ok, "detail": detail}).to_string(),
-            });
-            applied.push(Applied {
-                kind: change.kind,
-                name: change.name.clone(),
-                action: change.action,
-                ok,
-                detail,
-            });
+impl PassInput {
+    pub fn full(desired: Result<DesiredState, LoadError>) -> PassInput {
+        PassInput {
+            desired: desired.map(Arc::new),
+            extra_drift: Vec::new(),
+            only: None,
+            probes: Probes::RunNow,
         }
-        if !failed.is_empty() {
-            error = Some(format!("{} action(s) failed", failed.len()));
-        }
-        refresh_unchanged(&plan, &desired, &mut inventory, &recorder)?;
-        inventory.compact()?;
-        rotate_logs(&context.state_dir, &desired);
+    }
+}
+
+/// What the host is made to match, across passes: the truth-store writer, the inventory, the
+/// fingerprint key and the exit statuses the daemon saw. A one-shot command makes one for a
+/// single pass; the daemon keeps one for its life. Passes block (process stops, probes): the
+/// daemon runs them on a blocking thread.
+pub struct Reconciler {
+    context: Context,
+    recorder: Recorder,
+    _writer: tokio::task::JoinHandle<()>,
+    key: Vec<u8>,
+    inventory: LocalInventory,
+    /// Exit statuses of services that ended, noticed by the daemon as their parent.
+    exits: BTreeMap<String, (ProcessIdentity, process::Exit)>,
+}
+
+impl Reconciler {
+    /// Starts the recorder on the current tokio runtime and loads the inventory.
+    pub fn open(context: Context) -> Result<Reconciler, ReconcileError> {
+        let config = RecorderConfig::new(context.state_dir.clone(), context.host.clone(), context.store.clone());
+        let (recorder, writer) = Recorder::start(config)?;
+        let key = secret_key(&context.state_dir)?;
+        let inventory = LocalInventory::load(&context.state_dir)?;
+        Ok(Reconciler {
+            context,
+            recorder,
+            _writer: writer,
+            key,
+            inventory,
+            exits: BTreeMap::new(),
+        })
     }
 
-    let mut items = plan.drift.clone();
-    for a in applied.iter().filter(|a| !a.ok) {
-        items.push(DriftItem {
-            kind: a.kind.to_string(),
-            name: a.name.clone(),
-            drift: Drift::Failed,
-            corrective: false,
-            severity: Severity::Error,
-            detail: a.detail.clone(),
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+
+    pub fn recorder(&self) -> &Recorder {
+        &self.recorder
+    }
+
+    /// Reads and validates the source; an unreadable source is an error (never an empty state).
+    pub fn load(&self) -> Result<Result<DesiredState, LoadError>, ReconcileError> {
+        load_source(&self.context.source)
+    }
+
+    /// Remembers how a service's process ended (the daemon reaped it).
+    pub fn note_exit(&mut self, name: &str, identity: ProcessIdentity, exit: process::Exit) {
+        self.exits.insert(name.to_string(), (identity, exit));
+    }
+
+    /// Running processes this host owns, by service name, as the inventory records them.
+    pub fn owned_processes(&self) -> Vec<(String, ProcessIdentity)> {
+        self.inventory
+            .entries()
+            .filter(|e| e.kind == Kind::Service.as_str())
+            .filter_map(|e| identity_of(e).map(|id| (e.name.clone(), id)))
+            .collect()
+    }
+
+    /// Stops every owned service (dependents first) and forgets their processes: what
+    /// `mirrorctl run --stop-services-on-exit` does on its way out.
+    pub fn stop_all(&mut self) -> Vec<String> {
+        let mut stopped = Vec::new();
+        let mut entries: Vec<InventoryEntry> = self
+            .inventory
+            .entries()
+            .filter(|e| e.kind == Kind::Service.as_str())
+            .cloned()
+            .collect();
+        entries.reverse();
+        for mut entry in entries {
+            let Some(identity) = identity_of(&entry) else { continue };
+            let (signal, grace) = stop_settings(&entry.last_applied);
+            let outcome = process::stop(&identity, signal, grace);
+            stopped.push(format!("{} (pid {}): {outcome:?}", entry.name, identity.pid));
+            entry.process = None;
+            entry.updated_ms = now_ms();
+            let _ = self.inventory.upsert(entry, &self.recorder);
+        }
+        let _ = self.inventory.compact();
+        stopped
+    }
+
+    /// Waits, bounded, until the truth store has what was recorded (or the journal holds it).
+    pub async fn flush(&self) -> FlushReport {
+        flush(&self.recorder).await
+    }
+
+    /// One pass: observe -> plan -> (dry-run stops here) -> apply -> verify -> record. Never
+    /// waits for the truth store (see [`Reconciler::flush`]).
+    pub fn pass(&mut self, input: PassInput, options: &PassOptions) -> PassOutcome {
+        let context = self.context.clone();
+        let context = &context;
+        let recorder = self.recorder.clone();
+        let run_id = new_id();
+        let started_ms = now_ms();
+
+        let (state, commit) = match input.desired {
+            Ok(state) => {
+                let commit = state.commit.clone();
+                (state, commit)
+            }
+            Err(LoadError::Read(e)) => {
+                // Only the daemon gets here (one-shot passes stop at `load`): nothing applied.
+                recorder.record(run_started(&run_id, context, &None, options, started_ms));
+                let mut items = input.extra_drift;
+                items.push(source_item(context, Drift::InvalidSource, e.to_string()));
+                let report = drift_report(context, &None, &run_id, options, started_ms, items);
+                recorder.record(Record::DriftReport(report.clone()));
+                recorder.record(run_finished(&run_id, "unreadable-source", "nothing applied".into()));
+                return PassOutcome {
+                    commit: None,
+                    plan: None,
+                    diagnostics: Vec::new(),
+                    applied: Vec::new(),
+                    report,
+                    error: Some(format!("the desired state cannot be read: {e}")),
+                    store: FlushReport::default(),
+                };
+            }
+            Err(LoadError::Invalid {
+                commit, diagnostics, ..
+            }) => {
+                // An invalid source applies nothing; the report says why.
+                recorder.record(run_started(&run_id, context, &commit, options, started_ms));
+                let detail = format!("{} error(s), first: {}", diagnostics.len(), diagnostics[0]);
+                let mut items = input.extra_drift;
+                items.push(source_item(context, Drift::InvalidSource, detail));
+                let report = drift_report(context, &commit, &run_id, options, started_ms, items);
+                recorder.record(Record::DriftReport(report.clone()));
+                recorder.record(run_finished(&run_id, "invalid-source", "nothing applied".into()));
+                return PassOutcome {
+                    commit,
+                    plan: None,
+                    diagnostics,
+                    applied: Vec::new(),
+                    report,
+                    error: Some("the desired state is invalid: nothing was applied".into()),
+                    store: FlushReport::default(),
+                };
+            }
+        };
+        recorder.record(run_started(&run_id, context, &commit, options, started_ms));
+
+        let mut desired = desired_services(&state, &self.key, &context.state_dir);
+        if let Some(only) = &input.only {
+            desired.retain(|d| &d.item.id == only);
+        }
+        let mut owned = observe(&self.inventory, &desired, &input.probes, &mut self.exits);
+        if let Some(only) = &input.only {
+            owned.retain(|o| &o.id == only);
+        }
+        let controller = state.controller();
+        let plan = plan::plan(PlanInput {
+            commit: commit.clone(),
+            desired: desired.iter().map(|d| d.item.clone()).collect(),
+            owned,
+            max_prune_fraction: controller.prune_max_fraction(),
+            allow_mass_prune: options.allow_mass_prune || input.only.is_some(),
+            now_ms: now_ms(),
         });
+
+        let mut applied = Vec::new();
+        let mut error = plan.refused.clone();
+        if !options.dry_run && plan.refused.is_none() {
+            let specs: BTreeMap<&ResourceId, &DesiredService> = desired.iter().map(|d| (&d.item.id, d)).collect();
+            let mut failed: Vec<ResourceId> = Vec::new();
+            for change in plan.pending() {
+                let id = ResourceId::new(change.kind, change.name.clone());
+                let blocked = specs
+                    .get(&id)
+                    .and_then(|d| d.item.depends_on.iter().find(|dep| failed.contains(dep)))
+                    .cloned();
+                let result = match blocked {
+                    Some(dep) => Err(format!("not started: its dependency {dep} failed")),
+                    None => apply_change(
+                        context,
+                        change.action,
+                        &id,
+                        specs.get(&id).copied(),
+                        &mut self.inventory,
+                        &recorder,
+                    ),
+                };
+                let (ok, detail) = match result {
+                    Ok(detail) => (true, detail),
+                    Err(detail) => {
+                        failed.push(id.clone());
+                        (false, detail)
+                    }
+                };
+                recorder.receipt(ReceiptDraft {
+                    run_id: Some(run_id.clone()),
+                    commit: commit.clone(),
+                    kind: change.kind.to_string(),
+                    name: change.name.clone(),
+                    action: if ok {
+                        change.action.as_str().to_string()
+                    } else {
+                        format!("{}-failed", change.action.as_str())
+                    },
+                    reason: change.reason.clone(),
+                    detail: json!({"ok": ok, "detail": detail}).to_string(),
+                });
+                applied.push(Applied {
+                    kind: change.kind,
+                    name: change.name.clone(),
+                    action: change.action,
+                    ok,
+                    detail,
+                });
+            }
+            if !failed.is_empty() {
+                error = Some(format!("{} action(s) failed", failed.len()));
+            }
+            if let Err(e) = refresh_unchanged(&plan, &desired, &mut self.inventory, &recorder) {
+                error.get_or_insert(e.to_string());
+            }
+            if input.only.is_none() {
+                if let Err(e) = self.inventory.compact() {
+                    error.get_or_insert(e.to_string());
+                }
+            }
+            rotate_logs(&context.state_dir, &desired);
+        }
+
+        let mut items = input.extra_drift;
+        items.extend(plan.drift.iter().cloned());
+        for a in applied.iter().filter(|a| !a.ok) {
+            items.push(DriftItem {
+                kind: a.kind.to_string(),
+                name: a.name.clone(),
+                drift: Drift::Failed,
+                corrective: false,
+                severity: Severity::Error,
+                detail: a.detail.clone(),
+            });
+        }
+        let report = drift_report(context, &commit, &run_id, options, started_ms, items);
+        recorder.set_report_retention(controller.report_retention().as_std());
+        recorder.record(Record::DriftReport(report.clone()));
+        let outcome = match (&error, options.dry_run, plan.pending().count()) {
+            (Some(_), _, _) => "failed",
+            (None, true, 0) | (None, false, _) => "converged",
+            (None, true, _) => "changes-pending",
+        };
+        recorder.record(run_finished(&run_id, outcome, plan.summary()));
+        PassOutcome {
+            commit,
+            plan: Some(plan),
+            diagnostics: Vec::new(),
+            applied,
+            report,
+            error,
+            store: FlushReport::default(),
+        }
     }
-    let report = drift_report(context, &commit, &run_id, options, started_ms, items);
-    recorder.set_report_retention(controller.report_retention().as_std());
-    recorder.record(Record::DriftReport(report.clone()));
-    let outcome = match (&error, options.dry_run, plan.pending().count()) {
-        (Some(_), _, _) => "failed",
-        (None, true, 0) | (None, false, _) => "converged",
-        (None, true, _) => "changes-pending",
-    };
-    recorder.record(run_finished(&run_id, outcome, plan.summary()));
-    let store = flush(&recorder).await;
-    Ok(PassOutcome {
-        commit,
-        plan: Some(plan),
-        diagnostics: Vec::new(),
-        applied,
-        report,
-        error,
-        store,
-    })
+
+    /// `mirrorctl status` against this reconciler's inventory.
+    pub fn status(&mut self, desired: Result<Arc<DesiredState>, String>, probes: &Probes) -> StatusReport {
+        status_of(
+            &self.inventory,
+            &self.key,
+            &self.context.state_dir,
+            desired,
+            probes,
+            &mut self.exits,
+        )
+    }
+}
+
+/// Reads the source: `Err` when it cannot be read, `Ok(Err)` when it is invalid.
+pub fn load_source(options: &SourceOptions) -> Result<Result<DesiredState, LoadError>, ReconcileError> {
+    match source::load(options) {
+        Err(LoadError::Read(e)) => Err(e.into()),
+        other => Ok(other),
+    }
+}
+
+fn source_item(context: &Context, drift: Drift, detail: String) -> DriftItem {
+    DriftItem {
+        kind: "Source".into(),
+        name: context.source.path.display().to_string(),
+        drift,
+        corrective: false,
+        severity: Severity::Critical,
+        detail,
+    }
 }
 
 async fn flush(recorder: &Recorder) -> FlushReport {
@@ -388,32 +571,48 @@ fn identity_of(entry: &InventoryEntry) -> Option<ProcessIdentity> {
 }
 
 /// What the host runs of what it owns: the inventory, checked against the process table.
-fn observe(inventory: &LocalInventory, desired: &[DesiredService]) -> Vec<OwnedItem> {
+fn observe(
+    inventory: &LocalInventory,
+    desired: &[DesiredService],
+    probes: &Probes,
+    exits: &mut BTreeMap<String, (ProcessIdentity, process::Exit)>,
+) -> Vec<OwnedItem> {
+    let desired_by_name: BTreeMap<&str, &DesiredService> =
+        desired.iter().map(|d| (d.item.id.name.as_str(), d)).collect();
     inventory
         .entries()
         .filter(|e| e.kind == Kind::Service.as_str())
         .map(|entry| {
-            let probe = desired
-                .iter()
-                .find(|d| d.item.id.name == entry.name)
+            let probe = desired_by_name
+                .get(entry.name.as_str())
                 .and_then(|d| d.spec.health.as_ref());
             let last_applied: Value = serde_json::from_str(&entry.last_applied).unwrap_or(Value::Null);
             let record = process_record(entry);
             let liveness = record.as_ref().map(|r| process::liveness(&r.identity));
-            let exit_code = record
-                .as_ref()
-                .and_then(|r| process::take_exit(&r.identity))
+            let noted = match (exits.get(&entry.name), record.as_ref()) {
+                (Some((identity, exit)), Some(r)) if *identity == r.identity => Some(*exit),
+                _ => None,
+            };
+            let exit_code = noted
+                .or_else(|| record.as_ref().and_then(|r| process::take_exit(&r.identity)))
                 .and_then(|e| e.code);
+            let probe = match (liveness, probe, record.as_ref(), probes) {
+                (Some(Liveness::Running), Some(probe), Some(record), Probes::RunNow) => {
+                    probe_running(probe, record.started_ms)
+                }
+                (Some(Liveness::Running), Some(_), Some(record), Probes::Known(known)) => known
+                    .get(&entry.name)
+                    .filter(|(identity, _)| *identity == record.identity)
+                    .map(|(_, verdict)| verdict.clone()),
+                _ => None,
+            };
             OwnedItem {
                 id: ResourceId::new(Kind::Service, entry.name.clone()),
                 hash: entry.spec_hash.clone(),
                 prune_allowed: last_applied.get("x-prune").and_then(Value::as_str) != Some("disabled"),
                 last_applied,
                 running: liveness == Some(Liveness::Running),
-                probe: match (liveness, probe, record.as_ref()) {
-                    (Some(Liveness::Running), Some(probe), Some(record)) => probe_running(probe, record.started_ms),
-                    _ => None,
-                },
+                probe,
                 restarts: record.as_ref().map_or(0, |r| r.restarts),
                 started_ms: record.as_ref().map_or(0, |r| r.started_ms),
                 exit_code,
@@ -643,17 +842,36 @@ pub struct StatusReport {
 
 /// What runs against what is desired, without changing anything or writing to the store.
 pub fn status(context: &Context) -> Result<StatusReport, ReconcileError> {
-    let (state, source_error) = match source::load(&context.source) {
-        Ok(state) => (Some(state), None),
-        Err(e) => (None, Some(e.to_string())),
-    };
+    let desired = source::load(&context.source).map(Arc::new).map_err(|e| e.to_string());
     let inventory = LocalInventory::load(&context.state_dir)?;
     let key = secret_key(&context.state_dir)?;
+    Ok(status_of(
+        &inventory,
+        &key,
+        &context.state_dir,
+        desired,
+        &Probes::RunNow,
+        &mut BTreeMap::new(),
+    ))
+}
+
+fn status_of(
+    inventory: &LocalInventory,
+    key: &[u8],
+    state_dir: &Path,
+    desired_state: Result<Arc<DesiredState>, String>,
+    probes: &Probes,
+    exits: &mut BTreeMap<String, (ProcessIdentity, process::Exit)>,
+) -> StatusReport {
+    let (state, source_error) = match desired_state {
+        Ok(state) => (Some(state), None),
+        Err(e) => (None, Some(e)),
+    };
     let desired = state
         .as_ref()
-        .map(|s| desired_services(s, &key, &context.state_dir))
+        .map(|s| desired_services(s, key, state_dir))
         .unwrap_or_default();
-    let owned = observe(&inventory, &desired);
+    let owned = observe(inventory, &desired, probes, exits);
     let plan = plan::plan(PlanInput {
         commit: state.as_ref().and_then(|s| s.commit.clone()),
         desired: desired.iter().map(|d| d.item.clone()).collect(),
@@ -709,10 +927,10 @@ pub fn status(context: &Context) -> Result<StatusReport, ReconcileError> {
             }
         })
         .collect();
-    Ok(StatusReport {
-        commit: state.and_then(|s| s.commit),
+    StatusReport {
+        commit: state.and_then(|s| s.commit.clone()),
         mechanism: process::mechanism(),
         resources,
         source_error,
-    })
+    }
 }

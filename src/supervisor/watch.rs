@@ -91,7 +91,9 @@ mod linux {
         if process::liveness(id) != Liveness::Running {
             return Some(Mechanism::Pidfd);
         }
-        let fd = AsyncFd::with_interest(fd, tokio::io::Interest::READABLE).ok()?;
+        // SAFETY: `fd` is an OwnedFd moved into the AsyncFd, which owns it until dropped; nothing
+        // else closes or replaces it meanwhile.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok()?;
         match fd.readable().await {
             Ok(_guard) => Some(Mechanism::Pidfd),
             Err(_) => None,
