@@ -1,0 +1,172 @@
+//! The control socket: while the daemon runs, one-shot commands (`reconcile`, `status`,
+//! `drift report`) ask it instead of racing it for the state dir. One JSON line in, one JSON
+//! line out, over `<state dir>/control.sock` (mode 0600: only this user may drive the host).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+/// Where the desired state is read from, as the asking command was told.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceRequest {
+    pub repo: PathBuf,
+    pub path: PathBuf,
+    pub reference: String,
+    pub worktree: bool,
+}
+
+/// What a command asks the daemon.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case")]
+pub enum Request {
+    Reconcile {
+        dry_run: bool,
+        allow_mass_prune: bool,
+        verbose: bool,
+        json: bool,
+        color: bool,
+        source: SourceRequest,
+    },
+    Status {
+        json: bool,
+        source: SourceRequest,
+    },
+    DriftReport {
+        json: bool,
+        source: SourceRequest,
+    },
+}
+
+/// What the command prints, and its exit code: the daemon renders exactly what the command
+/// would have printed running alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    pub exit_code: u8,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{path}: the control socket's path is {len} bytes; Unix sockets allow at most 107: use a shorter --state-dir")]
+    PathTooLong { path: PathBuf, len: usize },
+    #[error("{path}: binding the control socket: {source}")]
+    Bind { path: PathBuf, source: std::io::Error },
+    #[error("{path}: talking to the daemon: {source}")]
+    Exchange { path: PathBuf, source: std::io::Error },
+    #[error("{path}: the daemon's answer is not understood ({source}); is it another mirrorctl version?")]
+    Answer { path: PathBuf, source: serde_json::Error },
+}
+
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("control.sock")
+}
+
+/// How long a command waits for the daemon's answer (a pass may stop services with long grace
+/// periods).
+const ANSWER_WAIT: Duration = Duration::from_secs(600);
+
+/// Asks the daemon, if one listens on the state dir's socket: `Ok(None)` when none does (no
+/// socket, or a stale one nobody accepts on), and the command runs on its own.
+pub fn ask(state_dir: &Path, request: &Request) -> Result<Option<Response>, ControlError> {
+    let path = socket_path(state_dir);
+    let exchange = |source| ControlError::Exchange {
+        path: path.clone(),
+        source,
+    };
+    let mut stream = match UnixStream::connect(&path) {
+        Ok(stream) => stream,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(exchange(e)),
+    };
+    stream.set_read_timeout(Some(ANSWER_WAIT)).map_err(exchange)?;
+    let mut line = serde_json::to_string(request).expect("requests serialize");
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(exchange)?;
+    let mut answer = String::new();
+    BufReader::new(&stream).read_line(&mut answer).map_err(exchange)?;
+    if answer.is_empty() {
+        return Err(exchange(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the daemon closed the connection without answering (is it shutting down?)",
+        )));
+    }
+    serde_json::from_str(&answer)
+        .map(Some)
+        .map_err(|source| ControlError::Answer { path, source })
+}
+
+/// A request and where its answer goes.
+pub type Asked = (Request, oneshot::Sender<Response>);
+
+/// Binds the socket with mode 0600 from the start (bound under a temporary name, restricted,
+/// then renamed into place, so it is never reachable with a wider mode). Call only while
+/// holding the state dir's daemon lock: a leftover socket is removed.
+pub fn bind(state_dir: &Path) -> Result<tokio::net::UnixListener, ControlError> {
+    let path = socket_path(state_dir);
+    let len = path.as_os_str().len();
+    if len > 107 {
+        return Err(ControlError::PathTooLong { path, len });
+    }
+    let bind_error = |source| ControlError::Bind {
+        path: path.clone(),
+        source,
+    };
+    let staging = state_dir.join(format!(".control.{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&staging);
+    let listener = tokio::net::UnixListener::bind(&staging).map_err(bind_error)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600)).map_err(bind_error)?;
+    std::fs::rename(&staging, &path).map_err(bind_error)?;
+    Ok(listener)
+}
+
+/// Accepts connections and hands each request to the event loop; runs until the listener
+/// fails or the loop is gone.
+pub async fn serve(listener: tokio::net::UnixListener, requests: mpsc::UnboundedSender<Asked>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        let requests = requests.clone();
+        tokio::spawn(async move {
+            let (read, mut write) = stream.into_split();
+            let mut line = String::new();
+            if tokio::io::BufReader::new(read).read_line(&mut line).await.is_err() {
+                return;
+            }
+            let response = match serde_json::from_str::<Request>(&line) {
+                Ok(request) => {
+                    let (tx, rx) = oneshot::channel();
+                    if requests.send((request, tx)).is_err() {
+                        return;
+                    }
+                    match rx.await {
+                        Ok(response) => response,
+                        Err(_) => return,
+                    }
+                }
+                Err(e) => Response {
+                    exit_code: 1,
+                    stdout: String::new(),
+                    stderr: format!("mirrorctl: error: the daemon does not understand this request: {e}\n"),
+                },
+            };
+            let mut answer = serde_json::to_string(&response).expect("responses serialize");
+            answer.push('\n');
+            let _ = write.write_all(answer.as_bytes()).await;
+        });
+    }
+}
