@@ -2,6 +2,7 @@
 //! See ARCHITECTURE.md for the map of modules and the invariants they keep.
 
 pub mod cli;
+pub mod daemon;
 pub mod example;
 pub mod plan;
 pub mod reconcile;

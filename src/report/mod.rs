@@ -2,6 +2,8 @@
 //! whether acting on it repairs drift (corrective) or rolls out a new commit (intentional).
 //! The JSON shape is the contract of DESIGN.md §4.
 
+pub mod markdown;
+
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
