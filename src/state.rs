@@ -57,7 +57,7 @@ pub fn lock_state_dir(state_dir: &std::path::Path) -> std::io::Result<StateLock>
         let _ = file.read_to_string(&mut holder);
         eprintln!(
             "mirrorctl: waiting for another mirrorctl (pid {}) to finish with {}",
-            holder.trim(),
+            holder.split_whitespace().next().unwrap_or("?"),
             state_dir.display()
         );
         flock(&file, FlockOperation::LockExclusive)?;
@@ -65,5 +65,47 @@ pub fn lock_state_dir(state_dir: &std::path::Path) -> std::io::Result<StateLock>
     file.set_len(0)?;
     file.rewind()?;
     write!(file, "{}", std::process::id())?;
+    Ok(StateLock { _file: file })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("held by a mirrorctl daemon (pid {pid})")]
+    Held { pid: String },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Takes the writer lock for a daemon's whole life. Another daemon holding it is an error naming
+/// its pid; a one-shot pass holding it is waited for. The lock file says `PID daemon`.
+pub fn lock_state_dir_for_daemon(state_dir: &std::path::Path) -> Result<StateLock, LockError> {
+    use rustix::fs::{flock, FlockOperation};
+    use std::io::{Read, Seek, Write};
+
+    std::fs::create_dir_all(state_dir)?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(state_dir.join("lock"))?;
+    if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let mut words = holder.split_whitespace();
+        let pid = words.next().unwrap_or("?").to_string();
+        if words.next() == Some("daemon") {
+            return Err(LockError::Held { pid });
+        }
+        eprintln!(
+            "mirrorctl: waiting for another mirrorctl (pid {pid}) to finish with {}",
+            state_dir.display()
+        );
+        flock(&file, FlockOperation::LockExclusive)?;
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{} daemon", std::process::id())?;
+    file.sync_all()?;
     Ok(StateLock { _file: file })
 }

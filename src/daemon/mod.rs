@@ -1,1 +1,968 @@
+//! The daemon (`mirrorctl run`): one event loop over a closed set of events. Passes block
+//! (process stops, probe waits), so each runs on a blocking thread while the loop goes on
+//! receiving events; one pass at a time, with the [`Reconciler`] handed to it and back.
+//!
+//! ```text
+//! git watch ─┐  resync timer ─┐  child watchers ─┐  probe tasks ─┐  cron ─┐  socket ─┐  signals ─┐
+//!            └────────────────┴──────────────────┴───────────────┴────────┴──────────┴───────────┴─> Event
+//! Event -> queue of Work (a crashed service first) -> one pass on a blocking thread -> PassDone
+//! PassDone -> watch the processes it started, probe them, arm the backoff timer, answer, metrics
+//! ```
+
+pub mod control;
+pub mod git_watch;
 pub mod metrics;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+
+use crate::reconcile::{
+    load_source, Context, PassInput, PassOptions, PassOutcome, Probes, ReconcileError, Reconciler, StatusReport,
+};
+use crate::report::{now_ms, Drift, DriftItem, Severity};
+use crate::source::trust::AllowedSigners;
+use crate::source::{DesiredState, LoadError, SourceOptions};
+use crate::spec::common::Probe;
+use crate::spec::{Kind, ResourceId, Spec};
+use crate::supervisor::process::ProcessIdentity;
+use crate::supervisor::watch::{self, Ended};
+use control::{Asked, Request, Response};
+use metrics::Metrics;
+
+/// How `mirrorctl run` was started.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub context: Context,
+    pub stop_services_on_exit: bool,
+    /// `--require-signed --allowed-signers FILE`: only commits signed by these keys apply.
+    pub allowed_signers: Option<PathBuf>,
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// What a control request gets back before it is rendered.
+pub enum Answer {
+    Pass(PassOutcome),
+    Status(StatusReport),
+    Error(String),
+}
+
+/// Renders an answer exactly as the command would print it running alone (the CLI provides it).
+pub type Renderer = Arc<dyn Fn(&Request, Answer) -> Response + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("another mirrorctl daemon (pid {pid}) already runs on {state_dir}; stop it first (kill -TERM {pid})")]
+    AlreadyRunning { pid: String, state_dir: PathBuf },
+    #[error("{path}: locking the state dir: {source}")]
+    Lock { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Reconcile(#[from] ReconcileError),
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
+    #[error(transparent)]
+    Watch(#[from] git_watch::GitWatchError),
+    #[error("{path}: reading the allowed signers: {message}")]
+    AllowedSigners { path: PathBuf, message: String },
+    #[error("{0}")]
+    Metrics(std::io::Error),
+    #[error("listening for signals: {0}")]
+    Signals(std::io::Error),
+}
+
+/// The closed set of things the loop reacts to.
+enum Event {
+    /// The repository's refs moved (debounced).
+    SourceChanged,
+    /// The periodic resync (Controller `resync`).
+    Resync,
+    /// A supervised process ended, noticed the moment it did.
+    ChildExited {
+        name: String,
+        identity: ProcessIdentity,
+        ended: Ended,
+    },
+    /// A restart held back by its backoff is due.
+    RestartDue,
+    /// A health probe of a running service answered.
+    Probed {
+        name: String,
+        identity: ProcessIdentity,
+        result: Result<String, String>,
+    },
+    /// The Controller's drift-report schedule fired.
+    DriftReportDue,
+    /// A one-shot command asks (through the control socket).
+    Control(Asked),
+    /// A pass finished on its blocking thread.
+    PassDone(Box<Finished>),
+    /// SIGTERM or SIGINT.
+    Shutdown(&'static str),
+}
+
+/// Work waiting for the reconciler, one at a time.
+enum Work {
+    /// A pass over everything, the source read again (unless `reload` is false: the last state).
+    Full { trigger: &'static str, reload: bool },
+    /// A pass over one service that ended or fails its probe, on the last state.
+    One { name: String, trigger: &'static str },
+    /// A control request.
+    Asked(Asked),
+    /// The scheduled observe-only drift report.
+    ScheduledReport,
+}
+
+struct Finished {
+    reconciler: Reconciler,
+    work: Work,
+    result: WorkResult,
+    /// The state the pass applied, when it was read again and trusted.
+    applied: Option<Arc<DesiredState>>,
+    took: Duration,
+}
+
+enum WorkResult {
+    Pass(PassOutcome),
+    Status(StatusReport),
+    Error(String),
+}
+
+/// Per service: its probe task, and the consecutive failures of the process it probes.
+struct Probing {
+    identity: ProcessIdentity,
+    task: AbortHandle,
+    failures: u32,
+    threshold: u32,
+}
+
+struct Daemon {
+    config: Config,
+    events: mpsc::UnboundedSender<Event>,
+    metrics: Arc<Metrics>,
+    render: Renderer,
+    trust: Option<AllowedSigners>,
+    /// None while a pass runs with it.
+    reconciler: Option<Reconciler>,
+    queue: VecDeque<Work>,
+    /// The desired state in force: the last one read that was valid (and trusted).
+    current: Option<Arc<DesiredState>>,
+    /// Exit watchers, by service name.
+    watchers: BTreeMap<String, (ProcessIdentity, AbortHandle)>,
+    /// Identities whose end was already handled (never watched again).
+    ended: BTreeSet<ProcessIdentity>,
+    probing: BTreeMap<String, Probing>,
+    /// Probe verdicts for passes: `Err` once the threshold is reached.
+    verdicts: BTreeMap<String, (ProcessIdentity, Result<String, String>)>,
+    backoff_timer: Option<AbortHandle>,
+    report_timer: Option<(String, AbortHandle)>,
+    resync_timer: Option<(Duration, AbortHandle)>,
+    shutting_down: Option<&'static str>,
+    /// Exit statuses seen while a pass had the reconciler.
+    pending_exits: Vec<(String, ProcessIdentity, crate::supervisor::process::Exit)>,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. Services keep running after it ends unless
+/// `stop_services_on_exit`.
+pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
+    let state_dir = config.context.state_dir.clone();
+    let _lock = crate::state::lock_state_dir_for_daemon(&state_dir).map_err(|e| match e {
+        crate::state::LockError::Held { pid } => DaemonError::AlreadyRunning {
+            pid,
+            state_dir: state_dir.clone(),
+        },
+        crate::state::LockError::Io(source) => DaemonError::Lock {
+            path: state_dir.join("lock"),
+            source,
+        },
+    })?;
+    let trust = match &config.allowed_signers {
+        Some(path) => Some(AllowedSigners::load(path).map_err(|e| DaemonError::AllowedSigners {
+            path: path.clone(),
+            message: e.to_string(),
+        })?),
+        None => None,
+    };
+    let reconciler = Reconciler::open(config.context.clone())?;
+    let (events, mut inbox) = mpsc::unbounded_channel();
+
+    // Control socket.
+    let listener = control::bind(&state_dir)?;
+    let (asked_tx, mut asked_rx) = mpsc::unbounded_channel::<Asked>();
+    let server = tokio::spawn(control::serve(listener, asked_tx));
+    forward(&events, async move { asked_rx.recv().await.map(Event::Control) });
+
+    // Signals.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let tx = events.clone();
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        let _ = tx.send(Event::Shutdown(name));
+    });
+
+    // The source.
+    let (changed_tx, mut changed_rx) = mpsc::unbounded_channel();
+    let source_watch = git_watch::watch(
+        &config.context.source.repo,
+        &config.context.source.reference,
+        changed_tx,
+    )?;
+    forward(&events, async move {
+        changed_rx.recv().await.map(|()| Event::SourceChanged)
+    });
+
+    // Metrics.
+    let metrics = Metrics::new();
+    metrics.heartbeat();
+    let (stop_metrics_tx, stop_metrics_rx) = oneshot::channel::<()>();
+    let metrics_server = match config.metrics_addr {
+        Some(addr) => {
+            let (bound, handle) = metrics::serve(addr, metrics.clone(), Duration::from_secs(60), async {
+                let _ = stop_metrics_rx.await;
+            })
+            .await
+            .map_err(DaemonError::Metrics)?;
+            tracing::info!(%bound, "serving /metrics and /healthz");
+            Some(handle)
+        }
+        None => None,
+    };
+    tracing::info!(
+        state_dir = %state_dir.display(),
+        repo = %config.context.source.repo.display(),
+        reference = %config.context.source.reference,
+        watch = source_watch.mechanism(),
+        exit_watch = if cfg!(target_os = "linux") { "pidfd" } else { "poll" },
+        "mirrorctl daemon started (pid {})",
+        std::process::id()
+    );
+
+    let mut daemon = Daemon {
+        config,
+        events: events.clone(),
+        metrics: metrics.clone(),
+        render,
+        trust,
+        reconciler: Some(reconciler),
+        queue: VecDeque::new(),
+        current: None,
+        watchers: BTreeMap::new(),
+        ended: BTreeSet::new(),
+        probing: BTreeMap::new(),
+        verdicts: BTreeMap::new(),
+        backoff_timer: None,
+        report_timer: None,
+        resync_timer: None,
+        shutting_down: None,
+        pending_exits: Vec::new(),
+    };
+    daemon.queue.push_back(Work::Full {
+        trigger: "startup",
+        reload: true,
+    });
+    daemon.next();
+
+    // The heartbeat says the loop is alive even when nothing happens.
+    let tx = events.clone();
+    let heartbeat = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            if tx.send(Event::Resync).is_err() {
+                return;
+            }
+        }
+    });
+    // (The Resync events of the heartbeat only count when the resync interval has passed.)
+    let mut last_resync = Instant::now();
+
+    while let Some(event) = inbox.recv().await {
+        metrics.heartbeat();
+        match event {
+            Event::Resync => {
+                let every = daemon.resync_interval();
+                if last_resync.elapsed() >= every {
+                    last_resync = Instant::now();
+                    daemon.enqueue(Work::Full {
+                        trigger: "resync",
+                        reload: true,
+                    });
+                }
+            }
+            Event::SourceChanged => daemon.enqueue(Work::Full {
+                trigger: "commit",
+                reload: true,
+            }),
+            Event::ChildExited { name, identity, ended } => daemon.child_exited(name, identity, ended),
+            Event::RestartDue => daemon.enqueue(Work::Full {
+                trigger: "backoff",
+                reload: false,
+            }),
+            Event::Probed { name, identity, result } => daemon.probed(name, identity, result),
+            Event::DriftReportDue => {
+                daemon.report_timer = None;
+                daemon.enqueue(Work::ScheduledReport);
+            }
+            Event::Control(asked) => daemon.enqueue(Work::Asked(asked)),
+            Event::PassDone(finished) => daemon.finished(*finished),
+            Event::Shutdown(signal) => {
+                tracing::info!(signal, "shutting down");
+                daemon.shutting_down = Some(signal);
+                for work in std::mem::take(&mut daemon.queue) {
+                    if let Work::Asked((_, reply)) = work {
+                        let _ = reply.send(Response {
+                            exit_code: 1,
+                            stdout: String::new(),
+                            stderr: "mirrorctl: error: the daemon is shutting down\n".into(),
+                        });
+                    }
+                }
+            }
+        }
+        if daemon.shutting_down.is_some() && daemon.reconciler.is_some() {
+            break;
+        }
+        daemon.next();
+    }
+
+    // Shutdown: no new work; services keep running unless asked otherwise.
+    server.abort();
+    heartbeat.abort();
+    drop(source_watch);
+    for (_, (_, task)) in std::mem::take(&mut daemon.watchers) {
+        task.abort();
+    }
+    for (_, probing) in std::mem::take(&mut daemon.probing) {
+        probing.task.abort();
+    }
+    let _ = std::fs::remove_file(control::socket_path(&state_dir));
+    let mut reconciler = daemon.reconciler.take().expect("no pass runs at shutdown");
+    if daemon.config.stop_services_on_exit {
+        let (back, stopped) = tokio::task::spawn_blocking(move || {
+            let stopped = reconciler.stop_all();
+            (reconciler, stopped)
+        })
+        .await
+        .expect("stopping services does not panic");
+        reconciler = back;
+        for line in stopped {
+            tracing::info!("stopped {line}");
+        }
+    } else {
+        tracing::info!("services keep running; a new `mirrorctl run` adopts them");
+    }
+    let flushed = reconciler.flush().await;
+    if let Some(problem) = flushed.store_error {
+        tracing::warn!(%problem, pending = flushed.pending, "the truth store was not written; records wait in the journal");
+    }
+    let _ = stop_metrics_tx.send(());
+    if let Some(handle) = metrics_server {
+        let _ = handle.await;
+    }
+    Ok(())
+}
+
+/// Feeds events made by `next` into the loop until it returns None.
+fn forward<F>(events: &mpsc::UnboundedSender<Event>, mut next: impl FnMut() -> F + Send + 'static)
+where
+    F: std::future::Future<Output = Option<Event>> + Send,
+{
+    let events = events.clone();
+    tokio::spawn(async move {
+        while let Some(event) = next().await {
+            if events.send(event).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+impl Daemon {
+    fn resync_interval(&self) -> Duration {
+        self.current
+            .as_ref()
+            .map(|s| s.controller().resync().as_std())
+            .unwrap_or(Duration::from_secs(30))
+            .max(Duration::from_secs(1))
+    }
+
+    fn enqueue(&mut self, work: Work) {
+        if self.shutting_down.is_some() {
+            if let Work::Asked((_, reply)) = work {
+                let _ = reply.send(Response {
+                    exit_code: 1,
+                    stdout: String::new(),
+                    stderr: "mirrorctl: error: the daemon is shutting down\n".into(),
+                });
+            }
+            return;
+        }
+        match &work {
+            // A crashed service goes first; once queued, once.
+            Work::One { name, .. } => {
+                if !self
+                    .queue
+                    .iter()
+                    .any(|w| matches!(w, Work::One { name: n, .. } if n == name))
+                {
+                    let at = self.queue.iter().take_while(|w| matches!(w, Work::One { .. })).count();
+                    self.queue.insert(at, work);
+                }
+            }
+            Work::Full { reload, .. } => {
+                // One waiting full pass covers every trigger (a re-read covers a re-use).
+                let reload = *reload;
+                if let Some(Work::Full { reload: queued, .. }) =
+                    self.queue.iter_mut().find(|w| matches!(w, Work::Full { .. }))
+                {
+                    *queued |= reload;
+                } else {
+                    self.queue.push_back(work);
+                }
+            }
+            Work::ScheduledReport => {
+                if !self.queue.iter().any(|w| matches!(w, Work::ScheduledReport)) {
+                    self.queue.push_back(work);
+                }
+            }
+            Work::Asked(_) => self.queue.push_back(work),
+        }
+    }
+
+    /// Starts the next piece of work if the reconciler is free.
+    fn next(&mut self) {
+        if self.reconciler.is_none() || self.shutting_down.is_some() {
+            return;
+        }
+        let Some(work) = self.queue.pop_front() else { return };
+        let mut reconciler = self.reconciler.take().expect("checked");
+        let current = self.current.clone();
+        let probes = Probes::Known(self.verdicts.clone());
+        let trust = self.trust.clone();
+        let events = self.events.clone();
+        tokio::task::spawn_blocking(move || {
+            let begun = Instant::now();
+            let (result, applied) = perform(&mut reconciler, &work, current, probes, trust.as_ref());
+            let _ = events.send(Event::PassDone(Box::new(Finished {
+                reconciler,
+                work,
+                result,
+                applied,
+                took: begun.elapsed(),
+            })));
+        });
+    }
+
+    fn child_exited(&mut self, name: String, identity: ProcessIdentity, ended: Ended) {
+        let current = self.watchers.get(&name).map(|(id, _)| id.clone());
+        self.ended.insert(identity.clone());
+        if current.as_ref() != Some(&identity) {
+            return; // stopped on purpose by a pass (update, prune): not a crash
+        }
+        self.watchers.remove(&name);
+        tracing::warn!(service = %name, pid = identity.pid, exit = ?ended.exit, mechanism = ended.mechanism.as_str(), "service ended");
+        if let (Some(reconciler), Some(exit)) = (self.reconciler.as_mut(), ended.exit) {
+            reconciler.note_exit(&name, identity.clone(), exit);
+        } else if let Some(exit) = ended.exit {
+            self.pending_exits.push((name.clone(), identity.clone(), exit));
+        }
+        self.enqueue(Work::One {
+            name,
+            trigger: "child-exit",
+        });
+    }
+
+    fn probed(&mut self, name: String, identity: ProcessIdentity, result: Result<String, String>) {
+        let Some(probing) = self.probing.get_mut(&name) else { return };
+        if probing.identity != identity {
+            return;
+        }
+        match result {
+            Ok(answer) => {
+                probing.failures = 0;
+                self.verdicts.insert(name, (identity, Ok(answer)));
+            }
+            Err(why) => {
+                probing.failures += 1;
+                if probing.failures >= probing.threshold {
+                    let verdict = format!("probe failed {} time(s) in a row: {why}", probing.failures);
+                    tracing::warn!(service = %name, %verdict, "service unhealthy");
+                    self.verdicts.insert(name.clone(), (identity, Err(verdict)));
+                    self.enqueue(Work::One {
+                        name,
+                        trigger: "probe",
+                    });
+                }
+            }
+        }
+    }
+
+    fn finished(&mut self, finished: Finished) {
+        let Finished {
+            mut reconciler,
+            work,
+            result,
+            applied,
+            took,
+        } = finished;
+        for (name, identity, exit) in self.pending_exits.drain(..) {
+            reconciler.note_exit(&name, identity, exit);
+        }
+        if let Some(state) = applied {
+            self.current = Some(state);
+        }
+        let trigger = match &work {
+            Work::Full { trigger, .. } | Work::One { trigger, .. } => *trigger,
+            Work::Asked(_) => "control",
+            Work::ScheduledReport => "schedule",
+        };
+        if let WorkResult::Pass(outcome) = &result {
+            self.metrics.observe_pass(trigger, took, outcome.error.is_some());
+            for a in &outcome.applied {
+                if a.ok && a.action == crate::plan::Action::Restart {
+                    self.metrics.restart(&a.name);
+                }
+            }
+            let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
+            for item in &outcome.report.items {
+                *counts
+                    .entry((item.drift.as_str().to_string(), item.severity.as_str().to_string()))
+                    .or_default() += 1;
+            }
+            let counts: Vec<(String, String, u64)> = counts.into_iter().map(|((d, s), n)| (d, s, n)).collect();
+            self.metrics.set_drift_items(&counts);
+            if let Some(plan) = &outcome.plan {
+                self.arm_backoff(plan.retry_at);
+            }
+            let level_error = outcome.error.as_deref();
+            tracing::info!(
+                trigger,
+                took_ms = took.as_millis() as u64,
+                commit = outcome.commit.as_deref().unwrap_or("-"),
+                applied = outcome.applied.len(),
+                drift = outcome.report.items.len(),
+                error = level_error.unwrap_or(""),
+                "pass"
+            );
+        }
+        if let Work::ScheduledReport = &work {
+            if let WorkResult::Pass(outcome) = &result {
+                let dir = self.config.context.state_dir.join("reports");
+                match crate::report::markdown::write(&dir, &outcome.report, REPORTS_KEPT) {
+                    Ok(path) => tracing::info!(path = %path.display(), "drift report written"),
+                    Err(e) => tracing::warn!(error = %e, "writing the drift report failed"),
+                }
+            }
+        }
+        self.sync_watchers(&reconciler);
+        self.sync_schedules();
+        if let Work::Asked((request, reply)) = work {
+            let answer = match result {
+                WorkResult::Pass(outcome) => Answer::Pass(outcome),
+                WorkResult::Status(report) => Answer::Status(report),
+                WorkResult::Error(e) => Answer::Error(e),
+            };
+            let _ = reply.send((self.render)(&request, answer));
+        }
+        self.reconciler = Some(reconciler);
+    }
+
+    /// Watches (for its end) and probes every owned running process; forgets the rest.
+    fn sync_watchers(&mut self, reconciler: &Reconciler) {
+        let owned: BTreeMap<String, ProcessIdentity> = reconciler.owned_processes().into_iter().collect();
+        self.watchers.retain(|name, (identity, task)| {
+            let keep = owned.get(name) == Some(identity);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        self.probing.retain(|name, probing| {
+            let keep = owned.get(name) == Some(&probing.identity);
+            if !keep {
+                probing.task.abort();
+            }
+            keep
+        });
+        self.verdicts.retain(|name, (identity, _)| owned.get(name) == Some(identity));
+        self.ended.retain(|identity| owned.values().any(|o| o == identity));
+        let mut running = 0;
+        for (name, identity) in &owned {
+            if self.ended.contains(identity) {
+                continue;
+            }
+            running += 1;
+            if !self.watchers.contains_key(name) {
+                let events = self.events.clone();
+                let (name_c, identity_c) = (name.clone(), identity.clone());
+                let task = tokio::spawn(async move {
+                    let ended = watch::ended(identity_c.clone()).await;
+                    let _ = events.send(Event::ChildExited {
+                        name: name_c,
+                        identity: identity_c,
+                        ended,
+                    });
+                });
+                self.watchers.insert(name.clone(), (identity.clone(), task.abort_handle()));
+            }
+            if !self.probing.contains_key(name) {
+                if let Some((probe, started_ms)) = self.probe_of(name, reconciler) {
+                    let task = tokio::spawn(probe_loop(
+                        self.events.clone(),
+                        name.clone(),
+                        identity.clone(),
+                        probe.clone(),
+                        started_ms,
+                    ));
+                    self.probing.insert(
+                        name.clone(),
+                        Probing {
+                            identity: identity.clone(),
+                            task: task.abort_handle(),
+                            failures: 0,
+                            threshold: probe.failure_threshold().max(1),
+                        },
+                    );
+                }
+            }
+        }
+        let desired = self.current.as_ref().map_or(0, |s| {
+            s.resources
+                .iter()
+                .filter(|r| r.id().kind == Kind::Service && !matches!(&r.spec, Spec::Service(s) if s.suspend))
+                .count()
+        });
+        self.metrics.set_services(running as u64, desired as u64);
+    }
+
+    fn probe_of(&self, name: &str, reconciler: &Reconciler) -> Option<(Probe, i64)> {
+        let state = self.current.as_ref()?;
+        let resource = state.get(Kind::Service, name)?;
+        let Spec::Service(spec) = &resource.spec else { return None };
+        let probe = spec.health.clone()?;
+        Some((probe, reconciler.started_ms(name).unwrap_or_else(now_ms)))
+    }
+
+    fn arm_backoff(&mut self, retry_at: Option<i64>) {
+        if let Some(timer) = self.backoff_timer.take() {
+            timer.abort();
+        }
+        let Some(at) = retry_at else { return };
+        let wait = Duration::from_millis((at - now_ms()).max(0) as u64);
+        let events = self.events.clone();
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let _ = events.send(Event::RestartDue);
+        });
+        self.backoff_timer = Some(task.abort_handle());
+    }
+
+    /// Arms the drift-report cron and notes the resync interval of the state in force.
+    fn sync_schedules(&mut self) {
+        let cron = self
+            .current
+            .as_ref()
+            .and_then(|s| s.controller().drift_report_cron().cloned());
+        let armed = self.report_timer.as_ref().map(|(expr, _)| expr.clone());
+        if cron.as_ref().map(|c| c.as_str().to_string()) == armed {
+            return;
+        }
+        if let Some((_, timer)) = self.report_timer.take() {
+            timer.abort();
+        }
+        let Some(cron) = cron else { return };
+        let schedule = cron.schedule();
+        let now = chrono::Local::now();
+        let Ok(next) = schedule.find_next_occurrence(&now, false) else {
+            tracing::warn!(cron = cron.as_str(), "the drift-report schedule never fires");
+            return;
+        };
+        let wait = (next - now).to_std().unwrap_or_default();
+        let events = self.events.clone();
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let _ = events.send(Event::DriftReportDue);
+        });
+        self.report_timer = Some((cron.as_str().to_string(), task.abort_handle()));
+    }
+}
+
+/// Markdown drift reports kept in `<state dir>/reports/`.
+const REPORTS_KEPT: usize = 200;
+
+/// Probes one process every `interval` after its start period; every answer is an event.
+async fn probe_loop(
+    events: mpsc::UnboundedSender<Event>,
+    name: String,
+    identity: ProcessIdentity,
+    probe: Probe,
+    started_ms: i64,
+) {
+    let start_period = probe.start_period().as_std().as_millis() as i64;
+    let wait = (started_ms + start_period - now_ms()).max(0) as u64;
+    tokio::time::sleep(Duration::from_millis(wait)).await;
+    let interval = probe.interval().as_std().max(Duration::from_millis(100));
+    loop {
+        let check = probe.clone();
+        let result = tokio::task::spawn_blocking(move || crate::supervisor::probe::check(&check))
+            .await
+            .unwrap_or_else(|e| Err(format!("the probe panicked: {e}")));
+        if events
+            .send(Event::Probed {
+                name: name.clone(),
+                identity: identity.clone(),
+                result,
+            })
+            .is_err()
+        {
+            return;
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Does one piece of work on the blocking thread: the only place the daemon reads the source.
+fn perform(
+    reconciler: &mut Reconciler,
+    work: &Work,
+    current: Option<Arc<DesiredState>>,
+    probes: Probes,
+    trust: Option<&AllowedSigners>,
+) -> (WorkResult, Option<Arc<DesiredState>>) {
+    let own_source = reconciler.context().source.clone();
+    match work {
+        Work::One { name, trigger } => {
+            let Some(state) = current else {
+                return (WorkResult::Error("no desired state in force yet".into()), None);
+            };
+            let input = PassInput {
+                desired: Ok(state),
+                extra_drift: Vec::new(),
+                only: Some(ResourceId::new(Kind::Service, name.clone())),
+                probes,
+            };
+            let options = pass_options(false, false, trigger);
+            (WorkResult::Pass(reconciler.pass(input, &options)), None)
+        }
+        Work::Full { trigger, reload } => {
+            let (input, applied) = if *reload {
+                read_trusted(&own_source, current, trust, probes)
+            } else {
+                match current {
+                    Some(state) => (
+                        PassInput {
+                            desired: Ok(state),
+                            extra_drift: Vec::new(),
+                            only: None,
+                            probes,
+                        },
+                        None,
+                    ),
+                    None => return (WorkResult::Error("no desired state in force yet".into()), None),
+                }
+            };
+            let options = pass_options(false, false, trigger);
+            match input {
+                Ok(input) => (WorkResult::Pass(reconciler.pass(input, &options)), applied),
+                Err(e) => (WorkResult::Error(e), None),
+            }
+        }
+        Work::ScheduledReport => match read_trusted(&own_source, current, trust, probes).0 {
+            Ok(input) => (
+                WorkResult::Pass(reconciler.pass(input, &pass_options(true, false, "schedule"))),
+                None,
+            ),
+            Err(e) => (WorkResult::Error(e), None),
+        },
+        Work::Asked((request, _)) => match request {
+            Request::Reconcile {
+                dry_run,
+                allow_mass_prune,
+                source,
+                ..
+            } => {
+                let asked = source_options(source, &own_source);
+                if !dry_run && asked != own_source {
+                    return (
+                        WorkResult::Error(format!(
+                            "this daemon applies {} (path {}, ref {}); a pass over another source can only be a --dry-run",
+                            own_source.repo.display(),
+                            own_source.path.display(),
+                            own_source.reference
+                        )),
+                        None,
+                    );
+                }
+                let (input, applied) = read_trusted(&asked, current, trust.filter(|_| !dry_run), probes);
+                let options = pass_options(*dry_run, *allow_mass_prune, "cli");
+                match input {
+                    Ok(input) => (
+                        WorkResult::Pass(reconciler.pass(input, &options)),
+                        if *dry_run { None } else { applied },
+                    ),
+                    Err(e) => (WorkResult::Error(e), None),
+                }
+            }
+            Request::DriftReport { source, .. } => {
+                let asked = source_options(source, &own_source);
+                match read_trusted(&asked, current, None, probes).0 {
+                    Ok(input) => (
+                        WorkResult::Pass(reconciler.pass(input, &pass_options(true, false, "drift-report"))),
+                        None,
+                    ),
+                    Err(e) => (WorkResult::Error(e), None),
+                }
+            }
+            Request::Status { source, .. } => {
+                let asked = source_options(source, &own_source);
+                let desired = match crate::source::load(&asked) {
+                    Ok(state) => Ok(Arc::new(state)),
+                    Err(e) => Err(e.to_string()),
+                };
+                (WorkResult::Status(reconciler.status(desired, &probes)), None)
+            }
+        },
+    }
+}
+
+fn pass_options(dry_run: bool, allow_mass_prune: bool, trigger: &str) -> PassOptions {
+    PassOptions {
+        dry_run,
+        allow_mass_prune,
+        trigger: trigger.to_string(),
+    }
+}
+
+fn source_options(asked: &control::SourceRequest, own: &SourceOptions) -> SourceOptions {
+    SourceOptions {
+        repo: asked.repo.clone(),
+        path: asked.path.clone(),
+        reference: asked.reference.clone(),
+        worktree: asked.worktree,
+        max_file_size: own.max_file_size,
+    }
+}
+
+/// Reads the source and, under `--require-signed`, checks the commit's signature. An untrusted
+/// commit is not applied: the state in force stays, and the report says `untrusted_source`.
+/// Returns the pass input and the state to keep in force afterwards (the new one, if trusted).
+fn read_trusted(
+    source: &SourceOptions,
+    current: Option<Arc<DesiredState>>,
+    trust: Option<&AllowedSigners>,
+    probes: Probes,
+) -> (Result<PassInput, String>, Option<Arc<DesiredState>>) {
+    let loaded = match load_source(source) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            // Unreadable: nothing applied; the state in force stays.
+            return (
+                Ok(PassInput {
+                    desired: Err(LoadError::Read(match e {
+                        ReconcileError::Source(e) => e,
+                        other => return (Err(other.to_string()), None),
+                    })),
+                    extra_drift: Vec::new(),
+                    only: None,
+                    probes,
+                }),
+                None,
+            );
+        }
+    };
+    let state = match loaded {
+        Ok(state) => state,
+        Err(invalid) => {
+            return (
+                Ok(PassInput {
+                    desired: Err(invalid),
+                    extra_drift: Vec::new(),
+                    only: None,
+                    probes,
+                }),
+                None,
+            )
+        }
+    };
+    let Some(allowed) = trust else {
+        let state = Arc::new(state);
+        return (
+            Ok(PassInput {
+                desired: Ok(state.clone()),
+                extra_drift: Vec::new(),
+                only: None,
+                probes,
+            }),
+            Some(state),
+        );
+    };
+    let verdict = match (&state.commit, git2::Repository::discover(&source.repo)) {
+        (None, _) => Err("no commit to verify".to_string()),
+        (Some(_), Err(e)) => Err(e.message().to_string()),
+        (Some(commit), Ok(repo)) => crate::source::trust::verify_commit(&repo, commit, allowed)
+            .map(|v| format!("signed by {} ({})", v.principal, v.fingerprint))
+            .map_err(|e| e.to_string()),
+    };
+    match verdict {
+        Ok(signer) => {
+            tracing::info!(commit = state.commit.as_deref().unwrap_or("-"), %signer, "commit trusted");
+            let state = Arc::new(state);
+            (
+                Ok(PassInput {
+                    desired: Ok(state.clone()),
+                    extra_drift: Vec::new(),
+                    only: None,
+                    probes,
+                }),
+                Some(state),
+            )
+        }
+        Err(why) => {
+            let commit = state.commit.clone().unwrap_or_default();
+            let short = &commit[..commit.len().min(12)];
+            let in_force = current.as_ref().and_then(|s| s.commit.clone());
+            let detail = match &in_force {
+                Some(trusted) => format!(
+                    "commit {short} is not applied: {why}; commit {} stays in force",
+                    &trusted[..trusted.len().min(12)]
+                ),
+                None => format!("commit {short} is not applied: {why}; no trusted commit yet, nothing applied"),
+            };
+            tracing::warn!(commit = %commit, %why, "untrusted commit refused");
+            let item = DriftItem {
+                kind: "Source".into(),
+                name: source.path.display().to_string(),
+                drift: Drift::UntrustedSource,
+                corrective: false,
+                severity: Severity::Critical,
+                detail,
+            };
+            let desired = match current {
+                Some(state) => Ok(state),
+                None => Err(LoadError::Invalid {
+                    commit: state.commit.clone(),
+                    files: 0,
+                    diagnostics: Vec::new(),
+                }),
+            };
+            (
+                Ok(PassInput {
+                    desired,
+                    extra_drift: vec![item],
+                    only: None,
+                    probes,
+                }),
+                None,
+            )
+        }
+    }
+}

@@ -170,6 +170,14 @@ impl Reconciler {
         self.exits.insert(name.to_string(), (identity, exit));
     }
 
+    /// When the recorded process of a service was started.
+    pub fn started_ms(&self, name: &str) -> Option<i64> {
+        self.inventory
+            .get(Kind::Service.as_str(), name)
+            .and_then(process_record)
+            .map(|r| r.started_ms)
+    }
+
     /// Running processes this host owns, by service name, as the inventory records them.
     pub fn owned_processes(&self) -> Vec<(String, ProcessIdentity)> {
         self.inventory
@@ -245,19 +253,27 @@ impl Reconciler {
             }) => {
                 // An invalid source applies nothing; the report says why.
                 recorder.record(run_started(&run_id, context, &commit, options, started_ms));
-                let detail = format!("{} error(s), first: {}", diagnostics.len(), diagnostics[0]);
                 let mut items = input.extra_drift;
-                items.push(source_item(context, Drift::InvalidSource, detail));
+                // No diagnostics: an untrusted commit and no trusted one before it (the daemon).
+                if let Some(first) = diagnostics.first() {
+                    let detail = format!("{} error(s), first: {first}", diagnostics.len());
+                    items.push(source_item(context, Drift::InvalidSource, detail));
+                }
                 let report = drift_report(context, &commit, &run_id, options, started_ms, items);
                 recorder.record(Record::DriftReport(report.clone()));
                 recorder.record(run_finished(&run_id, "invalid-source", "nothing applied".into()));
+                let error = if diagnostics.is_empty() {
+                    "the commit is not trusted and none was before it: nothing was applied"
+                } else {
+                    "the desired state is invalid: nothing was applied"
+                };
                 return PassOutcome {
                     commit,
                     plan: None,
                     diagnostics,
                     applied: Vec::new(),
                     report,
-                    error: Some("the desired state is invalid: nothing was applied".into()),
+                    error: Some(error.into()),
                     store: FlushReport::default(),
                 };
             }
