@@ -4,6 +4,7 @@
 
 mod decode;
 pub mod files;
+pub mod trust;
 mod validate;
 pub mod yaml;
 
