@@ -24,7 +24,7 @@ const PEM_LINE_WIDTH: usize = 70;
 pub enum TrustError {
     #[error("cannot read the allowed signers file {}: {message}", path.display())]
     ReadAllowedSigners { path: PathBuf, message: String },
-    #[error("{}:{column}: {message}", place(file.as_deref(), *line))]
+    #[error("{}: {message}", place_column(file.as_deref(), *line, *column))]
     ParseAllowedSigners {
         file: Option<PathBuf>,
         line: usize,
@@ -39,7 +39,7 @@ pub enum TrustError {
     )]
     Unsigned { commit: String },
     #[error(
-        "commit {}: has {kind} signature; only SSH signatures are supported (sign with gpg.format=ssh)",
+        "commit {}: the signature is {kind} signature; only SSH signatures are supported (sign with gpg.format=ssh)",
         short(commit)
     )]
     NotSsh { commit: String, kind: &'static str },
@@ -121,6 +121,14 @@ fn place(file: Option<&Path>, line: usize) -> String {
     match file {
         Some(file) => format!("{}:{line}", file.display()),
         None => format!("allowed signers line {line}"),
+    }
+}
+
+/// `FILE:LINE:COLUMN`, or `allowed signers line LINE, column COLUMN` for parsed text.
+fn place_column(file: Option<&Path>, line: usize, column: usize) -> String {
+    match file {
+        Some(file) => format!("{}:{line}:{column}", file.display()),
+        None => format!("allowed signers line {line}, column {column}"),
     }
 }
 
@@ -737,12 +745,27 @@ pub fn verify_commit(repo: &Repository, commit: &str, allowed: &AllowedSigners) 
             file: allowed.file.clone(),
         });
     }
-    let for_committer: Vec<&AllowedSigner> = listed
+    // Any entry that names the committer and allows the commit is enough (as for ssh-keygen);
+    // when all refuse it, the first one's reason is reported.
+    let mut first_refusal: Option<(usize, Refusal)> = None;
+    for entry in listed
         .iter()
-        .copied()
         .filter(|entry| match_pattern_list(&email, &entry.principals))
-        .collect();
-    let Some(first) = for_committer.first() else {
+    {
+        match entry_refusal(entry, committed_at) {
+            None => {
+                return Ok(Verified {
+                    principal: email,
+                    fingerprint,
+                    key_type,
+                })
+            }
+            Some(refusal) => {
+                first_refusal.get_or_insert((entry.line, refusal));
+            }
+        }
+    }
+    let Some((line, refusal)) = first_refusal else {
         let principals: Vec<&str> = listed.iter().map(|entry| entry.principals.as_str()).collect();
         return Err(TrustError::PrincipalMismatch {
             commit: commit.to_string(),
@@ -751,29 +774,10 @@ pub fn verify_commit(repo: &Repository, commit: &str, allowed: &AllowedSigners) 
             email,
         });
     };
-    // Any entry for this committer that allows the commit is enough; else report why the first
-    // one refuses it.
-    let Some(refusal) = entry_refusal(first, committed_at) else {
-        return Ok(Verified {
-            principal: email,
-            fingerprint,
-            key_type,
-        });
-    };
-    if for_committer
-        .iter()
-        .any(|entry| entry_refusal(entry, committed_at).is_none())
-    {
-        return Ok(Verified {
-            principal: email,
-            fingerprint,
-            key_type,
-        });
-    }
     let commit = commit.to_string();
     let entry = SignerLine {
         file: allowed.file.clone(),
-        line: first.line,
+        line,
     };
     Err(match refusal {
         Refusal::Namespace(namespaces) => TrustError::NamespaceNotAllowed {
@@ -917,6 +921,9 @@ mod tests {
                 .env("HOME", self.dir.path())
                 .env("XDG_CONFIG_HOME", self.dir.path())
                 .env("GIT_CONFIG_NOSYSTEM", "1")
+                .env("GIT_CONFIG_GLOBAL", self.dir.path().join("gitconfig"))
+                .env_remove("GIT_CONFIG_PARAMETERS")
+                .env_remove("GIT_CONFIG_COUNT")
                 .env("GIT_AUTHOR_DATE", format!("{COMMITTED_AT} +0000"))
                 .env("GIT_COMMITTER_DATE", format!("{COMMITTED_AT} +0000"))
                 .env_remove("SSH_AUTH_SOCK")
@@ -1403,6 +1410,10 @@ mod tests {
     #[test]
     fn parse_errors_name_line_and_column() {
         let key = FIXED_KEY;
+        assert_eq!(
+            AllowedSigners::parse("\nbob").unwrap_err().to_string(),
+            "allowed signers line 2, column 4: missing public key after the principals; expected `principals [options] keytype base64`"
+        );
         assert_parse_error(
             "# ok\nalice@example.com\n",
             2,
