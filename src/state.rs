@@ -101,7 +101,7 @@ pub fn lock_state_dir_for_daemon(state_dir: &std::path::Path) -> Result<StateLoc
             "mirrorctl: waiting for another mirrorctl (pid {pid}) to finish with {}",
             state_dir.display()
         );
-        flock(&file, FlockOperation::LockExclusive)?;
+        flock(&file, FlockOperation::LockExclusive).map_err(std::io::Error::from)?;
     }
     file.set_len(0)?;
     file.rewind()?;

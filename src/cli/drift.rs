@@ -1,12 +1,17 @@
-//! `mirrorctl drift list|show ID`: drift reports read back from the truth store.
+//! `mirrorctl drift report|list|show ID`: an observe-only drift report now (exit 0 none, 2
+//! drift, 1 error); drift reports read back from the truth store.
 
 use clap::Subcommand;
 
-use super::{block_on, exit, open_store, print_json, report_error, GlobalArgs, Output};
+use super::{ask_daemon, block_on, emit, exit, json_text, open_store, print_json, report_error, GlobalArgs, Output};
+use crate::daemon::control::{Request, Response};
+use crate::reconcile::{run_pass, PassOptions, PassOutcome};
 use crate::report;
 
 #[derive(Debug, Subcommand)]
 pub enum DriftCommand {
+    /// Observe the host against the desired state now, change nothing, store the report
+    Report,
     /// Stored drift reports, newest first
     List {
         /// How many to show
@@ -25,11 +30,15 @@ pub enum DriftCommand {
 struct ReportNotFound(String);
 
 pub fn run(global: &GlobalArgs, command: &DriftCommand) -> u8 {
+    if let DriftCommand::Report = command {
+        return report_now(global);
+    }
     block_on(async {
         let Some(store) = open_store(global).await else {
             return exit::ERROR;
         };
         match command {
+            DriftCommand::Report => unreachable!("handled above"),
             DriftCommand::List { limit } => match store.drift_reports(*limit).await {
                 Ok(reports) => {
                     match global.output {
@@ -62,4 +71,61 @@ pub fn run(global: &GlobalArgs, command: &DriftCommand) -> u8 {
             },
         }
     })
+}
+
+/// `drift report`: the daemon's observe-only pass if one runs, else one of our own.
+fn report_now(global: &GlobalArgs) -> u8 {
+    let request = Request::DriftReport {
+        json: global.output == Output::Json,
+        source: global.source_request(),
+    };
+    if let Some(code) = ask_daemon(global, &request) {
+        return code;
+    }
+    let context = match global.reconcile_context() {
+        Ok(context) => context,
+        Err(e) => {
+            report_error(global.output, &e);
+            return exit::ERROR;
+        }
+    };
+    let options = PassOptions {
+        dry_run: true,
+        allow_mass_prune: false,
+        trigger: "drift-report".into(),
+    };
+    match block_on(run_pass(&context, &options)) {
+        Ok(outcome) => emit(&render(&request, &outcome)),
+        Err(e) => {
+            report_error(global.output, &e);
+            exit::ERROR
+        }
+    }
+}
+
+/// What `drift report` prints: the report; exit 0 without drift, 2 with drift, 1 when the
+/// source could not be used.
+pub fn render(request: &Request, outcome: &PassOutcome) -> Response {
+    let json = matches!(request, Request::DriftReport { json: true, .. });
+    let stdout = if json {
+        json_text(&serde_json::to_value(&outcome.report).expect("serializable"))
+    } else {
+        report::render_text(&outcome.report)
+    };
+    let mut stderr = String::new();
+    for d in &outcome.diagnostics {
+        stderr.push_str(&format!("{d}\n"));
+    }
+    let exit_code = if outcome.plan.is_none() {
+        exit::ERROR
+    } else if outcome.report.items.is_empty() {
+        exit::OK
+    } else {
+        exit::CHANGES
+    };
+    Response {
+        exit_code,
+        stdout,
+        stderr,
+    }
 }

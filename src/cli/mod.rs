@@ -6,6 +6,7 @@ mod drift;
 mod init;
 mod logs;
 mod reconcile;
+mod run;
 mod status;
 mod validate;
 
@@ -89,6 +90,8 @@ pub enum Command {
     Crds(crds::CrdsArgs),
     /// One reconcile pass: make the host match the commit (--dry-run: show what would change)
     Reconcile(reconcile::ReconcileArgs),
+    /// The daemon: watch git, resync, restart what dies, launch agents, drift reports, metrics
+    Run(run::RunArgs),
     /// Per resource: sync and health, pid, restarts, uptime
     Status,
     /// A service's stdout and stderr
@@ -127,6 +130,16 @@ impl GlobalArgs {
         })
     }
 
+    /// The source as a control request names it (the daemon reads it with its own limits).
+    pub fn source_request(&self) -> crate::daemon::control::SourceRequest {
+        crate::daemon::control::SourceRequest {
+            repo: self.repo_dir().canonicalize().unwrap_or_else(|_| self.repo_dir()),
+            path: self.path.clone(),
+            reference: self.reference.clone(),
+            worktree: self.worktree,
+        }
+    }
+
     pub fn source_options(&self) -> SourceOptions {
         SourceOptions {
             repo: self.repo_dir(),
@@ -159,6 +172,7 @@ pub fn main() -> ExitCode {
         Command::Validate => validate::run(&cli.global),
         Command::Crds(args) => crds::run(&cli.global, args),
         Command::Reconcile(args) => reconcile::run(&cli.global, args),
+        Command::Run(args) => run::run(&cli.global, args),
         Command::Status => status::run(&cli.global),
         Command::Logs(args) => logs::run(&cli.global, args),
         Command::Drift(command) => drift::run(&cli.global, command),
@@ -183,6 +197,35 @@ async fn open_store(global: &GlobalArgs) -> Option<Box<dyn crate::store::Store>>
         Err(e) => Err(e),
     };
     opened.map_err(|e: StoreError| report_error(global.output, &e)).ok()
+}
+
+/// Asks a running daemon (one writer at a time); prints its answer and returns the exit code,
+/// or None when no daemon runs on the state dir.
+fn ask_daemon(global: &GlobalArgs, request: &crate::daemon::control::Request) -> Option<u8> {
+    match crate::daemon::control::ask(&global.state_dir(), request) {
+        Ok(Some(response)) => Some(emit(&response)),
+        Ok(None) => None,
+        Err(e) => {
+            report_error(global.output, &e);
+            Some(exit::ERROR)
+        }
+    }
+}
+
+/// Prints a rendered answer; returns its exit code.
+fn emit(response: &crate::daemon::control::Response) -> u8 {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(response.stdout.as_bytes());
+    let _ = out.flush();
+    eprint!("{}", response.stderr);
+    response.exit_code
+}
+
+/// A JSON value as `--output json` prints it.
+fn json_text(value: &serde_json::Value) -> String {
+    let mut text = serde_json::to_string_pretty(value).expect("values serialize");
+    text.push('\n');
+    text
 }
 
 /// Prints a JSON value on stdout.

@@ -1,12 +1,21 @@
 //! `mirrorctl reconcile [--dry-run]`: one pass. Dry-run exits 0 in sync, 2 changes pending,
 //! 1 error; apply exits 0 converged, 1 error (nothing applied when the source is invalid).
 
+use std::fmt::Write as _;
 use std::io::IsTerminal;
+
+/// `writeln!` into a String (cannot fail).
+macro_rules! w {
+    ($out:expr, $($arg:tt)*) => {
+        let _ = writeln!($out, $($arg)*);
+    };
+}
 
 use clap::Args;
 use serde_json::json;
 
-use super::{block_on, exit, print_json, report_error, GlobalArgs, Output};
+use super::{ask_daemon, block_on, emit, exit, json_text, report_error, GlobalArgs, Output};
+use crate::daemon::control::{Request, Response};
 use crate::plan::{Action, Plan};
 use crate::reconcile::{run_pass, PassOptions, PassOutcome};
 
@@ -24,6 +33,24 @@ pub struct ReconcileArgs {
 }
 
 pub fn run(global: &GlobalArgs, args: &ReconcileArgs) -> u8 {
+    if global.worktree && !args.dry_run {
+        eprintln!(
+            "mirrorctl: error: --worktree is a preview: use it with --dry-run (uncommitted edits are never applied)"
+        );
+        return exit::ERROR;
+    }
+    let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let request = Request::Reconcile {
+        dry_run: args.dry_run,
+        allow_mass_prune: args.allow_mass_prune,
+        verbose: args.verbose,
+        json: global.output == Output::Json,
+        color,
+        source: global.source_request(),
+    };
+    if let Some(code) = ask_daemon(global, &request) {
+        return code;
+    }
     let context = match global.reconcile_context() {
         Ok(context) => context,
         Err(e) => {
@@ -31,42 +58,57 @@ pub fn run(global: &GlobalArgs, args: &ReconcileArgs) -> u8 {
             return exit::ERROR;
         }
     };
-    if global.worktree && !args.dry_run {
-        eprintln!(
-            "mirrorctl: error: --worktree is a preview: use it with --dry-run (uncommitted edits are never applied)"
-        );
-        return exit::ERROR;
-    }
     let options = PassOptions {
         dry_run: args.dry_run,
         allow_mass_prune: args.allow_mass_prune,
         trigger: "cli".into(),
     };
-    let outcome = match block_on(run_pass(&context, &options)) {
-        Ok(outcome) => outcome,
+    match block_on(run_pass(&context, &options)) {
+        Ok(outcome) => emit(&render(&request, &outcome)),
         Err(e) => {
             report_error(global.output, &e);
-            return exit::ERROR;
+            exit::ERROR
         }
-    };
-    match global.output {
-        Output::Text => print_text(&outcome, args),
-        Output::Json => print_json(&to_json(&outcome, args.dry_run)),
     }
+}
+
+/// What the command prints for a pass, and its exit code (also what the daemon answers).
+pub fn render(request: &Request, outcome: &PassOutcome) -> Response {
+    let Request::Reconcile {
+        dry_run,
+        verbose,
+        json,
+        color,
+        ..
+    } = request
+    else {
+        unreachable!("rendered only for reconcile requests")
+    };
+    let stdout = if *json {
+        json_text(&to_json(outcome, *dry_run))
+    } else {
+        render_text(outcome, *dry_run, *verbose, *color)
+    };
+    let mut stderr = String::new();
     if let Some(problem) = &outcome.store.store_error {
-        eprintln!(
-            "mirrorctl: note: the truth store was not written ({problem}); {} record(s) wait in the journal",
+        stderr = format!(
+            "mirrorctl: note: the truth store was not written ({problem}); {} record(s) wait in the journal\n",
             outcome.store.pending
         );
     }
-    match (
+    let exit_code = match (
         &outcome.error,
-        args.dry_run,
+        dry_run,
         outcome.plan.as_ref().map_or(0, |p| p.pending().count()),
     ) {
         (Some(_), _, _) => exit::ERROR,
         (None, true, pending) if pending > 0 => exit::CHANGES,
         _ => exit::OK,
+    };
+    Response {
+        exit_code,
+        stdout,
+        stderr,
     }
 }
 
@@ -110,44 +152,46 @@ fn colored(line: &str, color: bool) -> String {
     }
 }
 
-fn print_text(outcome: &PassOutcome, args: &ReconcileArgs) {
-    let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+fn render_text(outcome: &PassOutcome, dry_run: bool, verbose: bool, color: bool) -> String {
+    let mut out = String::new();
     let Some(plan) = &outcome.plan else {
         for d in &outcome.diagnostics {
-            println!("{d}");
+            w!(out, "{d}");
         }
-        println!(
+        w!(
+            out,
             "invalid: the desired state has {} error(s): nothing was applied",
             outcome.diagnostics.len()
         );
-        return;
+        return out;
     };
     let commit = plan
         .commit
         .as_deref()
         .map_or("(working tree)", |c| &c[..c.len().min(12)]);
-    println!("{} at commit {commit}", if args.dry_run { "plan" } else { "reconcile" });
+    w!(out, "{} at commit {commit}", if dry_run { "plan" } else { "reconcile" });
     for (action, title, mark) in GROUPS {
-        if action == Action::Noop && !args.verbose {
+        if action == Action::Noop && !verbose {
             continue;
         }
         let changes: Vec<_> = plan.changes.iter().filter(|c| c.action == action).collect();
         if changes.is_empty() {
             continue;
         }
-        println!("\n{title}:");
+        w!(out, "\n{title}:");
         for change in changes {
-            println!("  {mark} {}/{}: {}", change.kind, change.name, change.reason);
+            w!(out, "  {mark} {}/{}: {}", change.kind, change.name, change.reason);
             for line in change.diff.lines() {
-                println!("      {}", colored(line, color));
+                w!(out, "      {}", colored(line, color));
             }
         }
     }
     if let Some(refused) = &plan.refused {
-        println!("\nrefused: {refused}");
+        w!(out, "\nrefused: {refused}");
     }
     for applied in outcome.applied.iter().filter(|a| !a.ok) {
-        println!(
+        w!(
+            out,
             "\nfailed: {}/{} ({}): {}",
             applied.kind,
             applied.name,
@@ -155,14 +199,12 @@ fn print_text(outcome: &PassOutcome, args: &ReconcileArgs) {
             applied.detail
         );
     }
-    println!(
+    w!(
+        out,
         "\n{}{}",
         plan.summary(),
-        if args.dry_run {
-            " (dry-run: nothing changed)"
-        } else {
-            ""
-        }
+        if dry_run { " (dry-run: nothing changed)" } else { "" }
     );
-    println!("drift report {} stored", outcome.report.id);
+    w!(out, "drift report {} stored", outcome.report.id);
+    out
 }

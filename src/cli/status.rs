@@ -1,11 +1,21 @@
 //! `mirrorctl status`: per resource, sync and health, pid, restarts, uptime. Exit 0.
 
+use std::fmt::Write as _;
+
 use serde_json::json;
 
-use super::{exit, print_json, report_error, GlobalArgs, Output};
-use crate::reconcile::status;
+use super::{ask_daemon, emit, exit, json_text, report_error, GlobalArgs, Output};
+use crate::daemon::control::{Request, Response};
+use crate::reconcile::{status, StatusReport};
 
 pub fn run(global: &GlobalArgs) -> u8 {
+    let request = Request::Status {
+        json: global.output == Output::Json,
+        source: global.source_request(),
+    };
+    if let Some(code) = ask_daemon(global, &request) {
+        return code;
+    }
     let context = match global.reconcile_context() {
         Ok(context) => context,
         Err(e) => {
@@ -13,48 +23,68 @@ pub fn run(global: &GlobalArgs) -> u8 {
             return exit::ERROR;
         }
     };
-    let report = match status(&context) {
-        Ok(report) => report,
+    match status(&context) {
+        Ok(report) => emit(&render(&request, &report, None)),
         Err(e) => {
             report_error(global.output, &e);
-            return exit::ERROR;
-        }
-    };
-    match global.output {
-        Output::Json => print_json(&json!({
-            "commit": report.commit,
-            "mechanism": report.mechanism,
-            "resources": report.resources,
-            "source_error": report.source_error,
-        })),
-        Output::Text => {
-            if let Some(problem) = &report.source_error {
-                println!("desired state unavailable ({problem}); showing what this host owns\n");
-            }
-            println!(
-                "{:<14} {:<24} {:<10} {:<11} {:>8} {:>8} {:>9}  DETAIL",
-                "KIND", "NAME", "SYNC", "HEALTH", "PID", "RESTARTS", "UPTIME"
-            );
-            for r in &report.resources {
-                let pid = r.pid.map_or("-".to_string(), |p| p.to_string());
-                let uptime = r.uptime_s.map_or("-".to_string(), |s| {
-                    humantime::format_duration(std::time::Duration::from_secs(s)).to_string()
-                });
-                println!(
-                    "{:<14} {:<24} {:<10} {:<11} {:>8} {:>8} {:>9}  {}",
-                    r.kind.as_str(),
-                    r.name,
-                    r.sync,
-                    r.health,
-                    pid,
-                    r.restarts,
-                    uptime,
-                    r.detail
-                );
-            }
-            let commit = report.commit.as_deref().map_or("-", |c| &c[..c.len().min(12)]);
-            println!("\ncommit {commit}; liveness by {}", report.mechanism);
+            exit::ERROR
         }
     }
-    exit::OK
+}
+
+/// What `status` prints (also what the daemon answers; it names itself in `daemon`).
+pub fn render(request: &Request, report: &StatusReport, daemon: Option<u32>) -> Response {
+    let json = matches!(request, Request::Status { json: true, .. });
+    let stdout = if json {
+        json_text(&json!({
+            "commit": report.commit,
+            "mechanism": report.mechanism,
+            "daemon": daemon,
+            "resources": report.resources,
+            "source_error": report.source_error,
+        }))
+    } else {
+        let mut out = String::new();
+        if let Some(problem) = &report.source_error {
+            let _ = writeln!(
+                out,
+                "desired state unavailable ({problem}); showing what this host owns\n"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{:<14} {:<24} {:<10} {:<11} {:>8} {:>8} {:>9}  DETAIL",
+            "KIND", "NAME", "SYNC", "HEALTH", "PID", "RESTARTS", "UPTIME"
+        );
+        for r in &report.resources {
+            let pid = r.pid.map_or("-".to_string(), |p| p.to_string());
+            let uptime = r.uptime_s.map_or("-".to_string(), |s| {
+                humantime::format_duration(std::time::Duration::from_secs(s)).to_string()
+            });
+            let _ = writeln!(
+                out,
+                "{:<14} {:<24} {:<10} {:<11} {:>8} {:>8} {:>9}  {}",
+                r.kind.as_str(),
+                r.name,
+                r.sync,
+                r.health,
+                pid,
+                r.restarts,
+                uptime,
+                r.detail
+            );
+        }
+        let commit = report.commit.as_deref().map_or("-", |c| &c[..c.len().min(12)]);
+        let supervisor = match daemon {
+            Some(pid) => format!("daemon pid {pid}"),
+            None => "no daemon running".to_string(),
+        };
+        let _ = writeln!(out, "\ncommit {commit}; liveness by {}; {supervisor}", report.mechanism);
+        out
+    };
+    Response {
+        exit_code: exit::OK,
+        stdout,
+        stderr: String::new(),
+    }
 }

@@ -53,7 +53,9 @@ pub struct Response {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("{path}: the control socket's path is {len} bytes; Unix sockets allow at most 107: use a shorter --state-dir")]
+    #[error(
+        "{path}: the control socket's path is {len} bytes; Unix sockets allow at most 107: use a shorter --state-dir"
+    )]
     PathTooLong { path: PathBuf, len: usize },
     #[error("{path}: binding the control socket: {source}")]
     Bind { path: PathBuf, source: std::io::Error },

@@ -81,7 +81,11 @@ fn notify_watch(
     let (git, common) = (git_dir.to_path_buf(), common_dir.to_path_buf());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let relevant = match &event {
-            Ok(event) => event.paths.iter().any(|p| moves_refs(p, &git, &common)),
+            // Reads (our own passes open HEAD and refs) are not changes.
+            Ok(event) => {
+                !matches!(event.kind, notify::EventKind::Access(_))
+                    && event.paths.iter().any(|p| moves_refs(p, &git, &common))
+            }
             // A lost event (queue overflow) may have been a ref: look again.
             Err(_) => true,
         };
@@ -166,13 +170,20 @@ mod tests {
         std::fs::write(dir.path().join("a.yaml"), "a: 2\n").unwrap();
         git(dir.path(), &["add", "."]);
         assert!(
-            tokio::time::timeout(Duration::from_millis(300), rx.recv()).await.is_err(),
+            tokio::time::timeout(Duration::from_millis(300), rx.recv())
+                .await
+                .is_err(),
             "an edit or `git add` is not a commit"
         );
         git(dir.path(), &["commit", "-qm", "two"]);
-        tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(
-            tokio::time::timeout(Duration::from_millis(200), rx.recv()).await.is_err(),
+            tokio::time::timeout(Duration::from_millis(200), rx.recv())
+                .await
+                .is_err(),
             "one commit, one signal"
         );
     }

@@ -47,7 +47,7 @@ pub struct Config {
 
 /// What a control request gets back before it is rendered.
 pub enum Answer {
-    Pass(PassOutcome),
+    Pass(Box<PassOutcome>),
     Status(StatusReport),
     Error(String),
 }
@@ -120,16 +120,10 @@ enum Work {
 struct Finished {
     reconciler: Reconciler,
     work: Work,
-    result: WorkResult,
+    result: Answer,
     /// The state the pass applied, when it was read again and trusted.
     applied: Option<Arc<DesiredState>>,
     took: Duration,
-}
-
-enum WorkResult {
-    Pass(PassOutcome),
-    Status(StatusReport),
-    Error(String),
 }
 
 /// Per service: its probe task, and the consecutive failures of the process it probes.
@@ -160,7 +154,6 @@ struct Daemon {
     verdicts: BTreeMap<String, (ProcessIdentity, Result<String, String>)>,
     backoff_timer: Option<AbortHandle>,
     report_timer: Option<(String, AbortHandle)>,
-    resync_timer: Option<(Duration, AbortHandle)>,
     shutting_down: Option<&'static str>,
     /// Exit statuses seen while a pass had the reconciler.
     pending_exits: Vec<(String, ProcessIdentity, crate::supervisor::process::Exit)>,
@@ -194,7 +187,14 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
     let listener = control::bind(&state_dir)?;
     let (asked_tx, mut asked_rx) = mpsc::unbounded_channel::<Asked>();
     let server = tokio::spawn(control::serve(listener, asked_tx));
-    forward(&events, async move { asked_rx.recv().await.map(Event::Control) });
+    let tx = events.clone();
+    tokio::spawn(async move {
+        while let Some(asked) = asked_rx.recv().await {
+            if tx.send(Event::Control(asked)).is_err() {
+                return;
+            }
+        }
+    });
 
     // Signals.
     use tokio::signal::unix::{signal, SignalKind};
@@ -216,8 +216,13 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
         &config.context.source.reference,
         changed_tx,
     )?;
-    forward(&events, async move {
-        changed_rx.recv().await.map(|()| Event::SourceChanged)
+    let tx = events.clone();
+    tokio::spawn(async move {
+        while changed_rx.recv().await.is_some() {
+            if tx.send(Event::SourceChanged).is_err() {
+                return;
+            }
+        }
     });
 
     // Metrics.
@@ -261,7 +266,6 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
         verdicts: BTreeMap::new(),
         backoff_timer: None,
         report_timer: None,
-        resync_timer: None,
         shutting_down: None,
         pending_exits: Vec::new(),
     };
@@ -371,21 +375,6 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Feeds events made by `next` into the loop until it returns None.
-fn forward<F>(events: &mpsc::UnboundedSender<Event>, mut next: impl FnMut() -> F + Send + 'static)
-where
-    F: std::future::Future<Output = Option<Event>> + Send,
-{
-    let events = events.clone();
-    tokio::spawn(async move {
-        while let Some(event) = next().await {
-            if events.send(event).is_err() {
-                return;
-            }
-        }
-    });
-}
-
 impl Daemon {
     fn resync_interval(&self) -> Duration {
         self.current
@@ -482,7 +471,9 @@ impl Daemon {
     }
 
     fn probed(&mut self, name: String, identity: ProcessIdentity, result: Result<String, String>) {
-        let Some(probing) = self.probing.get_mut(&name) else { return };
+        let Some(probing) = self.probing.get_mut(&name) else {
+            return;
+        };
         if probing.identity != identity {
             return;
         }
@@ -497,10 +488,7 @@ impl Daemon {
                     let verdict = format!("probe failed {} time(s) in a row: {why}", probing.failures);
                     tracing::warn!(service = %name, %verdict, "service unhealthy");
                     self.verdicts.insert(name.clone(), (identity, Err(verdict)));
-                    self.enqueue(Work::One {
-                        name,
-                        trigger: "probe",
-                    });
+                    self.enqueue(Work::One { name, trigger: "probe" });
                 }
             }
         }
@@ -525,7 +513,7 @@ impl Daemon {
             Work::Asked(_) => "control",
             Work::ScheduledReport => "schedule",
         };
-        if let WorkResult::Pass(outcome) = &result {
+        if let Answer::Pass(outcome) = &result {
             self.metrics.observe_pass(trigger, took, outcome.error.is_some());
             for a in &outcome.applied {
                 if a.ok && a.action == crate::plan::Action::Restart {
@@ -555,7 +543,7 @@ impl Daemon {
             );
         }
         if let Work::ScheduledReport = &work {
-            if let WorkResult::Pass(outcome) = &result {
+            if let Answer::Pass(outcome) = &result {
                 let dir = self.config.context.state_dir.join("reports");
                 match crate::report::markdown::write(&dir, &outcome.report, REPORTS_KEPT) {
                     Ok(path) => tracing::info!(path = %path.display(), "drift report written"),
@@ -566,12 +554,7 @@ impl Daemon {
         self.sync_watchers(&reconciler);
         self.sync_schedules();
         if let Work::Asked((request, reply)) = work {
-            let answer = match result {
-                WorkResult::Pass(outcome) => Answer::Pass(outcome),
-                WorkResult::Status(report) => Answer::Status(report),
-                WorkResult::Error(e) => Answer::Error(e),
-            };
-            let _ = reply.send((self.render)(&request, answer));
+            let _ = reply.send((self.render)(&request, result));
         }
         self.reconciler = Some(reconciler);
     }
@@ -593,7 +576,8 @@ impl Daemon {
             }
             keep
         });
-        self.verdicts.retain(|name, (identity, _)| owned.get(name) == Some(identity));
+        self.verdicts
+            .retain(|name, (identity, _)| owned.get(name) == Some(identity));
         self.ended.retain(|identity| owned.values().any(|o| o == identity));
         let mut running = 0;
         for (name, identity) in &owned {
@@ -612,7 +596,8 @@ impl Daemon {
                         ended,
                     });
                 });
-                self.watchers.insert(name.clone(), (identity.clone(), task.abort_handle()));
+                self.watchers
+                    .insert(name.clone(), (identity.clone(), task.abort_handle()));
             }
             if !self.probing.contains_key(name) {
                 if let Some((probe, started_ms)) = self.probe_of(name, reconciler) {
@@ -647,7 +632,9 @@ impl Daemon {
     fn probe_of(&self, name: &str, reconciler: &Reconciler) -> Option<(Probe, i64)> {
         let state = self.current.as_ref()?;
         let resource = state.get(Kind::Service, name)?;
-        let Spec::Service(spec) = &resource.spec else { return None };
+        let Spec::Service(spec) = &resource.spec else {
+            return None;
+        };
         let probe = spec.health.clone()?;
         Some((probe, reconciler.started_ms(name).unwrap_or_else(now_ms)))
     }
@@ -737,12 +724,12 @@ fn perform(
     current: Option<Arc<DesiredState>>,
     probes: Probes,
     trust: Option<&AllowedSigners>,
-) -> (WorkResult, Option<Arc<DesiredState>>) {
+) -> (Answer, Option<Arc<DesiredState>>) {
     let own_source = reconciler.context().source.clone();
     match work {
         Work::One { name, trigger } => {
             let Some(state) = current else {
-                return (WorkResult::Error("no desired state in force yet".into()), None);
+                return (Answer::Error("no desired state in force yet".into()), None);
             };
             let input = PassInput {
                 desired: Ok(state),
@@ -751,7 +738,7 @@ fn perform(
                 probes,
             };
             let options = pass_options(false, false, trigger);
-            (WorkResult::Pass(reconciler.pass(input, &options)), None)
+            (Answer::Pass(Box::new(reconciler.pass(input, &options))), None)
         }
         Work::Full { trigger, reload } => {
             let (input, applied) = if *reload {
@@ -759,29 +746,29 @@ fn perform(
             } else {
                 match current {
                     Some(state) => (
-                        PassInput {
+                        Ok(PassInput {
                             desired: Ok(state),
                             extra_drift: Vec::new(),
                             only: None,
                             probes,
-                        },
+                        }),
                         None,
                     ),
-                    None => return (WorkResult::Error("no desired state in force yet".into()), None),
+                    None => return (Answer::Error("no desired state in force yet".into()), None),
                 }
             };
             let options = pass_options(false, false, trigger);
             match input {
-                Ok(input) => (WorkResult::Pass(reconciler.pass(input, &options)), applied),
-                Err(e) => (WorkResult::Error(e), None),
+                Ok(input) => (Answer::Pass(Box::new(reconciler.pass(input, &options))), applied),
+                Err(e) => (Answer::Error(e), None),
             }
         }
         Work::ScheduledReport => match read_trusted(&own_source, current, trust, probes).0 {
             Ok(input) => (
-                WorkResult::Pass(reconciler.pass(input, &pass_options(true, false, "schedule"))),
+                Answer::Pass(Box::new(reconciler.pass(input, &pass_options(true, false, "schedule")))),
                 None,
             ),
-            Err(e) => (WorkResult::Error(e), None),
+            Err(e) => (Answer::Error(e), None),
         },
         Work::Asked((request, _)) => match request {
             Request::Reconcile {
@@ -791,9 +778,9 @@ fn perform(
                 ..
             } => {
                 let asked = source_options(source, &own_source);
-                if !dry_run && asked != own_source {
+                if !dry_run && !same_source(&asked, &own_source) {
                     return (
-                        WorkResult::Error(format!(
+                        Answer::Error(format!(
                             "this daemon applies {} (path {}, ref {}); a pass over another source can only be a --dry-run",
                             own_source.repo.display(),
                             own_source.path.display(),
@@ -806,20 +793,22 @@ fn perform(
                 let options = pass_options(*dry_run, *allow_mass_prune, "cli");
                 match input {
                     Ok(input) => (
-                        WorkResult::Pass(reconciler.pass(input, &options)),
+                        Answer::Pass(Box::new(reconciler.pass(input, &options))),
                         if *dry_run { None } else { applied },
                     ),
-                    Err(e) => (WorkResult::Error(e), None),
+                    Err(e) => (Answer::Error(e), None),
                 }
             }
             Request::DriftReport { source, .. } => {
                 let asked = source_options(source, &own_source);
                 match read_trusted(&asked, current, None, probes).0 {
                     Ok(input) => (
-                        WorkResult::Pass(reconciler.pass(input, &pass_options(true, false, "drift-report"))),
+                        Answer::Pass(Box::new(
+                            reconciler.pass(input, &pass_options(true, false, "drift-report")),
+                        )),
                         None,
                     ),
-                    Err(e) => (WorkResult::Error(e), None),
+                    Err(e) => (Answer::Error(e), None),
                 }
             }
             Request::Status { source, .. } => {
@@ -828,7 +817,7 @@ fn perform(
                     Ok(state) => Ok(Arc::new(state)),
                     Err(e) => Err(e.to_string()),
                 };
-                (WorkResult::Status(reconciler.status(desired, &probes)), None)
+                (Answer::Status(reconciler.status(desired, &probes)), None)
             }
         },
     }
@@ -840,6 +829,14 @@ fn pass_options(dry_run: bool, allow_mass_prune: bool, trigger: &str) -> PassOpt
         allow_mass_prune,
         trigger: trigger.to_string(),
     }
+}
+
+fn same_source(a: &SourceOptions, b: &SourceOptions) -> bool {
+    let canonical = |p: &std::path::Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    canonical(&a.repo) == canonical(&b.repo)
+        && a.path == b.path
+        && a.reference == b.reference
+        && a.worktree == b.worktree
 }
 
 fn source_options(asked: &control::SourceRequest, own: &SourceOptions) -> SourceOptions {

@@ -64,7 +64,7 @@ const KILL_WAIT: Duration = Duration::from_secs(2);
 /// `start_time` is in the unit of the mechanism that recorded it: clock ticks since boot
 /// (`linux-proc`) or seconds since the epoch (`portable-kill0`). An identity recorded by one
 /// mechanism and checked by the other reads as `Reused`: never signalled, never adopted.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ProcessIdentity {
     pub pid: i32,
     /// The process group (and session) the process leads; equal to `pid` for processes we start.
