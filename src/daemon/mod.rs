@@ -152,7 +152,8 @@ struct Daemon {
     probing: BTreeMap<String, Probing>,
     /// Probe verdicts for passes: `Err` once the threshold is reached.
     verdicts: BTreeMap<String, (ProcessIdentity, Result<String, String>)>,
-    backoff_timer: Option<AbortHandle>,
+    /// When the armed backoff timer fires (ms), and the timer.
+    backoff_timer: Option<(i64, AbortHandle)>,
     report_timer: Option<(String, AbortHandle)>,
     shutting_down: Option<&'static str>,
     /// Exit statuses seen while a pass had the reconciler.
@@ -639,18 +640,24 @@ impl Daemon {
         Some((probe, reconciler.started_ms(name).unwrap_or_else(now_ms)))
     }
 
+    /// Wakes the loop when the earliest held-back restart is due. A pass over one service knows
+    /// nothing of the others' timers, so a timer is only ever replaced by an earlier one; one
+    /// that fires early or needlessly costs a pass that finds nothing to do.
     fn arm_backoff(&mut self, retry_at: Option<i64>) {
-        if let Some(timer) = self.backoff_timer.take() {
+        let Some(at) = retry_at else { return };
+        if let Some((due, timer)) = &self.backoff_timer {
+            if *due <= at && !timer.is_finished() {
+                return;
+            }
             timer.abort();
         }
-        let Some(at) = retry_at else { return };
         let wait = Duration::from_millis((at - now_ms()).max(0) as u64);
         let events = self.events.clone();
         let task = tokio::spawn(async move {
             tokio::time::sleep(wait).await;
             let _ = events.send(Event::RestartDue);
         });
-        self.backoff_timer = Some(task.abort_handle());
+        self.backoff_timer = Some((at, task.abort_handle()));
     }
 
     /// Arms the drift-report cron and notes the resync interval of the state in force.
@@ -789,7 +796,7 @@ fn perform(
                         None,
                     );
                 }
-                let (input, applied) = read_trusted(&asked, current, trust.filter(|_| !dry_run), probes);
+                let (input, applied) = read_trusted(&asked, current, trust, probes);
                 let options = pass_options(*dry_run, *allow_mass_prune, "cli");
                 match input {
                     Ok(input) => (
@@ -801,7 +808,7 @@ fn perform(
             }
             Request::DriftReport { source, .. } => {
                 let asked = source_options(source, &own_source);
-                match read_trusted(&asked, current, None, probes).0 {
+                match read_trusted(&asked, current, trust, probes).0 {
                     Ok(input) => (
                         Answer::Pass(Box::new(
                             reconciler.pass(input, &pass_options(true, false, "drift-report")),

@@ -4,6 +4,7 @@
 mod support;
 
 mod crds;
+mod daemon;
 mod git_source;
 mod init;
 mod invalid_corpus;

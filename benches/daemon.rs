@@ -1,0 +1,2 @@
+//! Daemon benchmark (being written on the bench branch).
+fn main() {}

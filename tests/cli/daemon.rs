@@ -1,0 +1,508 @@
+//! `mirrorctl run`: the real daemon, real commits, real processes.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// Kills every process working in this sandbox (the daemon runs in its repository, services in
+/// its state dir), whatever happens in the test.
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for _ in 0..3 {
+            for pid in working_in(&self.0) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Processes whose working directory is under `root`.
+fn working_in(root: &std::path::Path) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd"))
+                .map(|cwd| cwd.starts_with(root))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// A running `mirrorctl run`; SIGKILLed if the test did not stop it.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(sandbox: &Sandbox, extra: &[&str]) -> Daemon {
+        let log = unique(sandbox.root().join("daemon"));
+        let mut args = vec!["run"];
+        args.extend_from_slice(extra);
+        let child = sandbox
+            .cmd(&args)
+            .env("MIRROR_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Daemon { child, log }
+    }
+
+    /// Waits until the daemon answers on its socket.
+    fn ready(self, sandbox: &Sandbox) -> Daemon {
+        let socket = sandbox.root().join("state/control.sock");
+        wait_for("the daemon's socket", Duration::from_secs(20), || {
+            socket.exists() && status(sandbox).stdout.contains("\"daemon\"")
+        });
+        self
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn signal(&self, signal: &str) {
+        std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+    }
+
+    /// Waits for the daemon to exit; its exit code.
+    fn wait(mut self) -> i32 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "the daemon did not exit:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unique(path: PathBuf) -> PathBuf {
+    let mut n = 0;
+    loop {
+        let candidate = path.with_extension(format!("{n}.log"));
+        if !candidate.exists() {
+            return candidate;
+        }
+        n += 1;
+    }
+}
+
+fn wait_for(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn service(name: &str, command: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  command: [\"sh\", \"-c\", {command:?}]\n  stop: {{grace: 2s}}\n{extra}"
+    )
+}
+
+fn status(sandbox: &Sandbox) -> Run {
+    sandbox.run(&["status", "--output", "json"])
+}
+
+/// (pid, restarts, health) of a service, as `mirrorctl status` says.
+fn service_state(sandbox: &Sandbox, name: &str) -> Option<(Option<i64>, u64, String)> {
+    let run = status(sandbox);
+    let json: serde_json::Value = serde_json::from_str(&run.stdout).ok()?;
+    let r = json["resources"]
+        .as_array()?
+        .iter()
+        .find(|r| r["name"] == name)?
+        .clone();
+    Some((
+        r["pid"].as_i64(),
+        r["restarts"].as_u64().unwrap_or(0),
+        r["health"].as_str().unwrap_or("").to_string(),
+    ))
+}
+
+fn running_pid(sandbox: &Sandbox, name: &str) -> Option<i64> {
+    service_state(sandbox, name).and_then(|(pid, _, _)| pid)
+}
+
+fn kill9(pid: i64) {
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+}
+
+fn alive(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| stat.rsplit(')').next().unwrap_or("").split_whitespace().next() != Some("Z"))
+        .unwrap_or(false)
+}
+
+/// Processes of this sandbox that run `sleep` (the services of these tests).
+fn service_processes(sandbox: &Sandbox) -> usize {
+    working_in(sandbox.root())
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| c.starts_with(b"sleep"))
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+#[test]
+fn a_commit_converges_with_no_other_command() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    sandbox.write("a.yaml", service("a", "exec sleep 300", ""));
+    sandbox.commit("a");
+    let daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
+    wait_for("a running", Duration::from_secs(10), || {
+        running_pid(&sandbox, "a").is_some()
+    });
+
+    sandbox.write("b.yaml", service("b", "exec sleep 300", ""));
+    sandbox.commit("b");
+    wait_for("b started by the commit alone", Duration::from_secs(10), || {
+        running_pid(&sandbox, "b").is_some()
+    });
+    // An edit that is not committed changes nothing.
+    sandbox.write("c.yaml", service("c", "exec sleep 300", ""));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(service_state(&sandbox, "c").is_none_or(|(pid, _, _)| pid.is_none()));
+    sandbox.remove("c.yaml");
+    // Removing a service from the desired state stops it.
+    let b = running_pid(&sandbox, "b").unwrap();
+    sandbox.remove("b.yaml");
+    sandbox.commit("no b");
+    wait_for("b stopped by the commit", Duration::from_secs(10), || !alive(b));
+    assert!(daemon.log().contains("trigger=\"commit\""), "{}", daemon.log());
+    assert_eq!(service_processes(&sandbox), 1);
+}
+
+#[test]
+fn a_killed_service_is_restarted_at_once_and_a_crash_loop_backs_off() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    sandbox.write("a.yaml", service("a", "exec sleep 300", ""));
+    sandbox.write(
+        "crash.yaml",
+        service("crash", "exit 3", "  backoff: {initial: 1s, max: 2s, multiplier: 2}\n"),
+    );
+    sandbox.commit("a and a crasher");
+    let daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
+    wait_for("a running", Duration::from_secs(10), || {
+        running_pid(&sandbox, "a").is_some()
+    });
+    let first = running_pid(&sandbox, "a").unwrap();
+    kill9(first);
+    wait_for("a replaced", Duration::from_secs(5), || {
+        running_pid(&sandbox, "a").is_some_and(|pid| pid != first)
+    });
+    let (_, restarts, health) = service_state(&sandbox, "a").unwrap();
+    assert_eq!((restarts, health.as_str()), (1, "Healthy"));
+    assert!(daemon.log().contains("trigger=\"child-exit\""), "{}", daemon.log());
+
+    // The crasher: restarted at once, then after 1 s, then every 2 s: a few restarts in 3 s,
+    // never a spin.
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, restarts, _) = service_state(&sandbox, "crash").unwrap();
+    assert!(
+        (2..=4).contains(&restarts),
+        "restarts in 3 s: {restarts}\n{}",
+        daemon.log()
+    );
+    let report = sandbox.run(&["drift", "report", "--output", "json"]);
+    assert_eq!(report.code, 2, "{report:?}");
+    let items = report.json()["items"].as_array().unwrap().clone();
+    assert!(
+        items.iter().any(|i| i["name"] == "crash"
+            && i["detail"]
+                .as_str()
+                .unwrap()
+                .contains("CrashLoopBackOff: exited with status 3")),
+        "{items:?}"
+    );
+}
+
+#[test]
+fn a_new_daemon_adopts_running_services_after_kill_9() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    for name in ["a", "b", "c"] {
+        sandbox.write(&format!("{name}.yaml"), service(name, "exec sleep 300", ""));
+    }
+    sandbox.commit("three");
+    let daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
+    wait_for("three running", Duration::from_secs(10), || {
+        ["a", "b", "c"].iter().all(|n| running_pid(&sandbox, n).is_some())
+    });
+    let before: Vec<i64> = ["a", "b", "c"]
+        .iter()
+        .map(|n| running_pid(&sandbox, n).unwrap())
+        .collect();
+    daemon.signal("KILL");
+    assert_eq!(daemon.wait(), -1);
+
+    let again = Daemon::start(&sandbox, &[]).ready(&sandbox);
+    std::thread::sleep(Duration::from_millis(500));
+    for (name, pid) in ["a", "b", "c"].iter().zip(&before) {
+        let (now, restarts, health) = service_state(&sandbox, name).unwrap();
+        assert_eq!((now, restarts, health.as_str()), (Some(*pid), 0, "Healthy"), "{name}");
+    }
+    assert_eq!(service_processes(&sandbox), 3, "no duplicates");
+    // Adopted processes are watched too: killing one restarts it.
+    kill9(before[0]);
+    wait_for("adopted a replaced", Duration::from_secs(5), || {
+        running_pid(&sandbox, "a").is_some_and(|pid| pid != before[0])
+    });
+    // SIGTERM ends the daemon and leaves the services running.
+    again.signal("TERM");
+    assert_eq!(again.wait(), 0);
+    assert!(alive(before[1]) && alive(before[2]));
+    assert!(!sandbox.root().join("state/control.sock").exists());
+
+    // --stop-services-on-exit stops them.
+    let last = Daemon::start(&sandbox, &["--stop-services-on-exit"]).ready(&sandbox);
+    last.signal("TERM");
+    assert_eq!(last.wait(), 0);
+    assert!(!alive(before[1]) && !alive(before[2]));
+    assert_eq!(service_processes(&sandbox), 0);
+}
+
+#[test]
+fn one_writer_a_second_daemon_refuses_and_commands_ask_the_daemon() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    sandbox.write("a.yaml", service("a", "exec sleep 300", ""));
+    sandbox.commit("a");
+    let daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
+
+    let socket = sandbox.root().join("state/control.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+
+    let second = sandbox.run(&["run"]);
+    assert_eq!(second.code, 1, "{second:?}");
+    assert!(
+        second
+            .stderr
+            .contains(&format!("another mirrorctl daemon (pid {}) already runs", daemon.pid())),
+        "{}",
+        second.stderr
+    );
+
+    // Commands are answered by the daemon (status names it), with their usual exit codes.
+    let text = sandbox.run(&["status"]);
+    assert!(
+        text.stdout.contains(&format!("daemon pid {}", daemon.pid())),
+        "{}",
+        text.stdout
+    );
+    sandbox.write("b.yaml", service("b", "exec sleep 300", ""));
+    let preview = sandbox.run(&["reconcile", "--dry-run", "--worktree"]);
+    assert_eq!(preview.code, 2, "{preview:?}");
+    assert!(
+        preview.stdout.contains("+ Service/b: new in the desired state"),
+        "{}",
+        preview.stdout
+    );
+    let apply = sandbox.run(&["reconcile"]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+    assert!(running_pid(&sandbox, "b").is_none(), "b is not committed");
+    let other_ref = sandbox.run(&["reconcile", "--ref", "HEAD~0"]);
+    assert_eq!(other_ref.code, 1, "{other_ref:?}");
+    assert!(
+        other_ref.stderr.contains("can only be a --dry-run"),
+        "{}",
+        other_ref.stderr
+    );
+    let report = sandbox.run(&["drift", "report"]);
+    assert_eq!(report.code, 0, "{report:?}");
+    assert!(report.stdout.contains("no drift"), "{}", report.stdout);
+    assert!(daemon.log().contains("trigger=\"control\""), "{}", daemon.log());
+}
+
+#[test]
+fn scheduled_drift_reports_land_in_the_store_and_as_markdown() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    sandbox.write("a.yaml", service("a", "exec sleep 300", ""));
+    sandbox.write(
+        "controller.yaml",
+        "apiVersion: mirror.os/v1\nkind: Controller\nmetadata: {name: main}\nspec:\n  driftReports: {cron: \"* * * * * *\"}\n",
+    );
+    sandbox.commit("a and reports every second");
+    let _daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
+    let reports = sandbox.root().join("state/reports");
+    wait_for("two Markdown reports", Duration::from_secs(10), || {
+        std::fs::read_dir(&reports).map(|d| d.count() >= 2).unwrap_or(false)
+    });
+    let newest = std::fs::read_dir(&reports)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    let text = std::fs::read_to_string(&newest).unwrap();
+    assert!(text.starts_with("# Drift report for "), "{text}");
+    assert!(text.contains("Observe-only: yes"), "{text}");
+    let list = sandbox.run(&["drift", "list", "--output", "json"]);
+    assert!(list.stdout.matches("\"id\"").count() >= 2, "{}", list.stdout);
+}
+
+#[test]
+fn metrics_and_healthz_are_served() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    sandbox.write("a.yaml", service("a", "exec sleep 300", ""));
+    sandbox.commit("a");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let daemon = Daemon::start(&sandbox, &["--metrics-addr", &addr, "--log-format", "json"]).ready(&sandbox);
+    wait_for("a running", Duration::from_secs(10), || {
+        running_pid(&sandbox, "a").is_some()
+    });
+    kill9(running_pid(&sandbox, "a").unwrap());
+    wait_for("a restarted", Duration::from_secs(5), || {
+        service_state(&sandbox, "a").is_some_and(|(pid, restarts, _)| pid.is_some() && restarts == 1)
+    });
+    let get = |path: &str| {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    let health = get("/healthz");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let metrics = get("/metrics");
+    for expected in [
+        "mirrorctl_reconcile_total{",
+        "trigger=\"startup\"",
+        "mirrorctl_service_restarts_total{service=\"a\"} 1",
+        "mirrorctl_services_running 1",
+        "mirrorctl_reconcile_duration_seconds_bucket",
+    ] {
+        assert!(metrics.contains(expected), "{expected} missing:\n{metrics}");
+    }
+    // JSON logs: one object per line.
+    let log = daemon.log();
+    let first = log.lines().next().unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(first).unwrap_or_else(|e| panic!("{e}: {first}"));
+    assert_eq!(parsed["level"], "INFO");
+}
+
+/// Runs git with an isolated configuration.
+fn git(sandbox: &Sandbox, args: &[&str]) {
+    let output = std::process::Command::new("git")
+        .args(args)
+        .current_dir(sandbox.repo())
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", sandbox.root())
+        .env("GIT_AUTHOR_NAME", "Alice")
+        .env("GIT_AUTHOR_EMAIL", "alice@example.com")
+        .env("GIT_COMMITTER_NAME", "Alice")
+        .env("GIT_COMMITTER_EMAIL", "alice@example.com")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "git {args:?}: {output:?}");
+}
+
+#[test]
+fn an_unsigned_commit_is_refused_under_require_signed() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    let key = sandbox.root().join("key");
+    let keygen = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "alice", "-f"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(keygen.status.success(), "{keygen:?}");
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let allowed = sandbox.root().join("allowed_signers");
+    std::fs::write(&allowed, format!("alice@example.com namespaces=\"git\" {public}")).unwrap();
+    let signing = key.with_extension("pub").display().to_string();
+    let signed = |message: &str| {
+        git(&sandbox, &["add", "-A"]);
+        git(
+            &sandbox,
+            &[
+                "-c",
+                "gpg.format=ssh",
+                "-c",
+                &format!("user.signingkey={signing}"),
+                "commit",
+                "-q",
+                "-S",
+                "-m",
+                message,
+            ],
+        );
+    };
+    sandbox.write("a.yaml", service("a", "exec sleep 300", ""));
+    signed("a, signed");
+    let allowed_arg = allowed.display().to_string();
+    let daemon = Daemon::start(&sandbox, &["--require-signed", "--allowed-signers", &allowed_arg]).ready(&sandbox);
+    wait_for("a running (signed)", Duration::from_secs(10), || {
+        running_pid(&sandbox, "a").is_some()
+    });
+
+    sandbox.write("b.yaml", service("b", "exec sleep 300", ""));
+    git(&sandbox, &["add", "-A"]);
+    git(&sandbox, &["commit", "-q", "-m", "b, unsigned"]);
+    wait_for("the unsigned commit refused", Duration::from_secs(10), || {
+        daemon.log().contains("untrusted commit refused")
+    });
+    let report = sandbox.run(&["drift", "report", "--output", "json"]);
+    let items = report.json()["items"].as_array().unwrap().clone();
+    let untrusted = items
+        .iter()
+        .find(|i| i["drift"] == "untrusted_source")
+        .unwrap_or_else(|| panic!("{items:?}"));
+    assert!(
+        untrusted["detail"].as_str().unwrap().contains("stays in force"),
+        "{untrusted}"
+    );
+    assert!(running_pid(&sandbox, "b").is_none(), "b came in an unsigned commit");
+    assert!(running_pid(&sandbox, "a").is_some());
+
+    // A signed commit on top is applied.
+    sandbox.write("c.yaml", service("c", "exec sleep 300", ""));
+    signed("c, signed");
+    wait_for("b and c running (signed)", Duration::from_secs(10), || {
+        running_pid(&sandbox, "b").is_some() && running_pid(&sandbox, "c").is_some()
+    });
+}
