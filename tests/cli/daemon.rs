@@ -182,20 +182,20 @@ fn service_processes(sandbox: &Sandbox) -> usize {
 fn a_commit_converges_with_no_other_command() {
     let sandbox = Sandbox::new();
     let _cleanup = Cleanup(sandbox.root().to_path_buf());
-    sandbox.write("a.yaml", service("a", "exec sleep 300", ""));
+    sandbox.write("a.yaml", service("a", "exec sleep 4000", ""));
     sandbox.commit("a");
     let daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
     wait_for("a running", Duration::from_secs(10), || {
         running_pid(&sandbox, "a").is_some()
     });
 
-    sandbox.write("b.yaml", service("b", "exec sleep 300", ""));
+    sandbox.write("b.yaml", service("b", "exec sleep 4000", ""));
     sandbox.commit("b");
     wait_for("b started by the commit alone", Duration::from_secs(10), || {
         running_pid(&sandbox, "b").is_some()
     });
     // An edit that is not committed changes nothing.
-    sandbox.write("c.yaml", service("c", "exec sleep 300", ""));
+    sandbox.write("c.yaml", service("c", "exec sleep 4000", ""));
     std::thread::sleep(Duration::from_millis(500));
     assert!(service_state(&sandbox, "c").is_none_or(|(pid, _, _)| pid.is_none()));
     sandbox.remove("c.yaml");
@@ -212,7 +212,7 @@ fn a_commit_converges_with_no_other_command() {
 fn a_killed_service_is_restarted_at_once_and_a_crash_loop_backs_off() {
     let sandbox = Sandbox::new();
     let _cleanup = Cleanup(sandbox.root().to_path_buf());
-    sandbox.write("a.yaml", service("a", "exec sleep 300", ""));
+    sandbox.write("a.yaml", service("a", "exec sleep 4000", ""));
     sandbox.write(
         "crash.yaml",
         service("crash", "exit 3", "  backoff: {initial: 1s, max: 2s, multiplier: 2}\n"),
@@ -258,7 +258,7 @@ fn a_new_daemon_adopts_running_services_after_kill_9() {
     let sandbox = Sandbox::new();
     let _cleanup = Cleanup(sandbox.root().to_path_buf());
     for name in ["a", "b", "c"] {
-        sandbox.write(&format!("{name}.yaml"), service(name, "exec sleep 300", ""));
+        sandbox.write(&format!("{name}.yaml"), service(name, "exec sleep 4000", ""));
     }
     sandbox.commit("three");
     let daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
@@ -302,7 +302,7 @@ fn a_new_daemon_adopts_running_services_after_kill_9() {
 fn one_writer_a_second_daemon_refuses_and_commands_ask_the_daemon() {
     let sandbox = Sandbox::new();
     let _cleanup = Cleanup(sandbox.root().to_path_buf());
-    sandbox.write("a.yaml", service("a", "exec sleep 300", ""));
+    sandbox.write("a.yaml", service("a", "exec sleep 4000", ""));
     sandbox.commit("a");
     let daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
 
@@ -327,7 +327,7 @@ fn one_writer_a_second_daemon_refuses_and_commands_ask_the_daemon() {
         "{}",
         text.stdout
     );
-    sandbox.write("b.yaml", service("b", "exec sleep 300", ""));
+    sandbox.write("b.yaml", service("b", "exec sleep 4000", ""));
     let preview = sandbox.run(&["reconcile", "--dry-run", "--worktree"]);
     assert_eq!(preview.code, 2, "{preview:?}");
     assert!(
@@ -355,7 +355,7 @@ fn one_writer_a_second_daemon_refuses_and_commands_ask_the_daemon() {
 fn scheduled_drift_reports_land_in_the_store_and_as_markdown() {
     let sandbox = Sandbox::new();
     let _cleanup = Cleanup(sandbox.root().to_path_buf());
-    sandbox.write("a.yaml", service("a", "exec sleep 300", ""));
+    sandbox.write("a.yaml", service("a", "exec sleep 4000", ""));
     sandbox.write(
         "controller.yaml",
         "apiVersion: mirror.os/v1\nkind: Controller\nmetadata: {name: main}\nspec:\n  driftReports: {cron: \"* * * * * *\"}\n",
@@ -382,7 +382,7 @@ fn scheduled_drift_reports_land_in_the_store_and_as_markdown() {
 fn metrics_and_healthz_are_served() {
     let sandbox = Sandbox::new();
     let _cleanup = Cleanup(sandbox.root().to_path_buf());
-    sandbox.write("a.yaml", service("a", "exec sleep 300", ""));
+    sandbox.write("a.yaml", service("a", "exec sleep 4000", ""));
     sandbox.commit("a");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -472,7 +472,7 @@ fn an_unsigned_commit_is_refused_under_require_signed() {
             ],
         );
     };
-    sandbox.write("a.yaml", service("a", "exec sleep 300", ""));
+    sandbox.write("a.yaml", service("a", "exec sleep 4000", ""));
     signed("a, signed");
     let allowed_arg = allowed.display().to_string();
     let daemon = Daemon::start(&sandbox, &["--require-signed", "--allowed-signers", &allowed_arg]).ready(&sandbox);
@@ -480,7 +480,7 @@ fn an_unsigned_commit_is_refused_under_require_signed() {
         running_pid(&sandbox, "a").is_some()
     });
 
-    sandbox.write("b.yaml", service("b", "exec sleep 300", ""));
+    sandbox.write("b.yaml", service("b", "exec sleep 4000", ""));
     git(&sandbox, &["add", "-A"]);
     git(&sandbox, &["commit", "-q", "-m", "b, unsigned"]);
     wait_for("the unsigned commit refused", Duration::from_secs(10), || {
@@ -500,7 +500,7 @@ fn an_unsigned_commit_is_refused_under_require_signed() {
     assert!(running_pid(&sandbox, "a").is_some());
 
     // A signed commit on top is applied.
-    sandbox.write("c.yaml", service("c", "exec sleep 300", ""));
+    sandbox.write("c.yaml", service("c", "exec sleep 4000", ""));
     signed("c, signed");
     wait_for("b and c running (signed)", Duration::from_secs(10), || {
         running_pid(&sandbox, "b").is_some() && running_pid(&sandbox, "c").is_some()
