@@ -700,7 +700,7 @@ fn concurrent_passes_do_not_duplicate_services() {
     for i in 0..10 {
         sandbox.write(
             &format!("s{i}.yaml"),
-            service(&format!("s{i}"), &format!("exec sleep 30{i}"), ""),
+            service(&format!("s{i}"), &format!("exec sleep 77{i}"), ""),
         );
     }
     sandbox.commit("ten");
@@ -710,7 +710,7 @@ fn concurrent_passes_do_not_duplicate_services() {
     }
     assert_eq!(owned(&sandbox).len(), 10);
     for i in 0..10 {
-        let pattern = format!("sleep 30{i}");
+        let pattern = format!("sleep 77{i}");
         let running = std::fs::read_dir("/proc")
             .unwrap()
             .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
