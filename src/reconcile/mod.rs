@@ -280,7 +280,7 @@ impl Reconciler {
         };
         recorder.record(run_started(&run_id, context, &commit, options, started_ms));
 
-        let mut desired = desired_services(&state, &self.key, &context.state_dir);
+        let mut desired = desired_services(&state, &self.key, &context.state_dir, &context.host);
         if let Some(only) = &input.only {
             desired.retain(|d| &d.item.id == only);
         }
@@ -400,6 +400,7 @@ impl Reconciler {
             &self.inventory,
             &self.key,
             &self.context.state_dir,
+            &self.context.host,
             desired,
             probes,
             &mut self.exits,
@@ -523,12 +524,13 @@ fn resolve(state_dir: &Path, path: &Path) -> PathBuf {
     }
 }
 
-fn desired_services(state: &DesiredState, key: &[u8], state_dir: &Path) -> Vec<DesiredService> {
+/// The Services this host runs (placement selects the host).
+fn desired_services(state: &DesiredState, key: &[u8], state_dir: &Path, host: &str) -> Vec<DesiredService> {
     state
         .resources
         .iter()
         .filter_map(|r| match &r.spec {
-            Spec::Service(spec) => Some((r, spec)),
+            Spec::Service(spec) if spec.placement.as_ref().is_none_or(|p| p.selects(host)) => Some((r, spec)),
             _ => None,
         })
         .map(|(resource, spec)| {
@@ -865,6 +867,7 @@ pub fn status(context: &Context) -> Result<StatusReport, ReconcileError> {
         &inventory,
         &key,
         &context.state_dir,
+        &context.host,
         desired,
         &Probes::RunNow,
         &mut BTreeMap::new(),
@@ -875,6 +878,7 @@ fn status_of(
     inventory: &LocalInventory,
     key: &[u8],
     state_dir: &Path,
+    host: &str,
     desired_state: Result<Arc<DesiredState>, String>,
     probes: &Probes,
     exits: &mut BTreeMap<String, (ProcessIdentity, process::Exit)>,
@@ -885,7 +889,7 @@ fn status_of(
     };
     let desired = state
         .as_ref()
-        .map(|s| desired_services(s, key, state_dir))
+        .map(|s| desired_services(s, key, state_dir, host))
         .unwrap_or_default();
     let owned = observe(inventory, &desired, probes, exits);
     let plan = plan::plan(PlanInput {

@@ -454,6 +454,44 @@ pub struct Placement {
     pub hosts: Vec<String>,
 }
 
+impl Placement {
+    /// Whether `host` runs the resource: no hosts listed means every host; `*` and `?` glob.
+    pub fn selects(&self, host: &str) -> bool {
+        self.hosts.is_empty()
+            || self
+                .hosts
+                .iter()
+                .any(|pattern| glob_match(pattern.as_bytes(), host.as_bytes()))
+    }
+}
+
+/// Shell-style matching of `*` (any run) and `?` (one character), iteratively (no blow-up).
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
 /// Per-day limits on what an agent may consume through the model bus.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -503,6 +541,26 @@ pub fn is_secret_env_name(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn placement_selects_hosts_by_glob() {
+        let every = Placement::default();
+        assert!(every.selects("anything"));
+        let some = Placement {
+            hosts: vec!["mini-*".into(), "studio".into(), "gpu-?".into()],
+        };
+        for host in ["mini-1", "mini-", "studio", "gpu-2"] {
+            assert!(some.selects(host), "{host}");
+        }
+        for host in ["mini", "studio2", "gpu-12", "xmini-1", ""] {
+            assert!(!some.selects(host), "{host}");
+        }
+        let star = Placement {
+            hosts: vec!["*a*b*".into()],
+        };
+        assert!(star.selects("xxaxxbxx") && !star.selects("xxbxxaxx"));
+    }
+
     use super::*;
 
     #[test]

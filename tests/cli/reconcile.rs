@@ -719,3 +719,35 @@ fn concurrent_passes_do_not_duplicate_services() {
         assert_eq!(running, 1, "`{pattern}` runs exactly once");
     }
 }
+
+#[test]
+fn placement_selects_the_hosts_that_run_a_service() {
+    let sandbox = Sandbox::new();
+    let _reaper = Reaper(&sandbox);
+    sandbox.write(
+        "here.yaml",
+        service("here", "exec sleep 300", "  placement: {hosts: [\"mini-*\"]}\n"),
+    );
+    sandbox.write(
+        "there.yaml",
+        service("there", "exec sleep 300", "  placement: {hosts: [\"studio\"]}\n"),
+    );
+    sandbox.commit("placed");
+    let run = sandbox
+        .cmd(&["reconcile"])
+        .env("MIRROR_HOST", "mini-2")
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{run:?}");
+    let names: Vec<String> = owned(&sandbox).into_iter().map(|(name, _)| name).collect();
+    assert_eq!(names, vec!["here".to_string()], "only the service placed on mini-*");
+    // The same commit on another host: `here` is not for it (and is pruned), `there` is.
+    let other = sandbox
+        .cmd(&["reconcile", "--allow-mass-prune"])
+        .env("MIRROR_HOST", "studio")
+        .output()
+        .unwrap();
+    assert!(other.status.success(), "{other:?}");
+    let names: Vec<String> = owned(&sandbox).into_iter().map(|(name, _)| name).collect();
+    assert_eq!(names, vec!["there".to_string()]);
+}
