@@ -401,30 +401,30 @@ impl Shared {
 
     /// A run of `name` is due. Starts it, skips it or replaces the running one, as the agent's
     /// concurrency says. `generation` is the scheduler job's (None for at-load and catch-up).
-    fn due(self: &Arc<Self>, name: &str, generation: Option<u64>, trigger: Trigger) {
+    /// Returns what it did, in words; None when nothing was due (a stale tick, suspended, closed).
+    fn due(self: &Arc<Self>, name: &str, generation: Option<u64>, trigger: Trigger) -> Option<String> {
         if self.closed() {
-            return;
+            return None;
         }
-        {
+        let what = {
             let mut agents = self.agents();
-            let Some(agent) = agents.get_mut(name) else { return };
+            let agent = agents.get_mut(name)?;
             if generation.is_some_and(|g| g != agent.generation || agent.scheduled.is_none()) {
-                return;
+                return None;
             }
-            let Some(spec) = agent.spec.clone().filter(|s| !s.suspend) else {
-                return;
-            };
+            let spec = agent.spec.clone().filter(|s| !s.suspend)?;
             let now = now_ms();
             agent.saved.last_scheduled_ms = Some(now);
             if agent.replacing {
-                self.skip(name, agent, trigger, now, "a replacing run is about to start".into());
+                self.skip(name, agent, trigger, now, "a replacing run is about to start".into())
             } else if agent.running.is_empty() || spec.concurrency == Concurrency::Allow {
-                self.start_run(name, agent, &spec, trigger);
+                self.start_run(name, agent, &spec, trigger)
             } else if spec.concurrency == Concurrency::Forbid {
                 let detail = format!("{} is still running (concurrency: forbid)", agent.describe_running());
-                self.skip(name, agent, trigger, now, detail);
+                self.skip(name, agent, trigger, now, detail)
             } else {
                 // Replace: the running ones are stopped, then the new run starts.
+                let what = format!("replacing {}", agent.describe_running());
                 agent.replacing = true;
                 let waits = request_stop(&mut agent.running, StopCause::Replaced);
                 let shared = Arc::clone(self);
@@ -437,18 +437,21 @@ impl Shared {
                             agent.replacing = false;
                             // Pruned, suspended or shut down meanwhile: nothing starts.
                             if let Some(spec) = agent.spec.clone().filter(|s| !s.suspend && !shared.closed()) {
-                                shared.start_run(&name, agent, &spec, trigger);
+                                let _ = shared.start_run(&name, agent, &spec, trigger);
                             }
                         }
                     }
                     shared.save_or_warn();
                 });
+                what
             }
-        }
+        };
         self.save_or_warn();
+        Some(what)
     }
 
-    fn skip(&self, name: &str, agent: &mut Agent, trigger: Trigger, now: i64, detail: String) {
+    fn skip(&self, name: &str, agent: &mut Agent, trigger: Trigger, now: i64, detail: String) -> String {
+        let what = format!("skipped: {detail}");
         let run = RunRecord {
             id: new_id(),
             label: agent.saved.label.clone(),
@@ -463,10 +466,11 @@ impl Shared {
         };
         self.record(name, run);
         agent.saved.last_skipped_ms = Some(now);
+        what
     }
 
-    /// Starts a run now (or records why it could not start).
-    fn start_run(self: &Arc<Self>, name: &str, agent: &mut Agent, spec: &LaunchAgentSpec, trigger: Trigger) {
+    /// Starts a run now (or records why it could not start). Returns what happened, in words.
+    fn start_run(self: &Arc<Self>, name: &str, agent: &mut Agent, spec: &LaunchAgentSpec, trigger: Trigger) -> String {
         let started_ms = now_ms();
         match self.spawn_process(name, spec) {
             Ok((identity, log_offset)) => {
@@ -489,9 +493,12 @@ impl Shared {
                     run = %run.id,
                     "launch agent run started"
                 );
+                let what = format!("started run {} (pid {})", run.id, run.identity.pid);
                 agent.running.push(self.follow(name, run));
+                what
             }
             Err(detail) => {
+                let what = format!("could not start: {detail}");
                 let run = RunRecord {
                     id: new_id(),
                     label: spec.label.clone(),
@@ -505,6 +512,7 @@ impl Shared {
                     output_tail: String::new(),
                 };
                 agent.saved.last_run = Some(self.record(name, run));
+                what
             }
         }
     }
@@ -836,7 +844,7 @@ fn scheduler_job(shared: Weak<Shared>, name: &str, generation: u64, schedule: &S
         let name = name.clone();
         Box::pin(async move {
             if let Some(shared) = shared.upgrade() {
-                shared.due(&name, Some(generation), Trigger::Schedule);
+                let _ = shared.due(&name, Some(generation), Trigger::Schedule);
             }
         })
     };
@@ -884,6 +892,25 @@ mod clock {
         let sign = if secs < 0 { '-' } else { '+' };
         let secs = secs.unsigned_abs();
         format!("{sign}{:02}:{:02}", secs / 3600, secs % 3600 / 60)
+    }
+
+    #[cfg(test)]
+    #[test]
+    fn offsets_are_written_and_read_back() {
+        assert_eq!(offset_text(19_800), "+05:30");
+        assert_eq!(offset_text(-3 * 3600), "-03:00");
+        assert_eq!(offset_text(0), "+00:00");
+        let utc = JobAndNextTick::utc(0);
+        let zone = parse_like(&utc.fixed_offset().timezone(), "+05:30").unwrap();
+        assert_eq!(zone.local_minus_utc(), 19_800);
+        // 1970-01-01T00:00:00Z is 05:30 in +05:30: the next 06:00 there is 30 minutes later.
+        let six_am: croner::Cron = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Required)
+            .build()
+            .parse("0 0 6 * * *")
+            .unwrap();
+        let next = six_am.find_next_occurrence(&utc.with_timezone(&zone), false).unwrap();
+        assert_eq!(next.timestamp_millis(), 30 * 60 * 1000);
     }
 
     fn now_s() -> u64 {
@@ -1082,8 +1109,11 @@ impl JobRunner {
             }
             let mut details = vec![self.schedule(&name, spec.schedule.as_ref()).await?];
             if spec.run_at_load {
-                self.shared.due(&name, None, Trigger::AtLoad);
-                details.push("ran at load".into());
+                details.extend(
+                    self.shared
+                        .due(&name, None, Trigger::AtLoad)
+                        .map(|what| format!("at load: {what}")),
+                );
             }
             return Ok(change(JobChangeKind::Created, details));
         };
@@ -1112,11 +1142,15 @@ impl JobRunner {
             };
             let mut details = vec![self.schedule(&name, spec.schedule.as_ref()).await?];
             if let Some(trigger) = load {
-                self.shared.due(&name, None, trigger);
-                details.push(match trigger {
-                    Trigger::CatchUp => "ran once to catch up a run missed while the daemon was down".into(),
-                    _ => "ran at load".into(),
-                });
+                let when = match trigger {
+                    Trigger::CatchUp => "a run was missed while the daemon was down",
+                    _ => "at load",
+                };
+                details.extend(
+                    self.shared
+                        .due(&name, None, trigger)
+                        .map(|what| format!("{when}: {what}")),
+                );
             }
             return Ok(match (was_suspended, changed) {
                 (true, _) => change(JobChangeKind::Updated, [vec!["resumed".into()], details].concat()),
@@ -1530,7 +1564,14 @@ mod tests {
         spec.run_at_load = true;
         let synced_ms = now_ms();
         let changes = runner.sync(None, vec![desired("loader", &spec)]).await.unwrap();
-        assert_eq!(changes[0].detail, "no schedule: runs only at load; ran at load");
+        assert!(
+            changes[0]
+                .detail
+                .starts_with("no schedule: runs only at load; at load: started run ")
+                && changes[0].detail.contains("(pid "),
+            "{}",
+            changes[0].detail
+        );
         let runs = h
             .wait_runs("loader", "the run", Duration::from_secs(3), |r| !r.is_empty())
             .await;
@@ -1548,10 +1589,14 @@ mod tests {
         let mut broken = h.spec("");
         broken.command = vec!["no-such-program-mirrorctl".into()];
         broken.run_at_load = true;
-        runner
+        let changes = runner
             .sync(None, vec![desired("loader", &spec), desired("broken", &broken)])
             .await
             .unwrap();
+        assert_eq!(
+            changes[0].detail,
+            "no schedule: runs only at load; at load: could not start: program `no-such-program-mirrorctl` not found on PATH"
+        );
         let runs = h.runs("broken").await;
         assert_eq!(runs.len(), 1);
         assert_eq!(runs[0].outcome, "start-failed");
@@ -1628,6 +1673,26 @@ mod tests {
         }
         assert!(runner.status()[0].last_skipped_ms.is_some());
         runner.shutdown(true).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn allow_lets_runs_overlap() {
+        let h = Harness::new().await;
+        let mut runner = h.runner().await;
+        let mut spec = h.spec("sleep 1.7");
+        spec.schedule = every_second();
+        spec.run_at_load = true;
+        spec.concurrency = Concurrency::Allow;
+        runner.sync(None, vec![desired("many", &spec)]).await.unwrap();
+        eventually("two runs at once", Duration::from_secs(3), || {
+            pids(&runner, "many").len() == 2
+        })
+        .await;
+        runner.shutdown(true).await;
+        let runs = h.runs("many").await;
+        assert!(runs.len() >= 2, "{runs:#?}");
+        assert!(runs[1].started_ms < runs[0].ended_ms, "overlapping: {runs:#?}");
+        assert!(runs.iter().all(|r| r.outcome != "skipped"));
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -1813,7 +1878,7 @@ mod tests {
         assert!(
             changes[0]
                 .detail
-                .starts_with("resumed; scheduled every 1s; ran at load"),
+                .starts_with("resumed; scheduled every 1s; at load: started run "),
             "{}",
             changes[0].detail
         );
