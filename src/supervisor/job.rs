@@ -1019,8 +1019,10 @@ impl JobRunner {
                 agents.insert(name, agent);
             }
         }
-        shared.save()?;
-        Ok(JobRunner { shared, scheduler })
+        // Made first, so that a failed save drops it: the scheduler stops and no run starts.
+        let runner = JobRunner { shared, scheduler };
+        runner.shared.save()?;
+        Ok(runner)
     }
 
     /// Brings the schedule in line with `desired` (the launch agents of `commit`, filtered to
