@@ -246,6 +246,34 @@ pub struct Usage {
     pub at_ms: i64,
 }
 
+/// One run of a LaunchAgent (also a run that was due but skipped, or could not start).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobRun {
+    pub id: String,
+    pub host: String,
+    /// The LaunchAgent's `metadata.name`.
+    pub name: String,
+    /// Its launchd label (`spec.label`).
+    pub label: String,
+    /// The commit whose spec the run used.
+    pub commit: Option<String>,
+    /// Why it ran: `schedule`, `at-load` or `catch-up`.
+    pub trigger: String,
+    pub started_ms: i64,
+    /// Equal to `started_ms` for runs that never started (skipped, start-failed).
+    pub ended_ms: i64,
+    pub exit_code: Option<i32>,
+    /// The signal that ended the process, if one did.
+    pub signal: Option<i32>,
+    /// `ok`, `failed`, `timeout`, `skipped`, `start-failed`, `stopped` (replaced, pruned,
+    /// suspended or shut down) or `unknown` (adopted from an earlier daemon: no exit status).
+    pub outcome: String,
+    /// Why, in words: the start error, what the skip waited on, what stopped it.
+    pub detail: String,
+    /// The last lines (at most 20, at most 4 KiB) the run wrote to its log.
+    pub output_tail: String,
+}
+
 /// Everything the controller writes, as one closed set: what the journal holds and replays.
 /// Each record is idempotent (a client-made id, or an upsert), so a replay writes it once.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -271,6 +299,7 @@ pub enum Record {
     },
     PolicyVersion(PolicyVersion),
     Usage(Usage),
+    JobRun(JobRun),
 }
 
 /// The store's read and write operations; SQLite and PostgreSQL implement it.
@@ -287,6 +316,13 @@ pub trait Store: Send + Sync {
     /// Every receipt, by host then sequence.
     fn receipts(&self) -> BoxFuture<'_, Result<Vec<Receipt>, StoreError>>;
     fn inventory<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<InventoryEntry>, StoreError>>;
+    /// Runs of one LaunchAgent on one host, newest first.
+    fn job_runs<'a>(
+        &'a self,
+        host: &'a str,
+        name: &'a str,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<JobRun>, StoreError>>;
     /// Rows per table (for status and for tests that count).
     fn counts(&self) -> BoxFuture<'_, Result<BTreeMap<String, i64>, StoreError>>;
     /// Schema version (the newest migration applied).

@@ -9,13 +9,13 @@ use sqlx::AnyPool;
 use sqlx::{Any, Row, Transaction};
 
 use super::{
-    Backend, BoxFuture, DriftItem, DriftReport, InventoryEntry, Receipt, Record, ReportSummary, Store, StoreError,
-    StoreUrl,
+    Backend, BoxFuture, DriftItem, DriftReport, InventoryEntry, JobRun, Receipt, Record, ReportSummary, Store,
+    StoreError, StoreUrl,
 };
 use crate::report::{parse_rfc3339, rfc3339, Drift, Severity};
 
 /// Tables counted by `counts`.
-pub const TABLES: [&str; 14] = [
+pub const TABLES: [&str; 15] = [
     "runs",
     "receipts",
     "drift_reports",
@@ -30,6 +30,7 @@ pub const TABLES: [&str; 14] = [
     "memory_transitions",
     "usage",
     "memory_item_tags",
+    "job_runs",
 ];
 
 /// Rows per multi-row INSERT: well under PostgreSQL's 65,535 bind parameters and SQLite's 32,766.
@@ -270,6 +271,26 @@ async fn write_record(tx: &mut Transaction<'static, Any>, record: &Record, backe
         .bind(u.completion_tokens)
         .bind(u.cost_usd)
         .bind(u.at_ms)
+        .execute(&mut **tx)
+        .await
+        .map(drop),
+        Record::JobRun(r) => sqlx::query(
+            "INSERT INTO job_runs (id, host, name, label, commit_id, trigger, started_ms, ended_ms, exit_code, signal, outcome, \
+             detail, output_tail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&r.id)
+        .bind(&r.host)
+        .bind(&r.name)
+        .bind(&r.label)
+        .bind(&r.commit)
+        .bind(&r.trigger)
+        .bind(r.started_ms)
+        .bind(r.ended_ms)
+        .bind(r.exit_code.map(i64::from))
+        .bind(r.signal.map(i64::from))
+        .bind(&r.outcome)
+        .bind(&r.detail)
+        .bind(&r.output_tail)
         .execute(&mut **tx)
         .await
         .map(drop),
@@ -526,6 +547,48 @@ impl Store for SqlStore {
                 })
                 .collect::<Result<_, sqlx::Error>>()
                 .map_err(query_error("decode inventory"))
+        })
+    }
+
+    fn job_runs<'a>(
+        &'a self,
+        host: &'a str,
+        name: &'a str,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<JobRun>, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT id, host, name, label, commit_id, trigger, started_ms, ended_ms, exit_code, signal, outcome, detail, \
+                 output_tail FROM job_runs WHERE host = $1 AND name = $2 ORDER BY started_ms DESC, id DESC LIMIT $3",
+            )
+            .bind(host)
+            .bind(name)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("read job runs"))?;
+            // Exit codes and signals are stored as BIGINT; anything out of i32 range was not written by us.
+            let small = |value: Option<i64>| value.and_then(|v| i32::try_from(v).ok());
+            rows.iter()
+                .map(|row| {
+                    Ok(JobRun {
+                        id: row.try_get("id")?,
+                        host: row.try_get("host")?,
+                        name: row.try_get("name")?,
+                        label: row.try_get("label")?,
+                        commit: row.try_get("commit_id")?,
+                        trigger: row.try_get("trigger")?,
+                        started_ms: row.try_get("started_ms")?,
+                        ended_ms: row.try_get("ended_ms")?,
+                        exit_code: small(row.try_get("exit_code")?),
+                        signal: small(row.try_get("signal")?),
+                        outcome: row.try_get("outcome")?,
+                        detail: row.try_get("detail")?,
+                        output_tail: row.try_get("output_tail")?,
+                    })
+                })
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(query_error("decode job runs"))
         })
     }
 

@@ -13,8 +13,8 @@ use mirrorctl::store::chain::{verify_chain, ChainBreak, ChainHead};
 use mirrorctl::store::inventory::LocalInventory;
 use mirrorctl::store::recorder::{FlushReport, RecorderConfig};
 use mirrorctl::store::{
-    self, known_schema_version, new_id, Enrollment, InventoryEntry, PolicyVersion, Receipt, ReceiptDraft, Record,
-    Recorder, RouteChange, RunFinished, RunStarted, StatusChange, Store, StoreError, StoreUrl, Usage,
+    self, known_schema_version, new_id, Enrollment, InventoryEntry, JobRun, PolicyVersion, Receipt, ReceiptDraft,
+    Record, Recorder, RouteChange, RunFinished, RunStarted, StatusChange, Store, StoreError, StoreUrl, Usage,
 };
 use sqlx::Connection;
 
@@ -460,7 +460,72 @@ async fn a_newer_schema_is_refused_and_left_alone(db: TestDb) {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(row.0, 2, "no migration was added or removed");
+    assert_eq!(
+        row.0,
+        known_schema_version(db.url.backend()) + 1,
+        "no migration was added or removed"
+    );
+}
+
+async fn job_runs_round_trip_newest_first(db: TestDb) {
+    let store = db.open().await;
+    let run = |name: &str, started_ms: i64, outcome: &str, exit_code: Option<i32>, signal: Option<i32>| JobRun {
+        id: new_id(),
+        host: "mini".into(),
+        name: name.into(),
+        label: format!("ai.activemirror.{name}"),
+        commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
+        trigger: "schedule".into(),
+        started_ms,
+        ended_ms: started_ms + 250,
+        exit_code,
+        signal,
+        outcome: outcome.into(),
+        detail: String::new(),
+        output_tail: format!("line 1\nline 2 of {name} at {started_ms}\n"),
+    };
+    let older = run("backup", 1_000, "ok", Some(0), None);
+    let newer = run("backup", 2_000, "timeout", None, Some(15));
+    let skipped = JobRun {
+        commit: None,
+        trigger: "catch-up".into(),
+        ended_ms: 3_000,
+        detail: "run 1 (pid 42) is still running".into(),
+        output_tail: String::new(),
+        ..run("backup", 3_000, "skipped", None, None)
+    };
+    let other_job = run("tunnel-check", 2_500, "failed", Some(3), None);
+    let other_host = JobRun {
+        host: "studio".into(),
+        ..run("backup", 2_600, "ok", Some(0), None)
+    };
+    // Through the recorder, as the runner writes them.
+    let recorder = db.recorder("mini");
+    for r in [&older, &newer, &skipped, &other_job, &other_host] {
+        recorder.record(Record::JobRun(r.clone()));
+    }
+    drain(&recorder, Duration::from_secs(30)).await;
+    assert_eq!(count(&*store, "job_runs").await, 5);
+    assert_eq!(
+        store.job_runs("mini", "backup", 10).await.unwrap(),
+        vec![skipped.clone(), newer.clone(), older.clone()]
+    );
+    assert_eq!(
+        store.job_runs("mini", "backup", 1).await.unwrap(),
+        vec![skipped.clone()]
+    );
+    assert_eq!(
+        store.job_runs("mini", "tunnel-check", 10).await.unwrap(),
+        vec![other_job]
+    );
+    assert_eq!(store.job_runs("studio", "backup", 10).await.unwrap(), vec![other_host]);
+    assert!(store.job_runs("mini", "nothing", 10).await.unwrap().is_empty());
+    // A replay writes nothing twice.
+    store
+        .write(&[Record::JobRun(older), Record::JobRun(newer), Record::JobRun(skipped)])
+        .await
+        .unwrap();
+    assert_eq!(count(&*store, "job_runs").await, 5);
 }
 
 async fn the_local_inventory_does_not_need_the_store(db: TestDb) {
@@ -533,6 +598,7 @@ on_both_backends!(
     audit_catches_edited_deleted_and_reordered_receipts,
     retention_deletes_old_reports_and_keeps_receipts,
     a_newer_schema_is_refused_and_left_alone,
+    job_runs_round_trip_newest_first,
     the_local_inventory_does_not_need_the_store,
 );
 
