@@ -42,6 +42,7 @@ pub fn render(request: &Request, report: &StatusReport, daemon: Option<u32>) -> 
             "daemon": daemon,
             "resources": report.resources,
             "source_error": report.source_error,
+            "launch_agents": report.launch_agents,
         }))
     } else {
         let mut out = String::new();
@@ -73,6 +74,41 @@ pub fn render(request: &Request, report: &StatusReport, daemon: Option<u32>) -> 
                 uptime,
                 r.detail
             );
+        }
+        if !report.launch_agents.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n{:<26} {:<14} {:>8}  {:<30} NEXT RUN",
+                "LAUNCH AGENT", "SCHEDULE", "PID", "LAST RUN"
+            );
+            let now = crate::report::now_ms();
+            for agent in &report.launch_agents {
+                let schedule = match &agent.schedule {
+                    Some(crate::spec::common::Schedule::Every(every)) => format!("every {every}"),
+                    Some(crate::spec::common::Schedule::Cron(cron)) => cron.as_str().to_string(),
+                    None => "-".to_string(),
+                };
+                let schedule = if agent.suspended {
+                    "suspended".to_string()
+                } else {
+                    schedule
+                };
+                let pid = agent.pids.first().map_or("-".to_string(), |p| p.to_string());
+                let last = agent.last_run.as_ref().map_or("-".to_string(), |run| {
+                    let ago = std::time::Duration::from_secs(((now - run.started_ms).max(0) / 1000) as u64);
+                    let code = run.exit_code.map_or(String::new(), |c| format!(" ({c})"));
+                    format!("{}{code} {} ago", run.outcome.as_str(), humantime::format_duration(ago))
+                });
+                let next = agent.next_run_ms.map_or("-".to_string(), |at| {
+                    let wait = std::time::Duration::from_secs(((at - now).max(0) / 1000) as u64);
+                    format!("in {}", humantime::format_duration(wait))
+                });
+                let _ = writeln!(
+                    out,
+                    "{:<26} {:<14} {:>8}  {:<30} {next}",
+                    agent.name, schedule, pid, last
+                );
+            }
         }
         let commit = report.commit.as_deref().map_or("-", |c| &c[..c.len().min(12)]);
         let supervisor = match daemon {

@@ -30,6 +30,7 @@ use crate::source::trust::AllowedSigners;
 use crate::source::{DesiredState, LoadError, SourceOptions};
 use crate::spec::common::Probe;
 use crate::spec::{Kind, ResourceId, Spec};
+use crate::supervisor::job::JobRunner;
 use crate::supervisor::process::ProcessIdentity;
 use crate::supervisor::watch::{self, Ended};
 use control::{Asked, Request, Response};
@@ -73,6 +74,8 @@ pub enum DaemonError {
     Metrics(std::io::Error),
     #[error("listening for signals: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    Jobs(#[from] crate::supervisor::job::JobError),
 }
 
 /// The closed set of things the loop reacts to.
@@ -156,6 +159,8 @@ struct Daemon {
     backoff_timer: Option<(i64, AbortHandle)>,
     report_timer: Option<(String, AbortHandle)>,
     shutting_down: Option<&'static str>,
+    /// The launch-agent runner (None once shut down).
+    jobs: Arc<tokio::sync::Mutex<Option<JobRunner>>>,
     /// Exit statuses seen while a pass had the reconciler.
     pending_exits: Vec<(String, ProcessIdentity, crate::supervisor::process::Exit)>,
 }
@@ -183,6 +188,17 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
     };
     let reconciler = Reconciler::open(config.context.clone())?;
     let (events, mut inbox) = mpsc::unbounded_channel();
+    let metrics = Metrics::new();
+    metrics.heartbeat();
+    let jobs = JobRunner::start(
+        state_dir.clone(),
+        config.context.host.clone(),
+        reconciler.recorder().clone(),
+    )
+    .await?;
+    let observed = metrics.clone();
+    jobs.observe_runs(Arc::new(move |label, outcome| observed.job_run(label, outcome)));
+    let jobs = Arc::new(tokio::sync::Mutex::new(Some(jobs)));
 
     // Control socket.
     let listener = control::bind(&state_dir)?;
@@ -227,8 +243,6 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
     });
 
     // Metrics.
-    let metrics = Metrics::new();
-    metrics.heartbeat();
     let (stop_metrics_tx, stop_metrics_rx) = oneshot::channel::<()>();
     let metrics_server = match config.metrics_addr {
         Some(addr) => {
@@ -269,6 +283,7 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
         report_timer: None,
         shutting_down: None,
         pending_exits: Vec::new(),
+        jobs: jobs.clone(),
     };
     daemon.queue.push_back(Work::Full {
         trigger: "startup",
@@ -364,6 +379,9 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
         }
     } else {
         tracing::info!("services keep running; a new `mirrorctl run` adopts them");
+    }
+    if let Some(runner) = jobs.lock().await.take() {
+        runner.shutdown(daemon.config.stop_services_on_exit).await;
     }
     let flushed = reconciler.flush().await;
     if let Some(problem) = flushed.store_error {
@@ -507,6 +525,7 @@ impl Daemon {
             reconciler.note_exit(&name, identity, exit);
         }
         if let Some(state) = applied {
+            self.sync_jobs(&reconciler, &state);
             self.current = Some(state);
         }
         let trigger = match &work {
@@ -555,9 +574,52 @@ impl Daemon {
         self.sync_watchers(&reconciler);
         self.sync_schedules();
         if let Work::Asked((request, reply)) = work {
-            let _ = reply.send((self.render)(&request, result));
+            match result {
+                Answer::Status(mut report) => {
+                    // Launch agents come from the runner (waiting for a sync in progress).
+                    let (jobs, render) = (self.jobs.clone(), self.render.clone());
+                    tokio::spawn(async move {
+                        if let Some(runner) = jobs.lock().await.as_ref() {
+                            report.launch_agents = runner.status();
+                        }
+                        let _ = reply.send(render(&request, Answer::Status(report)));
+                    });
+                }
+                other => {
+                    let _ = reply.send((self.render)(&request, other));
+                }
+            }
         }
         self.reconciler = Some(reconciler);
+    }
+
+    /// Brings the launch agents in line with the state now in force; receipts for what changed.
+    fn sync_jobs(&self, reconciler: &Reconciler, state: &DesiredState) {
+        let desired = reconciler.desired_jobs(state);
+        let commit = state.commit.clone();
+        let recorder = reconciler.recorder().clone();
+        let jobs = self.jobs.clone();
+        tokio::spawn(async move {
+            let mut guard = jobs.lock().await;
+            let Some(runner) = guard.as_mut() else { return };
+            match runner.sync(commit.as_deref(), desired).await {
+                Ok(changes) => {
+                    for change in changes {
+                        tracing::info!(agent = %change.name, change = change.kind.as_str(), detail = %change.detail, "launch agent");
+                        recorder.receipt(crate::store::ReceiptDraft {
+                            run_id: None,
+                            commit: commit.clone(),
+                            kind: Kind::LaunchAgent.to_string(),
+                            name: change.name.clone(),
+                            action: change.kind.as_str().to_string(),
+                            reason: change.detail.clone(),
+                            detail: serde_json::json!({"ok": true, "detail": change.detail}).to_string(),
+                        });
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "syncing launch agents failed"),
+            }
+        });
     }
 
     /// Watches (for its end) and probes every owned running process; forgets the rest.

@@ -170,6 +170,32 @@ impl Reconciler {
         self.exits.insert(name.to_string(), (identity, exit));
     }
 
+    /// The LaunchAgents of `state` this host runs (placement), each with a keyed spec hash.
+    pub fn desired_jobs(&self, state: &DesiredState) -> Vec<crate::supervisor::job::DesiredJob> {
+        let host = &self.context.host;
+        state
+            .resources
+            .iter()
+            .filter_map(|r| match &r.spec {
+                Spec::LaunchAgent(spec) if spec.placement.as_ref().is_none_or(|p| p.selects(host)) => {
+                    let env_files: BTreeMap<PathBuf, Option<Vec<u8>>> = spec
+                        .env_files
+                        .iter()
+                        .map(|p| (p.clone(), std::fs::read(resolve(&self.context.state_dir, p)).ok()))
+                        .collect();
+                    let raw = serde_json::to_value(spec).expect("specs serialize");
+                    let hash = spec_hash(&render_spec(raw, &self.key, &env_files));
+                    Some(crate::supervisor::job::DesiredJob {
+                        name: r.metadata.name.clone(),
+                        spec: spec.clone(),
+                        hash,
+                    })
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// When the recorded process of a service was started.
     pub fn started_ms(&self, name: &str) -> Option<i64> {
         self.inventory
@@ -856,6 +882,8 @@ pub struct StatusReport {
     pub resources: Vec<ResourceStatus>,
     /// Set when the desired state could not be loaded (status then shows the inventory alone).
     pub source_error: Option<String>,
+    /// Launch agents, as the daemon's runner knows them (empty without a daemon).
+    pub launch_agents: Vec<crate::supervisor::job::JobStatus>,
 }
 
 /// What runs against what is desired, without changing anything or writing to the store.
@@ -952,5 +980,6 @@ fn status_of(
         mechanism: process::mechanism(),
         resources,
         source_error,
+        launch_agents: Vec::new(),
     }
 }

@@ -360,7 +360,12 @@ struct Shared {
     closed: AtomicBool,
     /// No more saves: a later runner owns `launch-agents.json`.
     retired: AtomicBool,
+    /// Told of every recorded run (label, outcome): the daemon's metrics.
+    observer: Mutex<Option<RunObserver>>,
 }
+
+/// Called with (label, outcome) of every recorded run.
+pub type RunObserver = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 impl Shared {
     fn agents(&self) -> MutexGuard<'_, BTreeMap<String, Agent>> {
@@ -678,6 +683,10 @@ impl Shared {
             signal,
             outcome: run.outcome,
         };
+        let observer = self.observer.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(observe) = observer {
+            observe(&run.label, run.outcome.as_str());
+        }
         self.recorder.record(Record::JobRun(JobRun {
             id: run.id,
             host: self.host.clone(),
@@ -982,6 +991,7 @@ impl JobRunner {
             save_lock: Mutex::new(()),
             closed: AtomicBool::new(false),
             retired: AtomicBool::new(false),
+            observer: Mutex::new(None),
         });
         // A state dir moved to another host name starts that host's own set (as the chain head does).
         let owned = if saved.host == shared.host || saved.agents.is_empty() {
@@ -1279,6 +1289,11 @@ impl JobRunner {
     }
 
     /// Per agent: label, schedule, running pids, last run, next run time. By name.
+    /// Tells `observer` of every run recorded from now on.
+    pub fn observe_runs(&self, observer: RunObserver) {
+        *self.shared.observer.lock().unwrap_or_else(|e| e.into_inner()) = Some(observer);
+    }
+
     pub fn status(&self) -> Vec<JobStatus> {
         let now = now_ms();
         self.shared

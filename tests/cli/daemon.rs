@@ -506,3 +506,77 @@ fn an_unsigned_commit_is_refused_under_require_signed() {
         running_pid(&sandbox, "b").is_some() && running_pid(&sandbox, "c").is_some()
     });
 }
+
+fn launch_agent(name: &str, command: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: mirror.os/v1\nkind: LaunchAgent\nmetadata: {{name: {name}}}\nspec:\n  label: ai.test.{name}\n  command: [\"sh\", \"-c\", {command:?}]\n{extra}"
+    )
+}
+
+/// A launch agent of `status --output json`, by name.
+fn agent_state(sandbox: &Sandbox, name: &str) -> Option<serde_json::Value> {
+    let json: serde_json::Value = serde_json::from_str(&status(sandbox).stdout).ok()?;
+    json["launch_agents"]
+        .as_array()?
+        .iter()
+        .find(|a| a["name"] == name)
+        .cloned()
+}
+
+fn processes_running(command_line: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|c| String::from_utf8_lossy(c).replace('\0', " ").trim_end() == command_line)
+        .count()
+}
+
+#[test]
+fn launch_agents_run_on_schedule_and_a_timeout_kills_the_whole_run() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    sandbox.write(
+        "tick.yaml",
+        launch_agent("tick", "echo tick", "  schedule: {every: 1s}\n"),
+    );
+    sandbox.write(
+        "slow.yaml",
+        launch_agent(
+            "slow",
+            "sleep 4101 & sleep 4102",
+            "  runAtLoad: true\n  timeout: 1s\n  stop: {grace: 1s}\n",
+        ),
+    );
+    sandbox.commit("two launch agents");
+    let daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
+
+    wait_for("the slow run with its child", Duration::from_secs(10), || {
+        processes_running("sleep 4101") == 1 && processes_running("sleep 4102") == 1
+    });
+    wait_for("the timeout to end the run", Duration::from_secs(10), || {
+        agent_state(&sandbox, "slow").is_some_and(|a| a["lastRun"]["outcome"] == "timeout")
+    });
+    assert_eq!(processes_running("sleep 4101"), 0, "the run's child was killed too");
+    assert_eq!(processes_running("sleep 4102"), 0);
+
+    let log = sandbox.root().join("state/logs/tick.log");
+    wait_for("two scheduled runs", Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.matches("tick").count() >= 2)
+    });
+    let tick = agent_state(&sandbox, "tick").unwrap();
+    assert_eq!(tick["lastRun"]["exitCode"], 0, "{tick}");
+    assert_eq!(tick["lastRun"]["outcome"], "ok", "{tick}");
+    let text = sandbox.run(&["status"]).stdout;
+    assert!(text.contains("LAUNCH AGENT") && text.contains("every 1s"), "{text}");
+
+    // Leaving the desired state unschedules it.
+    sandbox.remove("tick.yaml");
+    sandbox.commit("no tick");
+    wait_for("tick gone", Duration::from_secs(10), || {
+        agent_state(&sandbox, "tick").is_none()
+    });
+    let runs = std::fs::read_to_string(&log).unwrap().matches("tick").count();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(std::fs::read_to_string(&log).unwrap().matches("tick").count(), runs);
+    assert!(daemon.log().contains("launch agent run"), "{}", daemon.log());
+}
