@@ -50,7 +50,7 @@ pub enum TrustError {
         short(commit)
     )]
     SignatureNamespace { commit: String, namespace: String },
-    #[error("commit {}: signed with a {key_type} key ({fingerprint}), which cannot be verified here; supported key types: ssh-ed25519, sk-ssh-ed25519@openssh.com, ssh-rsa", short(commit))]
+    #[error("commit {}: signed with a {key_type} key ({fingerprint}), which cannot be verified here; supported key types: ssh-ed25519, sk-ssh-ed25519@openssh.com, ssh-rsa, ecdsa-sha2-nistp256/384/521", short(commit))]
     UnsupportedKeyType {
         commit: String,
         key_type: String,
@@ -1093,22 +1093,16 @@ mod tests {
     }
 
     #[test]
-    fn ecdsa_signature_is_reported_as_unsupported() {
-        // ssh-key verifies ECDSA only with its p256/p384/p521 features, which are not enabled.
-        let sandbox = Sandbox::new();
-        let key = sandbox.key("alice-ecdsa", &["ecdsa", "-b", "256"]);
-        let commit = sandbox.commit(Some(&key), ALICE, "signed with ecdsa");
-        let allowed = sandbox.allowed(&line_of(ALICE, &sandbox.public_key(&key)));
-
-        let error = verify_commit(&sandbox.repo(), &commit, &allowed).unwrap_err();
-        assert!(
-            matches!(&error, TrustError::UnsupportedKeyType { key_type, .. } if key_type == "ecdsa-sha2-nistp256"),
-            "{error:?}"
-        );
-        assert!(
-            error.to_string().contains("supported key types: ssh-ed25519"),
-            "{error}"
-        );
+    fn ecdsa_signatures_verify() {
+        for bits in ["256", "384", "521"] {
+            let sandbox = Sandbox::new();
+            let key = sandbox.key("alice-ecdsa", &["ecdsa", "-b", bits]);
+            let commit = sandbox.commit(Some(&key), ALICE, "signed with ecdsa");
+            let allowed = sandbox.allowed(&line_of(ALICE, &sandbox.public_key(&key)));
+            let verified = verify_commit(&sandbox.repo(), &commit, &allowed).expect("verifies");
+            assert_eq!(verified.key_type, format!("ecdsa-sha2-nistp{bits}"));
+            assert_eq!(verified.fingerprint, sandbox.fingerprint(&key));
+        }
     }
 
     #[test]
