@@ -751,3 +751,30 @@ fn placement_selects_the_hosts_that_run_a_service() {
     let names: Vec<String> = owned(&sandbox).into_iter().map(|(name, _)| name).collect();
     assert_eq!(names, vec!["there".to_string()]);
 }
+
+#[test]
+fn drift_report_observes_and_exits_by_what_it_found() {
+    let sandbox = Sandbox::new();
+    let _reaper = Reaper(&sandbox);
+    sandbox.write("a.yaml", service("a", "exec sleep 300", ""));
+    sandbox.commit("a");
+    let before = sandbox.run(&["drift", "report", "--output", "json"]);
+    assert_eq!(before.code, 2, "{before:?}");
+    let report = before.json();
+    assert_eq!(report["items"][0]["drift"], "missing", "{report}");
+    assert!(report["id"].is_string() && report["host"].is_string() && report["started_at"].is_string());
+    assert!(owned(&sandbox).is_empty(), "observe-only");
+    let stored = sandbox.run(&["drift", "show", report["id"].as_str().unwrap()]);
+    assert_eq!(stored.code, 0, "{stored:?}");
+
+    assert_eq!(sandbox.run(&["reconcile"]).code, 0);
+    let after = sandbox.run(&["drift", "report"]);
+    assert_eq!(after.code, 0, "{after:?}");
+    assert!(after.stdout.contains("no drift"), "{}", after.stdout);
+
+    sandbox.write("a.yaml", "kind: [");
+    sandbox.commit("broken");
+    let broken = sandbox.run(&["drift", "report"]);
+    assert_eq!(broken.code, 1, "{broken:?}");
+    assert!(broken.stdout.contains("invalid_source"), "{}", broken.stdout);
+}
