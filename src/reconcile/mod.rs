@@ -306,14 +306,10 @@ impl Reconciler {
         };
         recorder.record(run_started(&run_id, context, &commit, options, started_ms));
 
-        let mut desired = desired_services(&state, &self.key, &context.state_dir, &context.host);
-        if let Some(only) = &input.only {
-            desired.retain(|d| &d.item.id == only);
-        }
-        let mut owned = observe(&self.inventory, &desired, &input.probes, &mut self.exits);
-        if let Some(only) = &input.only {
-            owned.retain(|o| &o.id == only);
-        }
+        // A pass over one service renders and observes that one only (milliseconds at any size).
+        let selected = |id: &ResourceId| input.only.as_ref().is_none_or(|only| only == id);
+        let desired = desired_services(&state, &self.key, &context.state_dir, &context.host, &selected);
+        let owned = observe(&self.inventory, &desired, &input.probes, &mut self.exits, &selected);
         let controller = state.controller();
         let plan = plan::plan(PlanInput {
             commit: commit.clone(),
@@ -551,10 +547,17 @@ fn resolve(state_dir: &Path, path: &Path) -> PathBuf {
 }
 
 /// The Services this host runs (placement selects the host).
-fn desired_services(state: &DesiredState, key: &[u8], state_dir: &Path, host: &str) -> Vec<DesiredService> {
+fn desired_services(
+    state: &DesiredState,
+    key: &[u8],
+    state_dir: &Path,
+    host: &str,
+    selected: &dyn Fn(&ResourceId) -> bool,
+) -> Vec<DesiredService> {
     state
         .resources
         .iter()
+        .filter(|r| selected(&r.id()))
         .filter_map(|r| match &r.spec {
             Spec::Service(spec) if spec.placement.as_ref().is_none_or(|p| p.selects(host)) => Some((r, spec)),
             _ => None,
@@ -620,12 +623,14 @@ fn observe(
     desired: &[DesiredService],
     probes: &Probes,
     exits: &mut BTreeMap<String, (ProcessIdentity, process::Exit)>,
+    selected: &dyn Fn(&ResourceId) -> bool,
 ) -> Vec<OwnedItem> {
     let desired_by_name: BTreeMap<&str, &DesiredService> =
         desired.iter().map(|d| (d.item.id.name.as_str(), d)).collect();
     inventory
         .entries()
         .filter(|e| e.kind == Kind::Service.as_str())
+        .filter(|e| selected(&ResourceId::new(Kind::Service, e.name.clone())))
         .map(|entry| {
             let probe = desired_by_name
                 .get(entry.name.as_str())
@@ -917,9 +922,9 @@ fn status_of(
     };
     let desired = state
         .as_ref()
-        .map(|s| desired_services(s, key, state_dir, host))
+        .map(|s| desired_services(s, key, state_dir, host, &|_| true))
         .unwrap_or_default();
-    let owned = observe(inventory, &desired, probes, exits);
+    let owned = observe(inventory, &desired, probes, exits, &|_| true);
     let plan = plan::plan(PlanInput {
         commit: state.as_ref().and_then(|s| s.commit.clone()),
         desired: desired.iter().map(|d| d.item.clone()).collect(),
