@@ -291,33 +291,33 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
     });
     daemon.next();
 
-    // The heartbeat says the loop is alive even when nothing happens.
-    let tx = events.clone();
-    let heartbeat = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            if tx.send(Event::Resync).is_err() {
-                return;
-            }
-        }
-    });
-    // (The Resync events of the heartbeat only count when the resync interval has passed.)
-    let mut last_resync = Instant::now();
+    // Two timers, and otherwise the loop sleeps: the resync (the interval of the state in force,
+    // counted from the last resync) and the heartbeat that tells /healthz the loop is alive.
+    let mut next_resync = tokio::time::Instant::now() + daemon.resync_interval();
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
-    while let Some(event) = inbox.recv().await {
+    loop {
+        let event = tokio::select! {
+            event = inbox.recv() => match event {
+                Some(event) => event,
+                None => break,
+            },
+            _ = tokio::time::sleep_until(next_resync) => {
+                next_resync = tokio::time::Instant::now() + daemon.resync_interval();
+                Event::Resync
+            }
+            _ = heartbeat.tick() => {
+                metrics.heartbeat();
+                continue;
+            }
+        };
         metrics.heartbeat();
         match event {
-            Event::Resync => {
-                let every = daemon.resync_interval();
-                if last_resync.elapsed() >= every {
-                    last_resync = Instant::now();
-                    daemon.enqueue(Work::Full {
-                        trigger: "resync",
-                        reload: true,
-                    });
-                }
-            }
+            Event::Resync => daemon.enqueue(Work::Full {
+                trigger: "resync",
+                reload: true,
+            }),
             Event::SourceChanged => daemon.enqueue(Work::Full {
                 trigger: "commit",
                 reload: true,
@@ -356,7 +356,6 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
 
     // Shutdown: no new work; services keep running unless asked otherwise.
     server.abort();
-    heartbeat.abort();
     drop(source_watch);
     for (_, (_, task)) in std::mem::take(&mut daemon.watchers) {
         task.abort();
@@ -751,6 +750,9 @@ impl Daemon {
         self.report_timer = Some((cron.as_str().to_string(), task.abort_handle()));
     }
 }
+
+/// How often the loop tells /healthz it is alive when nothing happens.
+const HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// Markdown drift reports kept in `<state dir>/reports/`.
 const REPORTS_KEPT: usize = 200;

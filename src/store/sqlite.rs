@@ -49,11 +49,11 @@ pub async fn open(url: &StoreUrl) -> Result<SqlStore, StoreError> {
         .read_only(true)
         .busy_timeout(Duration::from_secs(10))
         .row_buffer_size(4096);
+    // Opened on first use: the daemon rarely reads receipts, and each connection costs memory.
     let reader = SqlitePoolOptions::new()
         .max_connections(2)
-        .connect_with(reader_options)
-        .await
-        .map_err(|e| connect_error(&e))?;
+        .idle_timeout(Duration::from_secs(60))
+        .connect_lazy_with(reader_options);
     Ok(SqlStore {
         pool,
         url: url.clone(),
