@@ -190,15 +190,14 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
     let (events, mut inbox) = mpsc::unbounded_channel();
     let metrics = Metrics::new();
     metrics.heartbeat();
-    let jobs = JobRunner::start(
-        state_dir.clone(),
-        config.context.host.clone(),
-        reconciler.recorder().clone(),
-    )
-    .await?;
-    let observed = metrics.clone();
-    jobs.observe_runs(Arc::new(move |label, outcome| observed.job_run(label, outcome)));
-    let jobs = Arc::new(tokio::sync::Mutex::new(Some(jobs)));
+    // The launch-agent runner starts when there is something to run or adopt (its scheduler
+    // costs memory and wakes twice a second).
+    let jobs = if crate::supervisor::job::JobRunner::owns_any(&state_dir) {
+        Some(start_jobs(&config.context, reconciler.recorder().clone(), metrics.clone()).await?)
+    } else {
+        None
+    };
+    let jobs = Arc::new(tokio::sync::Mutex::new(jobs));
 
     // Control socket.
     let listener = control::bind(&state_dir)?;
@@ -598,8 +597,19 @@ impl Daemon {
         let commit = state.commit.clone();
         let recorder = reconciler.recorder().clone();
         let jobs = self.jobs.clone();
+        let (context, metrics) = (self.config.context.clone(), self.metrics.clone());
+        let shutting_down = self.shutting_down.is_some();
         tokio::spawn(async move {
             let mut guard = jobs.lock().await;
+            if guard.is_none() && !desired.is_empty() && !shutting_down {
+                match start_jobs(&context, recorder.clone(), metrics).await {
+                    Ok(runner) => *guard = Some(runner),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "starting the launch-agent runner failed");
+                        return;
+                    }
+                }
+            }
             let Some(runner) = guard.as_mut() else { return };
             match runner.sync(commit.as_deref(), desired).await {
                 Ok(changes) => {
@@ -749,6 +759,12 @@ impl Daemon {
         });
         self.report_timer = Some((cron.as_str().to_string(), task.abort_handle()));
     }
+}
+
+async fn start_jobs(context: &Context, recorder: crate::store::Recorder, metrics: Arc<Metrics>) -> Result<JobRunner, DaemonError> {
+    let runner = JobRunner::start(context.state_dir.clone(), context.host.clone(), recorder).await?;
+    runner.observe_runs(Arc::new(move |label, outcome| metrics.job_run(label, outcome)));
+    Ok(runner)
 }
 
 /// How often the loop tells /healthz it is alive when nothing happens.

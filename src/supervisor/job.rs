@@ -1289,6 +1289,15 @@ impl JobRunner {
     }
 
     /// Per agent: label, schedule, running pids, last run, next run time. By name.
+    /// Whether `<state dir>/launch-agents.json` lists launch agents this host owns (a runner
+    /// must start to adopt or prune them even when the desired state has none).
+    pub fn owns_any(state_dir: &Path) -> bool {
+        fs::read(state_dir.join(STATE_FILE))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<SavedState>(&bytes).ok())
+            .is_some_and(|saved| !saved.agents.is_empty())
+    }
+
     /// Tells `observer` of every run recorded from now on.
     pub fn observe_runs(&self, observer: RunObserver) {
         *self.shared.observer.lock().unwrap_or_else(|e| e.into_inner()) = Some(observer);
