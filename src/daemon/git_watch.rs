@@ -188,6 +188,21 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn the_polling_fallback_sees_a_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        git(dir.path(), &["init", "-q", "-b", "main"]);
+        std::fs::write(dir.path().join("a.yaml"), "a: 1\n").unwrap();
+        git(dir.path(), &["add", "."]);
+        git(dir.path(), &["commit", "-qm", "one"]);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(poll(dir.path().to_path_buf(), "HEAD".into(), tx));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        git(dir.path(), &["commit", "-q", "--allow-empty", "-m", "two"]);
+        tokio::time::timeout(POLL * 3, rx.recv()).await.unwrap().unwrap();
+        task.abort();
+    }
+
     #[test]
     fn lock_files_and_objects_do_not_count() {
         let git_dir = Path::new("/r/.git");
