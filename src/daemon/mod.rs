@@ -761,7 +761,11 @@ impl Daemon {
     }
 }
 
-async fn start_jobs(context: &Context, recorder: crate::store::Recorder, metrics: Arc<Metrics>) -> Result<JobRunner, DaemonError> {
+async fn start_jobs(
+    context: &Context,
+    recorder: crate::store::Recorder,
+    metrics: Arc<Metrics>,
+) -> Result<JobRunner, DaemonError> {
     let runner = JobRunner::start(context.state_dir.clone(), context.host.clone(), recorder).await?;
     runner.observe_runs(Arc::new(move |label, outcome| metrics.job_run(label, outcome)));
     Ok(runner)
