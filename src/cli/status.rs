@@ -43,6 +43,8 @@ pub fn render(request: &Request, report: &StatusReport, daemon: Option<u32>) -> 
             "resources": report.resources,
             "source_error": report.source_error,
             "launch_agents": report.launch_agents,
+            "providers": report.providers,
+            "routes": report.routes,
         }))
     } else {
         let mut out = String::new();
@@ -108,6 +110,29 @@ pub fn render(request: &Request, report: &StatusReport, daemon: Option<u32>) -> 
                     "{:<26} {:<14} {:>8}  {:<30} {next}",
                     agent.name, schedule, pid, last
                 );
+            }
+        }
+        if let Some(providers) = report.providers.as_array().filter(|p| !p.is_empty()) {
+            let _ = writeln!(out, "\n{:<26} {:<10} DETAIL", "MODEL PROVIDER", "HEALTH");
+            for p in providers {
+                let verdict = &p["verdict"];
+                let detail = verdict["detail"].as_str().or(verdict["why"].as_str()).unwrap_or("not probed yet");
+                let health = match (p["healthy"].as_bool(), verdict["state"].as_str()) {
+                    (Some(true), _) => "Healthy".to_string(),
+                    (_, Some(state)) => format!("{}{}", state[..1].to_uppercase(), &state[1..]),
+                    _ => "Unknown".to_string(),
+                };
+                let _ = writeln!(out, "{:<26} {:<10} {detail}", p["name"].as_str().unwrap_or("?"), health);
+            }
+        }
+        if let Some(routes) = report.routes.as_array().filter(|r| !r.is_empty()) {
+            let _ = writeln!(out, "\n{:<26} {:<40} REASON", "AGENT", "ROUTE");
+            for r in routes {
+                let route = match (r["provider"].as_str(), r["model"].as_str()) {
+                    (Some(p), Some(m)) => format!("{p}/{m}{}", if r["degraded"] == true { " (fallback)" } else { "" }),
+                    _ => "none healthy".to_string(),
+                };
+                let _ = writeln!(out, "{:<26} {:<40} {}", r["agent"].as_str().unwrap_or("?"), route, r["reason"].as_str().unwrap_or(""));
             }
         }
         let commit = report.commit.as_deref().map_or("-", |c| &c[..c.len().min(12)]);

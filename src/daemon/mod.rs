@@ -12,6 +12,7 @@
 pub mod control;
 pub mod git_watch;
 pub mod metrics;
+pub mod routing;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -104,6 +105,10 @@ enum Event {
     Control(Asked),
     /// A pass finished on its blocking thread.
     PassDone(Box<Finished>),
+    /// A model provider's health probe answered.
+    ProviderProbed(routing::Probed),
+    /// A failback may have come due.
+    RouteCheck,
     /// SIGTERM or SIGINT.
     Shutdown(&'static str),
 }
@@ -159,6 +164,12 @@ struct Daemon {
     backoff_timer: Option<(i64, AbortHandle)>,
     report_timer: Option<(String, AbortHandle)>,
     shutting_down: Option<&'static str>,
+    /// Provider health and agent routes.
+    routing: routing::Routing,
+    probed: mpsc::UnboundedSender<routing::Probed>,
+    route_timer: Option<(i64, AbortHandle)>,
+    /// A handle to the truth-store writer (route changes are recorded while a pass runs).
+    recorder: crate::store::Recorder,
     /// The launch-agent runner (None once shut down).
     jobs: Arc<tokio::sync::Mutex<Option<JobRunner>>>,
     /// Exit statuses seen while a pass had the reconciler.
@@ -207,6 +218,17 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
     tokio::spawn(async move {
         while let Some(asked) = asked_rx.recv().await {
             if tx.send(Event::Control(asked)).is_err() {
+                return;
+            }
+        }
+    });
+
+    // Provider probes.
+    let (probed_tx, mut probed_rx) = mpsc::unbounded_channel::<routing::Probed>();
+    let tx = events.clone();
+    tokio::spawn(async move {
+        while let Some(probed) = probed_rx.recv().await {
+            if tx.send(Event::ProviderProbed(probed)).is_err() {
                 return;
             }
         }
@@ -265,6 +287,7 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
         std::process::id()
     );
 
+    let reconciler_recorder = reconciler.recorder().clone();
     let mut daemon = Daemon {
         config,
         events: events.clone(),
@@ -282,6 +305,10 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
         report_timer: None,
         shutting_down: None,
         pending_exits: Vec::new(),
+        routing: routing::Routing::default(),
+        probed: probed_tx,
+        route_timer: None,
+        recorder: reconciler_recorder,
         jobs: jobs.clone(),
     };
     daemon.queue.push_back(Work::Full {
@@ -332,6 +359,11 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
                 daemon.enqueue(Work::ScheduledReport);
             }
             Event::Control(asked) => daemon.enqueue(Work::Asked(asked)),
+            Event::ProviderProbed(probed) => daemon.provider_probed(probed),
+            Event::RouteCheck => {
+                daemon.route_timer = None;
+                daemon.decide_routes();
+            }
             Event::PassDone(finished) => daemon.finished(*finished),
             Event::Shutdown(signal) => {
                 tracing::info!(signal, "shutting down");
@@ -362,6 +394,7 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
     for (_, probing) in std::mem::take(&mut daemon.probing) {
         probing.task.abort();
     }
+    daemon.routing.stop();
     let _ = std::fs::remove_file(control::socket_path(&state_dir));
     let mut reconciler = daemon.reconciler.take().expect("no pass runs at shutdown");
     if daemon.config.stop_services_on_exit {
@@ -455,9 +488,10 @@ impl Daemon {
         let probes = Probes::Known(self.verdicts.clone());
         let trust = self.trust.clone();
         let events = self.events.clone();
+        let route_drift = self.routing.drift(self.current.as_deref());
         tokio::task::spawn_blocking(move || {
             let begun = Instant::now();
-            let (result, applied) = perform(&mut reconciler, &work, current, probes, trust.as_ref());
+            let (result, applied) = perform(&mut reconciler, &work, current, probes, trust.as_ref(), route_drift);
             let _ = events.send(Event::PassDone(Box::new(Finished {
                 reconciler,
                 work,
@@ -524,7 +558,9 @@ impl Daemon {
         }
         if let Some(state) = applied {
             self.sync_jobs(&reconciler, &state);
+            self.routing.sync(&state, &self.probed);
             self.current = Some(state);
+            self.decide_routes();
         }
         let trigger = match &work {
             Work::Full { trigger, .. } | Work::One { trigger, .. } => *trigger,
@@ -574,6 +610,9 @@ impl Daemon {
         if let Work::Asked((request, reply)) = work {
             match result {
                 Answer::Status(mut report) => {
+                    report.providers = serde_json::to_value(self.routing.providers()).unwrap_or_default();
+                    report.routes =
+                        serde_json::to_value(self.routing.routes(self.current.as_deref())).unwrap_or_default();
                     // Launch agents come from the runner (waiting for a sync in progress).
                     let (jobs, render) = (self.jobs.clone(), self.render.clone());
                     tokio::spawn(async move {
@@ -629,6 +668,91 @@ impl Daemon {
                 Err(e) => tracing::warn!(error = %e, "syncing launch agents failed"),
             }
         });
+    }
+
+    /// A provider's probe answered: a change of health may restart its Service (down or hung)
+    /// and move agents.
+    fn provider_probed(&mut self, probed: routing::Probed) {
+        let now = now_ms();
+        if !self.routing.observe(&probed, now) {
+            return;
+        }
+        let healthy = self.routing.is_healthy(&probed.provider);
+        tracing::warn!(provider = %probed.provider, healthy, verdict = ?probed.verdict, "provider health changed");
+        if !healthy {
+            self.restart_provider_service(&probed);
+        }
+        self.decide_routes();
+    }
+
+    /// A provider that is down or hung and names its Service gets that Service restarted (a hung
+    /// process is stopped first: the restart stops it).
+    fn restart_provider_service(&mut self, probed: &routing::Probed) {
+        let Some(state) = self.current.clone() else { return };
+        let Some(Spec::ModelProvider(spec)) = state.get(Kind::ModelProvider, &probed.provider).map(|r| &r.spec) else {
+            return;
+        };
+        let Some(service) = spec.service.clone() else { return };
+        let Some((identity, _)) = self.watchers.get(&service).cloned() else {
+            return; // not running: the service's own restart policy is at work
+        };
+        let why = match &probed.verdict {
+            crate::router::health::Verdict::Hung { why } => format!("provider {} is hung: {why}", probed.provider),
+            crate::router::health::Verdict::Down { why } => format!("provider {} is down: {why}", probed.provider),
+            crate::router::health::Verdict::Healthy { .. } => return,
+        };
+        tracing::warn!(service = %service, %why, "restarting the provider's service");
+        self.verdicts.insert(service.clone(), (identity, Err(why)));
+        self.enqueue(Work::One {
+            name: service,
+            trigger: "provider",
+        });
+    }
+
+    /// Recomputes routes; records each switch (route history, receipt, metrics) and arms the
+    /// timer for the next failback that may come due.
+    fn decide_routes(&mut self) {
+        let Some(state) = self.current.clone() else { return };
+        let now = now_ms();
+        let (switches, next_check) = self.routing.decide(&state, now);
+        for switch in switches {
+            let (provider, model) = switch
+                .to
+                .as_ref()
+                .map_or((String::new(), String::new()), |r| (r.provider.clone(), r.model.clone()));
+            tracing::warn!(agent = %switch.agent, change = ?switch.kind, %provider, %model, reason = %switch.reason, "route");
+            self.metrics.route_change(&switch.agent);
+            self.recorder.record(crate::store::Record::Route(crate::store::RouteChange {
+                id: crate::store::new_id(),
+                host: self.config.context.host.clone(),
+                agent: switch.agent.clone(),
+                provider: provider.clone(),
+                model: model.clone(),
+                at_ms: now,
+                reason: switch.reason.clone(),
+            }));
+            self.recorder.receipt(crate::store::ReceiptDraft {
+                run_id: None,
+                commit: state.commit.clone(),
+                kind: Kind::Agent.to_string(),
+                name: switch.agent.clone(),
+                action: format!("{:?}", switch.kind).to_lowercase(),
+                reason: switch.reason.clone(),
+                detail: serde_json::json!({"ok": true, "provider": provider, "model": model}).to_string(),
+            });
+        }
+        if let Some((_, timer)) = self.route_timer.take() {
+            timer.abort();
+        }
+        if let Some(at) = next_check {
+            let wait = Duration::from_millis((at - now).max(0) as u64 + 1);
+            let events = self.events.clone();
+            let task = tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                let _ = events.send(Event::RouteCheck);
+            });
+            self.route_timer = Some((at, task.abort_handle()));
+        }
     }
 
     /// Watches (for its end) and probes every owned running process; forgets the rest.
@@ -815,7 +939,13 @@ fn perform(
     current: Option<Arc<DesiredState>>,
     probes: Probes,
     trust: Option<&AllowedSigners>,
+    route_drift: Vec<DriftItem>,
 ) -> (Answer, Option<Arc<DesiredState>>) {
+    // Route drift is known to the daemon only: full passes and reports carry it.
+    let with_routes = |mut input: PassInput| {
+        input.extra_drift.extend(route_drift.iter().cloned());
+        input
+    };
     let own_source = reconciler.context().source.clone();
     match work {
         Work::One { name, trigger } => {
@@ -850,13 +980,13 @@ fn perform(
             };
             let options = pass_options(false, false, trigger);
             match input {
-                Ok(input) => (Answer::Pass(Box::new(reconciler.pass(input, &options))), applied),
+                Ok(input) => (Answer::Pass(Box::new(reconciler.pass(with_routes(input), &options))), applied),
                 Err(e) => (Answer::Error(e), None),
             }
         }
         Work::ScheduledReport => match read_trusted(&own_source, current, trust, probes).0 {
             Ok(input) => (
-                Answer::Pass(Box::new(reconciler.pass(input, &pass_options(true, false, "schedule")))),
+                Answer::Pass(Box::new(reconciler.pass(with_routes(input), &pass_options(true, false, "schedule")))),
                 None,
             ),
             Err(e) => (Answer::Error(e), None),

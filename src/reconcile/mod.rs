@@ -889,6 +889,10 @@ pub struct StatusReport {
     pub source_error: Option<String>,
     /// Launch agents, as the daemon's runner knows them (empty without a daemon).
     pub launch_agents: Vec<crate::supervisor::job::JobStatus>,
+    /// Model providers' health (the daemon probes them; null without a daemon).
+    pub providers: Value,
+    /// Each agent's route (the daemon routes; null without a daemon).
+    pub routes: Value,
 }
 
 /// What runs against what is desired, without changing anything or writing to the store.
@@ -986,5 +990,7 @@ fn status_of(
         resources,
         source_error,
         launch_agents: Vec::new(),
+        providers: Value::Null,
+        routes: Value::Null,
     }
 }

@@ -1,0 +1,236 @@
+//! The daemon's side of model routing: one probe task per ModelProvider of the state in force,
+//! provider health from their verdicts, and each agent's route, recomputed whenever a provider
+//! changes state or a failback comes due. Deciding is pure (`router::route`); this module keeps
+//! the state and says what changed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+use crate::report::{Drift, DriftItem, Severity};
+use crate::router::health::{self, ProbeTarget, Verdict};
+use crate::router::route::{self, ChangeKind, ProviderState};
+use crate::source::DesiredState;
+use crate::spec::agent::ModelRef;
+use crate::spec::{Kind, Spec};
+
+/// A provider's probe answered.
+pub struct Probed {
+    pub provider: String,
+    pub verdict: Verdict,
+}
+
+/// What a route change means for the store, the metrics and the log.
+#[derive(Clone, Debug)]
+pub struct RouteSwitch {
+    pub agent: String,
+    pub kind: ChangeKind,
+    pub to: Option<ModelRef>,
+    pub reason: String,
+}
+
+/// One provider as `status` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProviderHealth {
+    pub name: String,
+    pub healthy: bool,
+    pub verdict: Option<Verdict>,
+    pub healthy_since_ms: Option<i64>,
+}
+
+/// One agent's route as `status` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct AgentRoute {
+    pub agent: String,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    /// True when the route is not the agent's primary.
+    pub degraded: bool,
+    pub reason: String,
+}
+
+struct Probing {
+    spec_json: String,
+    task: AbortHandle,
+}
+
+#[derive(Default)]
+pub struct Routing {
+    probing: BTreeMap<String, Probing>,
+    providers: BTreeMap<String, ProviderState>,
+    routes: BTreeMap<String, (Option<ModelRef>, String)>,
+}
+
+impl Routing {
+    /// Starts, restarts (spec changed) or stops probe tasks to match the state's providers.
+    pub fn sync(&mut self, state: &DesiredState, probed: &mpsc::UnboundedSender<Probed>) {
+        let mut wanted: BTreeMap<String, (ProbeTarget, Duration, u32, String)> = BTreeMap::new();
+        for resource in &state.resources {
+            if let Spec::ModelProvider(spec) = &resource.spec {
+                let name = resource.metadata.name.clone();
+                let health = spec.health();
+                let json = serde_json::to_string(spec).unwrap_or_default();
+                wanted.insert(
+                    name.clone(),
+                    (
+                        ProbeTarget::from_spec(&name, spec),
+                        health.interval().as_std(),
+                        health.failure_threshold().max(1),
+                        json,
+                    ),
+                );
+            }
+        }
+        self.probing.retain(|name, probing| {
+            let keep = wanted.get(name).is_some_and(|(_, _, _, json)| *json == probing.spec_json);
+            if !keep {
+                probing.task.abort();
+            }
+            keep
+        });
+        self.providers.retain(|name, _| wanted.contains_key(name));
+        for (name, (target, interval, threshold, json)) in wanted {
+            if self.probing.contains_key(&name) {
+                continue;
+            }
+            self.providers
+                .entry(name.clone())
+                .or_insert_with(|| ProviderState::new(threshold));
+            let probed = probed.clone();
+            let task = tokio::spawn(async move {
+                loop {
+                    let verdict = health::probe(&target).await;
+                    if probed
+                        .send(Probed {
+                            provider: target.provider.clone(),
+                            verdict,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(interval).await;
+                }
+            });
+            self.probing.insert(
+                name,
+                Probing {
+                    spec_json: json,
+                    task: task.abort_handle(),
+                },
+            );
+        }
+    }
+
+    /// Feeds a verdict; returns whether the provider changed state (healthy <-> unhealthy).
+    pub fn observe(&mut self, probed: &Probed, now_ms: i64) -> bool {
+        match self.providers.get_mut(&probed.provider) {
+            Some(state) => state.observe(&probed.verdict, now_ms).is_some(),
+            None => false,
+        }
+    }
+
+    pub fn is_healthy(&self, provider: &str) -> bool {
+        self.providers.get(provider).is_none_or(ProviderState::healthy)
+    }
+
+    /// Recomputes every agent's route; returns the switches and when to look again (a failback
+    /// coming due).
+    pub fn decide(&mut self, state: &DesiredState, now_ms: i64) -> (Vec<RouteSwitch>, Option<i64>) {
+        let mut switches = Vec::new();
+        let mut next_check: Option<i64> = None;
+        let mut agents = Vec::new();
+        for resource in &state.resources {
+            let Spec::Agent(spec) = &resource.spec else { continue };
+            let Some(model) = &spec.model else { continue };
+            let name = resource.metadata.name.clone();
+            agents.push(name.clone());
+            let chain: Vec<ModelRef> = model.chain().cloned().collect();
+            let failback = model.failback_after().as_std().as_millis() as i64;
+            let current = self.routes.get(&name).and_then(|(r, _)| r.clone());
+            let decision = route::decide(&chain, current.as_ref(), &self.providers, failback, now_ms);
+            if let Some(due) = route::failback_due_ms(&chain, decision.route.as_ref(), &self.providers, failback, now_ms)
+            {
+                next_check = Some(next_check.map_or(due, |t| t.min(due)));
+            }
+            let reason = match &decision.change {
+                Some(change) => change.reason.clone(),
+                None => self.routes.get(&name).map(|(_, r)| r.clone()).unwrap_or_default(),
+            };
+            if let Some(change) = decision.change {
+                switches.push(RouteSwitch {
+                    agent: name.clone(),
+                    kind: change.kind,
+                    to: decision.route.clone(),
+                    reason: change.reason,
+                });
+            }
+            self.routes.insert(name, (decision.route, reason));
+        }
+        self.routes.retain(|agent, _| agents.contains(agent));
+        (switches, next_check)
+    }
+
+    pub fn providers(&self) -> Vec<ProviderHealth> {
+        self.providers
+            .iter()
+            .map(|(name, state)| ProviderHealth {
+                name: name.clone(),
+                healthy: state.healthy(),
+                verdict: state.last().cloned(),
+                healthy_since_ms: state.healthy_since_ms(),
+            })
+            .collect()
+    }
+
+    pub fn routes(&self, state: Option<&DesiredState>) -> Vec<AgentRoute> {
+        self.routes
+            .iter()
+            .map(|(agent, (route, reason))| {
+                let primary = state.and_then(|s| s.get(Kind::Agent, agent)).and_then(|r| match &r.spec {
+                    Spec::Agent(spec) => spec.model.as_ref().map(|m| m.primary.clone()),
+                    _ => None,
+                });
+                AgentRoute {
+                    agent: agent.clone(),
+                    provider: route.as_ref().map(|r| r.provider.clone()),
+                    model: route.as_ref().map(|r| r.model.clone()),
+                    degraded: route.is_none() || (primary.is_some() && primary.as_ref() != route.as_ref()),
+                    reason: reason.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// `degraded` drift items for agents off their primary (or without any healthy route).
+    pub fn drift(&self, state: Option<&DesiredState>) -> Vec<DriftItem> {
+        self.routes(state)
+            .into_iter()
+            .filter(|r| r.degraded)
+            .map(|r| DriftItem {
+                kind: Kind::Agent.to_string(),
+                name: r.agent.clone(),
+                drift: Drift::Degraded,
+                corrective: true,
+                severity: if r.provider.is_some() {
+                    Severity::Warning
+                } else {
+                    Severity::Critical
+                },
+                detail: match (&r.provider, &r.model) {
+                    (Some(p), Some(m)) => format!("routed to fallback {p}/{m}: {}", r.reason),
+                    _ => format!("no healthy model: {}", r.reason),
+                },
+            })
+            .collect()
+    }
+
+    pub fn stop(&mut self) {
+        for (_, probing) in std::mem::take(&mut self.probing) {
+            probing.task.abort();
+        }
+    }
+}
