@@ -5,6 +5,7 @@ mod support;
 
 mod crds;
 mod daemon;
+mod fake_llm;
 mod git_source;
 mod init;
 mod invalid_corpus;
