@@ -7,6 +7,7 @@ pub mod example;
 pub mod plan;
 pub mod reconcile;
 pub mod report;
+pub mod router;
 pub mod source;
 pub mod spec;
 pub mod state;
