@@ -116,7 +116,10 @@ pub fn render(request: &Request, report: &StatusReport, daemon: Option<u32>) -> 
             let _ = writeln!(out, "\n{:<26} {:<10} DETAIL", "MODEL PROVIDER", "HEALTH");
             for p in providers {
                 let verdict = &p["verdict"];
-                let detail = verdict["detail"].as_str().or(verdict["why"].as_str()).unwrap_or("not probed yet");
+                let detail = verdict["detail"]
+                    .as_str()
+                    .or(verdict["why"].as_str())
+                    .unwrap_or("not probed yet");
                 let health = match (p["healthy"].as_bool(), verdict["state"].as_str()) {
                     (Some(true), _) => "Healthy".to_string(),
                     (_, Some(state)) => format!("{}{}", state[..1].to_uppercase(), &state[1..]),
@@ -132,7 +135,13 @@ pub fn render(request: &Request, report: &StatusReport, daemon: Option<u32>) -> 
                     (Some(p), Some(m)) => format!("{p}/{m}{}", if r["degraded"] == true { " (fallback)" } else { "" }),
                     _ => "none healthy".to_string(),
                 };
-                let _ = writeln!(out, "{:<26} {:<40} {}", r["agent"].as_str().unwrap_or("?"), route, r["reason"].as_str().unwrap_or(""));
+                let _ = writeln!(
+                    out,
+                    "{:<26} {:<40} {}",
+                    r["agent"].as_str().unwrap_or("?"),
+                    route,
+                    r["reason"].as_str().unwrap_or("")
+                );
             }
         }
         let commit = report.commit.as_deref().map_or("-", |c| &c[..c.len().min(12)]);

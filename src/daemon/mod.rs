@@ -716,21 +716,21 @@ impl Daemon {
         let now = now_ms();
         let (switches, next_check) = self.routing.decide(&state, now);
         for switch in switches {
-            let (provider, model) = switch
-                .to
-                .as_ref()
-                .map_or((String::new(), String::new()), |r| (r.provider.clone(), r.model.clone()));
+            let (provider, model) = switch.to.as_ref().map_or((String::new(), String::new()), |r| {
+                (r.provider.clone(), r.model.clone())
+            });
             tracing::warn!(agent = %switch.agent, change = ?switch.kind, %provider, %model, reason = %switch.reason, "route");
             self.metrics.route_change(&switch.agent);
-            self.recorder.record(crate::store::Record::Route(crate::store::RouteChange {
-                id: crate::store::new_id(),
-                host: self.config.context.host.clone(),
-                agent: switch.agent.clone(),
-                provider: provider.clone(),
-                model: model.clone(),
-                at_ms: now,
-                reason: switch.reason.clone(),
-            }));
+            self.recorder
+                .record(crate::store::Record::Route(crate::store::RouteChange {
+                    id: crate::store::new_id(),
+                    host: self.config.context.host.clone(),
+                    agent: switch.agent.clone(),
+                    provider: provider.clone(),
+                    model: model.clone(),
+                    at_ms: now,
+                    reason: switch.reason.clone(),
+                }));
             self.recorder.receipt(crate::store::ReceiptDraft {
                 run_id: None,
                 commit: state.commit.clone(),
@@ -980,13 +980,18 @@ fn perform(
             };
             let options = pass_options(false, false, trigger);
             match input {
-                Ok(input) => (Answer::Pass(Box::new(reconciler.pass(with_routes(input), &options))), applied),
+                Ok(input) => (
+                    Answer::Pass(Box::new(reconciler.pass(with_routes(input), &options))),
+                    applied,
+                ),
                 Err(e) => (Answer::Error(e), None),
             }
         }
         Work::ScheduledReport => match read_trusted(&own_source, current, trust, probes).0 {
             Ok(input) => (
-                Answer::Pass(Box::new(reconciler.pass(with_routes(input), &pass_options(true, false, "schedule")))),
+                Answer::Pass(Box::new(
+                    reconciler.pass(with_routes(input), &pass_options(true, false, "schedule")),
+                )),
                 None,
             ),
             Err(e) => (Answer::Error(e), None),
@@ -1014,7 +1019,7 @@ fn perform(
                 let options = pass_options(*dry_run, *allow_mass_prune, "cli");
                 match input {
                     Ok(input) => (
-                        Answer::Pass(Box::new(reconciler.pass(input, &options))),
+                        Answer::Pass(Box::new(reconciler.pass(with_routes(input), &options))),
                         if *dry_run { None } else { applied },
                     ),
                     Err(e) => (Answer::Error(e), None),
@@ -1025,7 +1030,7 @@ fn perform(
                 match read_trusted(&asked, current, trust, probes).0 {
                     Ok(input) => (
                         Answer::Pass(Box::new(
-                            reconciler.pass(input, &pass_options(true, false, "drift-report")),
+                            reconciler.pass(with_routes(input), &pass_options(true, false, "drift-report")),
                         )),
                         None,
                     ),

@@ -12,7 +12,7 @@ use tokio::task::AbortHandle;
 
 use crate::report::{Drift, DriftItem, Severity};
 use crate::router::health::{self, ProbeTarget, Verdict};
-use crate::router::route::{self, ChangeKind, ProviderState};
+use crate::router::route::{self, ChangeKind, ProviderState, RouteState};
 use crate::source::DesiredState;
 use crate::spec::agent::ModelRef;
 use crate::spec::{Kind, Spec};
@@ -61,7 +61,7 @@ struct Probing {
 pub struct Routing {
     probing: BTreeMap<String, Probing>,
     providers: BTreeMap<String, ProviderState>,
-    routes: BTreeMap<String, (Option<ModelRef>, String)>,
+    routes: BTreeMap<String, (RouteState, String)>,
 }
 
 impl Routing {
@@ -85,7 +85,9 @@ impl Routing {
             }
         }
         self.probing.retain(|name, probing| {
-            let keep = wanted.get(name).is_some_and(|(_, _, _, json)| *json == probing.spec_json);
+            let keep = wanted
+                .get(name)
+                .is_some_and(|(_, _, _, json)| *json == probing.spec_json);
             if !keep {
                 probing.task.abort();
             }
@@ -150,16 +152,16 @@ impl Routing {
             agents.push(name.clone());
             let chain: Vec<ModelRef> = model.chain().cloned().collect();
             let failback = model.failback_after().as_std().as_millis() as i64;
-            let current = self.routes.get(&name).and_then(|(r, _)| r.clone());
-            let decision = route::decide(&chain, current.as_ref(), &self.providers, failback, now_ms);
-            if let Some(due) = route::failback_due_ms(&chain, decision.route.as_ref(), &self.providers, failback, now_ms)
-            {
+            let current = self.routes.get(&name).map(|(r, _)| r.clone()).unwrap_or_default();
+            let decision = route::decide(&chain, &current, &self.providers, failback, now_ms);
+            if let Some(due) = route::failback_due_ms(&chain, &decision.state(), &self.providers, failback, now_ms) {
                 next_check = Some(next_check.map_or(due, |t| t.min(due)));
             }
             let reason = match &decision.change {
                 Some(change) => change.reason.clone(),
                 None => self.routes.get(&name).map(|(_, r)| r.clone()).unwrap_or_default(),
             };
+            let new_state = decision.state();
             if let Some(change) = decision.change {
                 switches.push(RouteSwitch {
                     agent: name.clone(),
@@ -168,7 +170,7 @@ impl Routing {
                     reason: change.reason,
                 });
             }
-            self.routes.insert(name, (decision.route, reason));
+            self.routes.insert(name, (new_state, reason));
         }
         self.routes.retain(|agent, _| agents.contains(agent));
         (switches, next_check)
@@ -189,16 +191,19 @@ impl Routing {
     pub fn routes(&self, state: Option<&DesiredState>) -> Vec<AgentRoute> {
         self.routes
             .iter()
-            .map(|(agent, (route, reason))| {
-                let primary = state.and_then(|s| s.get(Kind::Agent, agent)).and_then(|r| match &r.spec {
-                    Spec::Agent(spec) => spec.model.as_ref().map(|m| m.primary.clone()),
-                    _ => None,
-                });
+            .map(|(agent, (route_state, reason))| {
+                let route = route_state.route();
+                let primary = state
+                    .and_then(|s| s.get(Kind::Agent, agent))
+                    .and_then(|r| match &r.spec {
+                        Spec::Agent(spec) => spec.model.as_ref().map(|m| m.primary.clone()),
+                        _ => None,
+                    });
                 AgentRoute {
                     agent: agent.clone(),
-                    provider: route.as_ref().map(|r| r.provider.clone()),
-                    model: route.as_ref().map(|r| r.model.clone()),
-                    degraded: route.is_none() || (primary.is_some() && primary.as_ref() != route.as_ref()),
+                    provider: route.map(|r| r.provider.clone()),
+                    model: route.map(|r| r.model.clone()),
+                    degraded: route.is_none() || (primary.is_some() && primary.as_ref() != route),
                     reason: reason.clone(),
                 }
             })

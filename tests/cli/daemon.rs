@@ -580,3 +580,83 @@ fn launch_agents_run_on_schedule_and_a_timeout_kills_the_whole_run() {
     assert_eq!(std::fs::read_to_string(&log).unwrap().matches("tick").count(), runs);
     assert!(daemon.log().contains("launch agent run"), "{}", daemon.log());
 }
+
+/// A free TCP port on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn post(port: u16, path: &str, body: &str) {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"),
+        "{answer}"
+    );
+}
+
+/// The route of an agent, as `status --output json` says: (provider, degraded).
+fn route_of(sandbox: &Sandbox, agent: &str) -> Option<(String, bool)> {
+    let json: serde_json::Value = serde_json::from_str(&status(sandbox).stdout).ok()?;
+    let route = json["routes"].as_array()?.iter().find(|r| r["agent"] == agent)?.clone();
+    Some((route["provider"].as_str()?.to_string(), route["degraded"].as_bool()?))
+}
+
+#[test]
+fn a_hung_provider_fails_agents_over_restarts_its_service_and_fails_back() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    let fake = project_path("scripts/fake-llm").display().to_string();
+    let (primary, backup) = (free_port(), free_port());
+    let llm = |name: &str, port: u16| {
+        format!(
+            "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {{name: llm-{name}}}\nspec:\n  command: [python3, {fake:?}, --port, \"{port}\", --name, {name}]\n  stop: {{grace: 1s}}\n  health: {{tcp: {{address: \"127.0.0.1:{port}\"}}, interval: 200ms}}\n---\napiVersion: mirror.os/v1\nkind: ModelProvider\nmetadata: {{name: {name}}}\nspec:\n  api: ollama\n  url: http://127.0.0.1:{port}\n  service: llm-{name}\n  models: [\"llama3.2:1b\"]\n  health: {{interval: 200ms, timeout: 300ms, failureThreshold: 2}}\n"
+        )
+    };
+    sandbox.write("primary.yaml", llm("primary", primary));
+    sandbox.write("backup.yaml", llm("backup", backup));
+    sandbox.write(
+        "agent.yaml",
+        "apiVersion: mirror.os/v1\nkind: Policy\nmetadata: {name: default}\nspec: {}\n---\napiVersion: mirror.os/v1\nkind: Agent\nmetadata: {name: scribe}\nspec:\n  command: [\"sleep\", \"4200\"]\n  policy: default\n  model:\n    primary: {provider: primary, model: \"llama3.2:1b\"}\n    fallbacks: [{provider: backup, model: \"llama3.2:1b\"}]\n    failbackAfter: 2s\n",
+    );
+    sandbox.commit("two local models and an agent");
+    let daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
+    wait_for("the agent on its primary", Duration::from_secs(15), || {
+        route_of(&sandbox, "scribe") == Some(("primary".into(), false))
+    });
+    let llm_pid = running_pid(&sandbox, "llm-primary").unwrap();
+
+    // Generation hangs while /api/version still answers (ollama#1863): failover, service restarted.
+    post(primary, "/_fault", r#"{"mode": "hang-generate"}"#);
+    wait_for("failover to the backup", Duration::from_secs(10), || {
+        route_of(&sandbox, "scribe") == Some(("backup".into(), true))
+    });
+    wait_for("the hung provider's service restarted", Duration::from_secs(10), || {
+        running_pid(&sandbox, "llm-primary").is_some_and(|pid| pid != llm_pid)
+    });
+    let report = sandbox.run(&["drift", "report", "--output", "json"]);
+    let items = report.json()["items"].as_array().unwrap().clone();
+    assert!(
+        items.iter().any(|i| i["kind"] == "Agent" && i["drift"] == "degraded"),
+        "{items:?}"
+    );
+    // The fresh process answers; after 2 s of health the agent fails back.
+    wait_for("failback to the primary", Duration::from_secs(15), || {
+        route_of(&sandbox, "scribe") == Some(("primary".into(), false))
+    });
+    let log = daemon.log();
+    assert!(log.contains("Failover") && log.contains("Failback"), "{log}");
+    let text = sandbox.run(&["status"]).stdout;
+    assert!(text.contains("MODEL PROVIDER") && text.contains("scribe"), "{text}");
+}
