@@ -16,4 +16,5 @@
 //! for each agent and wakes up at [`route::failback_due_ms`].
 
 pub mod health;
+pub mod models;
 pub mod route;
