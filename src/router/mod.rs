@@ -15,5 +15,6 @@
 //! provider states, restarts a provider's Service on its `Unhealthy` transition, asks `decide`
 //! for each agent and wakes up at [`route::failback_due_ms`].
 
+pub mod bus;
 pub mod health;
 pub mod route;
