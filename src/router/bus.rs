@@ -375,9 +375,9 @@ fn upstream_request(
         (ProviderApi::Ollama, Endpoint::Chat) => "/api/chat",
         (ProviderApi::Ollama, Endpoint::Generate) => "/api/generate",
         (ProviderApi::Ollama, Endpoint::Embed) => "/api/embed",
-        (ProviderApi::Openai, Endpoint::Chat) => "/chat/completions",
+        // An Ollama generation becomes a chat of one user message on an OpenAI route.
+        (ProviderApi::Openai, Endpoint::Chat | Endpoint::Generate) => "/chat/completions",
         (ProviderApi::Openai, Endpoint::Embed) => "/embeddings",
-        (ProviderApi::Openai, Endpoint::Generate) => return None,
     };
     if api == upstream.api {
         let mut same = request.clone();
@@ -389,7 +389,8 @@ fn upstream_request(
         (ProviderApi::Openai, Endpoint::Chat) => Some((path, chat_openai_to_ollama(request, model, streamed))),
         // Both embed APIs take `{model, input}` with a string or a list of strings.
         (_, Endpoint::Embed) => Some((path, json!({"model": model, "input": request["input"]}))),
-        (_, Endpoint::Generate) => None,
+        (ProviderApi::Ollama, Endpoint::Generate) => Some((path, generate_to_openai_chat(request, model, streamed))),
+        (ProviderApi::Openai, Endpoint::Generate) => None, // No OpenAI route serves /api/generate.
     }
 }
 
@@ -424,6 +425,17 @@ fn chat_ollama_to_openai(request: &Value, model: Value, streamed: bool) -> Value
         out["tools"] = tools.clone();
     }
     out
+}
+
+fn generate_to_openai_chat(request: &Value, model: Value, streamed: bool) -> Value {
+    let mut messages = Vec::new();
+    if let Some(system) = request["system"].as_str() {
+        messages.push(json!({"role": "system", "content": system}));
+    }
+    messages.push(json!({"role": "user", "content": request["prompt"].as_str().unwrap_or("")}));
+    let mut as_chat = request.clone();
+    as_chat["messages"] = Value::Array(messages);
+    chat_ollama_to_openai(&as_chat, model, streamed)
 }
 
 fn chat_openai_to_ollama(request: &Value, model: Value, streamed: bool) -> Value {
@@ -599,6 +611,8 @@ async fn relay(
         completion_tokens: 0,
         finished: false,
         sent_role: false,
+        finish_reason: None,
+        errored: false,
     };
     let (chunks, receiver) = mpsc::channel(RELAY_BUFFER_CHUNKS);
     let meter = bus.meter.clone();
@@ -632,7 +646,7 @@ async fn relay(
                 return;
             }
         }
-        if complete {
+        if complete && !converter.errored {
             meter(Metered {
                 prompt_tokens: converter.prompt_tokens,
                 completion_tokens: converter.completion_tokens,
@@ -697,6 +711,10 @@ struct Converter {
     finished: bool,
     /// Translated OpenAI streams name the role in their first chunk.
     sent_role: bool,
+    /// The last finish_reason of an OpenAI stream, for the final Ollama line.
+    finish_reason: Option<String>,
+    /// The answer carried an error (an error line or event): nothing to meter.
+    errored: bool,
 }
 
 impl Converter {
@@ -744,6 +762,7 @@ impl Converter {
                 };
                 if chunk.get("error").is_some() {
                     self.finished = true;
+                    self.errored = true;
                     return vec![self.error_event(&upstream_error_message(text.as_bytes()))];
                 }
                 let done = chunk["done"].as_bool().unwrap_or(false);
@@ -785,6 +804,7 @@ impl Converter {
                 };
                 if let Some(error) = chunk.get("error") {
                     self.finished = true;
+                    self.errored = true;
                     if self.translating() {
                         let message = error["message"].as_str().unwrap_or("upstream error");
                         return vec![self.error_event(message)];
@@ -798,14 +818,14 @@ impl Converter {
                     return Vec::new();
                 }
                 let choice = &chunk["choices"][0];
+                if let Some(reason) = choice["finish_reason"].as_str() {
+                    self.finish_reason = Some(reason.to_string());
+                }
                 let content = choice["delta"]["content"].as_str().unwrap_or("");
                 if content.is_empty() {
                     return Vec::new();
                 }
-                vec![ndjson(&json!({
-                    "model": self.model, "created_at": now_rfc3339(),
-                    "message": {"role": "assistant", "content": content}, "done": false,
-                }))]
+                vec![ndjson(&self.ollama_answer(content, None))]
             }
         }
     }
@@ -828,7 +848,11 @@ impl Converter {
             }
             if partial_line && !self.translating() {
                 // The cut line went out as is; the error event goes on a line of its own.
-                out.push(Bytes::from_static(b"\n"));
+                // (A blank line also ends the cut SSE event, so the error is an event of its own.)
+                out.push(Bytes::from_static(match self.client_api {
+                    ProviderApi::Ollama => b"\n",
+                    ProviderApi::Openai => b"\n\n",
+                }));
             }
             let why = broke.unwrap_or("the upstream closed the stream before its end");
             out.push(self.error_event(&format!("the model stream broke midway: {why}")));
@@ -868,12 +892,10 @@ impl Converter {
             }),
             (ProviderApi::Openai, _) => {
                 let choice = &answer["choices"][0];
-                json!({
-                    "model": self.model, "created_at": now_rfc3339(),
-                    "message": {"role": "assistant", "content": choice["message"]["content"].as_str().unwrap_or("")},
-                    "done": true, "done_reason": choice["finish_reason"].as_str().unwrap_or("stop"),
-                    "prompt_eval_count": self.prompt_tokens, "eval_count": self.completion_tokens,
-                })
+                self.ollama_answer(
+                    choice["message"]["content"].as_str().unwrap_or(""),
+                    Some(choice["finish_reason"].as_str().unwrap_or("stop")),
+                )
             }
             (ProviderApi::Ollama, _) => json!({
                 "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
@@ -921,12 +943,25 @@ impl Converter {
     }
 
     fn ollama_final_line(&self) -> Bytes {
-        ndjson(&json!({
-            "model": self.model, "created_at": now_rfc3339(),
-            "message": {"role": "assistant", "content": ""},
-            "done": true, "done_reason": "stop",
-            "prompt_eval_count": self.prompt_tokens, "eval_count": self.completion_tokens,
-        }))
+        let reason = self.finish_reason.clone();
+        ndjson(&self.ollama_answer("", Some(reason.as_deref().unwrap_or("stop"))))
+    }
+
+    /// An Ollama chat or generate answer (or stream chunk); `done_reason` makes it the last one.
+    fn ollama_answer(&self, content: &str, done_reason: Option<&str>) -> Value {
+        let mut answer = json!({"model": self.model, "created_at": now_rfc3339()});
+        if self.endpoint == Endpoint::Generate {
+            answer["response"] = json!(content);
+        } else {
+            answer["message"] = json!({"role": "assistant", "content": content});
+        }
+        answer["done"] = json!(done_reason.is_some());
+        if let Some(reason) = done_reason {
+            answer["done_reason"] = json!(reason);
+            answer["prompt_eval_count"] = json!(self.prompt_tokens);
+            answer["eval_count"] = json!(self.completion_tokens);
+        }
+        answer
     }
 
     /// A stream's error event in the agent's API.
@@ -1105,10 +1140,17 @@ mod tests {
     /// A bus where agent `coder` (token [`TOKEN`]) routes to `candidates`; its address and what
     /// it metered.
     async fn start_bus(candidates: Vec<Upstream>) -> (SocketAddr, Arc<Mutex<Vec<Metered>>>) {
+        start_bus_timed(candidates, Duration::from_secs(2)).await
+    }
+
+    async fn start_bus_timed(
+        candidates: Vec<Upstream>,
+        header_timeout: Duration,
+    ) -> (SocketAddr, Arc<Mutex<Vec<Metered>>>) {
         let state = BusState::default();
         state.set_token("coder", TOKEN);
         state.set_routes("coder", candidates);
-        state.set_header_timeout(Duration::from_secs(2));
+        state.set_header_timeout(header_timeout);
         let metered = Arc::new(Mutex::new(Vec::new()));
         let sink = metered.clone();
         let meter: Meter = Arc::new(move |m| sink.lock().unwrap().push(m));
@@ -1432,5 +1474,162 @@ mod tests {
             body["data"],
             json!([{"id": "llama3.2:3b", "object": "model", "created": 0, "owned_by": "local"}])
         );
+    }
+
+    /// A `scripts/fake-llm` process, killed when dropped.
+    struct FakeLlm {
+        /// Base URL of its Ollama API; its OpenAI API is under `/v1`.
+        url: String,
+        _process: tokio::process::Child,
+        /// Kept open so the process never writes to a closed pipe.
+        _stdout: tokio::io::BufReader<tokio::process::ChildStdout>,
+    }
+
+    async fn fake_llm(name: &str, fault: &str) -> FakeLlm {
+        use tokio::io::AsyncBufReadExt;
+        let mut process = tokio::process::Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/fake-llm"))
+            .args(["--port", "0", "--name", name, "--fault", fault])
+            .args(["--token-delay-ms", "1", "--reply-tokens", "4"])
+            .stdout(std::process::Stdio::piped())
+            // Its request log would go past libtest's capture.
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 runs scripts/fake-llm");
+        let mut stdout = tokio::io::BufReader::new(process.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).await.unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("fake-llm said {line:?}"))
+            .to_string();
+        FakeLlm {
+            url,
+            _process: process,
+            _stdout: stdout,
+        }
+    }
+
+    const FAKE_MODEL: &str = "llama3.2:1b";
+
+    #[tokio::test]
+    async fn a_503_or_a_hang_before_the_headers_moves_the_request_on() {
+        let (busy, hung, healthy) = tokio::join!(
+            fake_llm("A", "error-503"),
+            fake_llm("B", "hang-generate"),
+            fake_llm("C", "none")
+        );
+        let (bus, metered) = start_bus_timed(
+            vec![
+                upstream("A", ProviderApi::Ollama, &busy.url, FAKE_MODEL),
+                upstream("B", ProviderApi::Openai, &format!("{}/v1", hung.url), FAKE_MODEL),
+                upstream("C", ProviderApi::Ollama, &healthy.url, FAKE_MODEL),
+            ],
+            Duration::from_millis(300),
+        )
+        .await;
+        let answer = call(bus, "/api/chat", Some(TOKEN), Some(chat(false))).await;
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(route_of(&answer), "C/llama3.2:1b");
+        let body: Value = serde_json::from_str(&text_of(answer).await).unwrap();
+        let content = body["message"]["content"].as_str().unwrap();
+        assert!(content.starts_with("[C]"), "{content}");
+
+        let answer = call(bus, "/v1/chat/completions", Some(TOKEN), Some(chat(true))).await;
+        assert_eq!(route_of(&answer), "C/llama3.2:1b");
+        let events = sse_events(&text_of(answer).await);
+        assert_eq!(events.last().unwrap(), &json!("[DONE]"));
+        let metered = metered.lock().unwrap();
+        assert_eq!(metered.len(), 2);
+        assert!(
+            metered.iter().all(|m| m.provider == "C" && m.completion_tokens > 0),
+            "{metered:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_by_a_crashing_provider_ends_with_an_error_event() {
+        let breaking = fake_llm("D", "break-stream").await;
+        let (ollama_bus, metered) =
+            start_bus(vec![upstream("D", ProviderApi::Ollama, &breaking.url, FAKE_MODEL)]).await;
+        let openai_url = format!("{}/v1", breaking.url);
+        let (openai_bus, _) = start_bus(vec![upstream("D", ProviderApi::Openai, &openai_url, FAKE_MODEL)]).await;
+
+        let lines = ndjson_lines(&text_of(call(ollama_bus, "/api/chat", Some(TOKEN), Some(chat(true))).await).await);
+        assert!(lines[0]["message"]["content"].is_string(), "{lines:?}");
+        assert!(lines.last().unwrap()["error"].is_string(), "{lines:?}");
+
+        let answer = call(openai_bus, "/v1/chat/completions", Some(TOKEN), Some(chat(true))).await;
+        let events = sse_events(&text_of(answer).await);
+        assert!(events.last().unwrap()["error"]["message"].is_string(), "{events:?}");
+
+        // Across APIs: an OpenAI agent on an Ollama route gets an OpenAI error event.
+        let answer = call(ollama_bus, "/v1/chat/completions", Some(TOKEN), Some(chat(true))).await;
+        let events = sse_events(&text_of(answer).await);
+        assert!(events.last().unwrap()["error"]["message"].is_string(), "{events:?}");
+        assert!(metered.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn embeddings_are_forwarded_within_and_across_apis() {
+        let provider = fake_llm("E", "none").await;
+        let openai_url = format!("{}/v1", provider.url);
+        let (ollama_bus, _) = start_bus(vec![upstream("E", ProviderApi::Ollama, &provider.url, FAKE_MODEL)]).await;
+        let (openai_bus, metered) = start_bus(vec![upstream("E", ProviderApi::Openai, &openai_url, FAKE_MODEL)]).await;
+        let request = json!({"model": "whatever", "input": ["a", "b"]});
+        for bus in [ollama_bus, openai_bus] {
+            let answer = call(bus, "/api/embed", Some(TOKEN), Some(request.clone())).await;
+            assert_eq!(answer.status(), StatusCode::OK);
+            let body: Value = serde_json::from_str(&text_of(answer).await).unwrap();
+            assert_eq!(body["embeddings"].as_array().unwrap().len(), 2, "{body}");
+            assert_eq!(body["embeddings"][0].as_array().unwrap().len(), 8, "{body}");
+
+            let answer = call(bus, "/v1/embeddings", Some(TOKEN), Some(request.clone())).await;
+            assert_eq!(answer.status(), StatusCode::OK);
+            let body: Value = serde_json::from_str(&text_of(answer).await).unwrap();
+            assert_eq!(body["data"].as_array().unwrap().len(), 2, "{body}");
+            assert_eq!(body["data"][1]["embedding"].as_array().unwrap().len(), 8, "{body}");
+        }
+        let metered = metered.lock().unwrap();
+        assert_eq!(metered.len(), 2);
+        assert!(
+            metered.iter().all(|m| m.prompt_tokens > 0 && m.completion_tokens == 0),
+            "{metered:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn generate_on_an_openai_route_is_answered_as_a_chat() {
+        let provider = fake_llm("F", "none").await;
+        let openai_url = format!("{}/v1", provider.url);
+        let (bus, metered) = start_bus(vec![upstream("F", ProviderApi::Openai, &openai_url, FAKE_MODEL)]).await;
+        let request = json!({"model": "whatever", "prompt": "hi", "stream": false});
+        let answer = call(bus, "/api/generate", Some(TOKEN), Some(request)).await;
+        assert_eq!(answer.status(), StatusCode::OK);
+        let body: Value = serde_json::from_str(&text_of(answer).await).unwrap();
+        assert!(body["response"].as_str().unwrap().starts_with("[F]"), "{body}");
+        assert_eq!(body["done"], json!(true));
+
+        let request = json!({"model": "whatever", "prompt": "hi"});
+        let lines = ndjson_lines(&text_of(call(bus, "/api/generate", Some(TOKEN), Some(request)).await).await);
+        let response: String = lines.iter().filter_map(|l| l["response"].as_str()).collect();
+        assert!(response.starts_with("[F]"), "{lines:?}");
+        assert_eq!(lines.last().unwrap()["done"], json!(true));
+        assert_eq!(metered.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_upstream_client_error_reaches_the_agent_in_its_api_shape() {
+        let provider = fake_llm("G", "none").await;
+        let (bus, metered) = start_bus(vec![upstream("G", ProviderApi::Ollama, &provider.url, "missing:1b")]).await;
+        let answer = call(bus, "/v1/chat/completions", Some(TOKEN), Some(chat(false))).await;
+        assert_eq!(answer.status(), StatusCode::NOT_FOUND);
+        assert_eq!(route_of(&answer), "G/missing:1b");
+        let body: Value = serde_json::from_str(&text_of(answer).await).unwrap();
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("not found"), "{body}");
+        assert!(metered.lock().unwrap().is_empty());
     }
 }
