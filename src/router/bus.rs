@@ -340,7 +340,12 @@ async fn forward(bus: Arc<Bus>, api: ProviderApi, endpoint: Endpoint, headers: H
         let status = answer.status();
         if status.is_server_error() {
             // Nothing has reached the agent yet: another candidate may answer.
-            let snippet = read_whole(answer.into_body()).await.unwrap_or_default();
+            // Bounded: a 5xx whose body stalls must not hold the request.
+            let snippet = tokio::time::timeout(header_timeout, read_whole(answer.into_body()))
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_default();
             failures.push(format!(
                 "{}: answered {}: {}",
                 upstream.provider,
