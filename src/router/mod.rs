@@ -15,6 +15,7 @@
 //! provider states, restarts a provider's Service on its `Unhealthy` transition, asks `decide`
 //! for each agent and wakes up at [`route::failback_due_ms`].
 
+pub mod bus;
 pub mod health;
 pub mod models;
 pub mod route;

@@ -1,0 +1,1640 @@
+//! The model bus: one stable local endpoint for agents, forwarding each request to the
+//! provider the router picked for the calling agent.
+//!
+//! Agents speak the Ollama API (`/api/...`) or the OpenAI one (`/v1/...`) and are known by
+//! `Authorization: Bearer <token>`. The bus replaces the requested model with the routed one,
+//! forwards to the first candidate that answers (retrying the next candidates while nothing has
+//! reached the agent yet), translates chat between the two APIs when the route crosses them,
+//! relays streams chunk by chunk, ends a broken stream with an error event, and meters the
+//! tokens of every completed answer.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Frame, Incoming};
+use hyper::{header, Method, Request};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::spec::provider::ProviderApi;
+
+/// Where an agent's requests go now (the daemon updates it on every route switch).
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    pub provider: String,
+    pub api: ProviderApi,
+    /// Base URL: `http://127.0.0.1:11434` for Ollama, `http://host/v1` for OpenAI-style.
+    pub url: String,
+    pub model: String,
+    pub api_key: Option<String>,
+}
+
+/// Shared, cheap to clone: agent tokens and routes. Routes: agent -> ordered candidates (the
+/// current route first, then the other healthy entries of its chain, for retries).
+#[derive(Clone)]
+pub struct BusState {
+    shared: Arc<RwLock<Tables>>,
+}
+
+#[derive(Default)]
+struct Tables {
+    /// token -> agent.
+    agents_by_token: HashMap<String, String>,
+    /// agent -> candidates, current route first.
+    routes: HashMap<String, Vec<Upstream>>,
+    /// How long to wait for an upstream's response headers before trying the next candidate.
+    header_timeout: Duration,
+}
+
+/// Ollama may load a model before answering; 30 s covers a cold load of a small model.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Default for BusState {
+    fn default() -> Self {
+        BusState {
+            shared: Arc::new(RwLock::new(Tables {
+                header_timeout: DEFAULT_HEADER_TIMEOUT,
+                ..Tables::default()
+            })),
+        }
+    }
+}
+
+impl BusState {
+    /// The agent's token; replaces its previous one.
+    pub fn set_token(&self, agent: &str, token: &str) {
+        let mut tables = self.shared.write().unwrap_or_else(|e| e.into_inner());
+        tables.agents_by_token.retain(|_, owner| owner != agent);
+        tables.agents_by_token.insert(token.to_string(), agent.to_string());
+    }
+
+    /// Forgets the agent's token and routes.
+    pub fn remove_agent(&self, agent: &str) {
+        let mut tables = self.shared.write().unwrap_or_else(|e| e.into_inner());
+        tables.agents_by_token.retain(|_, owner| owner != agent);
+        tables.routes.remove(agent);
+    }
+
+    /// The agent's candidates, current route first.
+    pub fn set_routes(&self, agent: &str, candidates: Vec<Upstream>) {
+        let mut tables = self.shared.write().unwrap_or_else(|e| e.into_inner());
+        tables.routes.insert(agent.to_string(), candidates);
+    }
+
+    /// How long to wait for an upstream's response headers (default 30 s).
+    pub fn set_header_timeout(&self, timeout: Duration) {
+        self.shared.write().unwrap_or_else(|e| e.into_inner()).header_timeout = timeout;
+    }
+
+    fn agent_of(&self, token: &str) -> Option<String> {
+        let tables = self.shared.read().unwrap_or_else(|e| e.into_inner());
+        tables.agents_by_token.get(token).cloned()
+    }
+
+    fn routes_of(&self, agent: &str) -> (Vec<Upstream>, Duration) {
+        let tables = self.shared.read().unwrap_or_else(|e| e.into_inner());
+        (
+            tables.routes.get(agent).cloned().unwrap_or_default(),
+            tables.header_timeout,
+        )
+    }
+}
+
+/// Usage of one answered request, for metering (tokens from Ollama
+/// prompt_eval_count/eval_count or OpenAI usage).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Metered {
+    pub agent: String,
+    pub provider: String,
+    pub model: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+pub type Meter = Arc<dyn Fn(Metered) + Send + Sync>;
+
+/// Why a relayed body ended badly (seen by the agent's HTTP client as a broken body).
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("the upstream answer broke: {0}")]
+    UpstreamBroke(String),
+}
+
+/// Requests larger than this are refused (chat with images can be large).
+const MAX_REQUEST_BYTES: usize = 64 << 20;
+/// A non-streamed answer kept for metering or translation; larger ones are not metered.
+const MAX_KEPT_ANSWER_BYTES: usize = 64 << 20;
+/// Chunks buffered between the upstream reader and the agent: small, so a slow agent slows
+/// the upstream read instead of filling memory.
+const RELAY_BUFFER_CHUNKS: usize = 16;
+
+/// Serves the bus on `addr` until `shutdown` resolves; returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    state: BusState,
+    meter: Meter,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let bus = Arc::new(Bus {
+        state,
+        meter,
+        client: Client::builder(TokioExecutor::new()).build(connector),
+        next_id: AtomicU64::new(1),
+    });
+    let router = routes(bus);
+    let task = tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
+            tracing::error!(%error, "the model bus stopped");
+        }
+    });
+    Ok((bound, task))
+}
+
+struct Bus {
+    state: BusState,
+    meter: Meter,
+    client: Client<HttpConnector, Full<Bytes>>,
+    /// For the ids of translated OpenAI answers.
+    next_id: AtomicU64,
+}
+
+/// What an agent asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Endpoint {
+    Chat,
+    Generate,
+    Embed,
+}
+
+fn routes(bus: Arc<Bus>) -> Router {
+    use ProviderApi::{Ollama, Openai};
+    let call = |api: ProviderApi, endpoint: Endpoint| {
+        post(
+            move |State(bus): State<Arc<Bus>>, headers: HeaderMap, body: Bytes| async move {
+                forward(bus, api, endpoint, headers, body).await
+            },
+        )
+    };
+    let list = |api: ProviderApi| {
+        get(move |State(bus): State<Arc<Bus>>, headers: HeaderMap| async move { list_models(bus, api, headers) })
+    };
+    Router::new()
+        .route("/api/chat", call(Ollama, Endpoint::Chat))
+        .route("/api/generate", call(Ollama, Endpoint::Generate))
+        .route("/api/embed", call(Ollama, Endpoint::Embed))
+        .route("/api/tags", list(Ollama))
+        .route("/v1/chat/completions", call(Openai, Endpoint::Chat))
+        .route("/v1/embeddings", call(Openai, Endpoint::Embed))
+        .route("/v1/models", list(Openai))
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .with_state(bus)
+}
+
+/// The agent behind `Authorization: Bearer <token>`.
+fn caller(bus: &Bus, headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    bus.state.agent_of(token.trim())
+}
+
+/// An error in the shape of the API the agent called.
+fn error_response(api: ProviderApi, status: StatusCode, message: &str) -> Response {
+    let body = match api {
+        ProviderApi::Ollama => json!({ "error": message }),
+        ProviderApi::Openai => json!({
+            "error": { "message": message, "type": error_type(status), "code": Value::Null }
+        }),
+    };
+    json_response(status, &body)
+}
+
+fn error_type(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::UNAUTHORIZED => "authentication_error",
+        s if s.is_client_error() => "invalid_request_error",
+        _ => "api_error",
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    let mut response = Response::new(Body::from(body.to_string()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn unauthorized(api: ProviderApi) -> Response {
+    error_response(
+        api,
+        StatusCode::UNAUTHORIZED,
+        "missing or unknown bearer token: the model bus serves only agents with a token",
+    )
+}
+
+fn route_header(upstream: &Upstream) -> HeaderValue {
+    HeaderValue::from_str(&format!("{}/{}", upstream.provider, upstream.model))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// `/api/tags` and `/v1/models`: the agent's current routed model, not the provider's list,
+/// since whatever model the agent asks for is replaced by the routed one anyway.
+fn list_models(bus: Arc<Bus>, api: ProviderApi, headers: HeaderMap) -> Response {
+    let Some(agent) = caller(&bus, &headers) else {
+        return unauthorized(api);
+    };
+    let (candidates, _) = bus.state.routes_of(&agent);
+    let current = candidates.first();
+    let body = match api {
+        ProviderApi::Ollama => json!({
+            "models": current.map(|up| json!({
+                "name": up.model, "model": up.model, "modified_at": "1970-01-01T00:00:00Z",
+                "size": 0, "digest": "", "details": {},
+            })).into_iter().collect::<Vec<_>>()
+        }),
+        ProviderApi::Openai => json!({
+            "object": "list",
+            "data": current.map(|up| json!({
+                "id": up.model, "object": "model", "created": 0, "owned_by": up.provider,
+            })).into_iter().collect::<Vec<_>>()
+        }),
+    };
+    let mut response = json_response(StatusCode::OK, &body);
+    if let Some(up) = current {
+        response.headers_mut().insert("x-mirror-route", route_header(up));
+    }
+    response
+}
+
+/// Whether the agent asked for a stream (Ollama streams unless told not to, OpenAI only when told).
+fn wants_stream(api: ProviderApi, endpoint: Endpoint, request: &Value) -> bool {
+    if endpoint == Endpoint::Embed {
+        return false;
+    }
+    match api {
+        ProviderApi::Ollama => request.get("stream") != Some(&Value::Bool(false)),
+        ProviderApi::Openai => request.get("stream") == Some(&Value::Bool(true)),
+    }
+}
+
+async fn forward(bus: Arc<Bus>, api: ProviderApi, endpoint: Endpoint, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(agent) = caller(&bus, &headers) else {
+        return unauthorized(api);
+    };
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(Value::Object(map)) => Value::Object(map),
+        _ => return error_response(api, StatusCode::BAD_REQUEST, "the request body is not a JSON object"),
+    };
+    let streamed = wants_stream(api, endpoint, &request);
+    let (candidates, header_timeout) = bus.state.routes_of(&agent);
+    if candidates.is_empty() {
+        return error_response(
+            api,
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("no healthy model route for agent `{agent}`"),
+        );
+    }
+    let mut failures = Vec::new();
+    for upstream in &candidates {
+        let Some((path, upstream_request)) = upstream_request(api, endpoint, upstream, &request, streamed) else {
+            failures.push(format!(
+                "{}: cannot translate this request to its API",
+                upstream.provider
+            ));
+            continue;
+        };
+        let answer = match send(&bus, upstream, path, &upstream_request, header_timeout).await {
+            Ok(answer) => answer,
+            Err(why) => {
+                tracing::warn!(%agent, provider = %upstream.provider, %why, "model bus: trying the next candidate");
+                failures.push(format!("{}: {why}", upstream.provider));
+                continue;
+            }
+        };
+        let status = answer.status();
+        if status.is_server_error() {
+            // Nothing has reached the agent yet: another candidate may answer.
+            // Bounded: a 5xx whose body stalls must not hold the request.
+            let snippet = tokio::time::timeout(header_timeout, read_whole(answer.into_body()))
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            failures.push(format!(
+                "{}: answered {}: {}",
+                upstream.provider,
+                status.as_u16(),
+                String::from_utf8_lossy(&snippet[..snippet.len().min(200)]).trim()
+            ));
+            continue;
+        }
+        return relay(&bus, &agent, api, endpoint, upstream, streamed, answer).await;
+    }
+    error_response(
+        api,
+        StatusCode::BAD_GATEWAY,
+        &format!(
+            "no model provider answered for agent `{agent}`: {}",
+            failures.join("; ")
+        ),
+    )
+}
+
+/// The path (relative to the upstream's base URL) and body for `upstream`, or None when the
+/// request cannot cross to its API.
+fn upstream_request(
+    api: ProviderApi,
+    endpoint: Endpoint,
+    upstream: &Upstream,
+    request: &Value,
+    streamed: bool,
+) -> Option<(&'static str, Value)> {
+    let model = Value::String(upstream.model.clone());
+    let path = match (upstream.api, endpoint) {
+        (ProviderApi::Ollama, Endpoint::Chat) => "/api/chat",
+        (ProviderApi::Ollama, Endpoint::Generate) => "/api/generate",
+        (ProviderApi::Ollama, Endpoint::Embed) => "/api/embed",
+        // An Ollama generation becomes a chat of one user message on an OpenAI route.
+        (ProviderApi::Openai, Endpoint::Chat | Endpoint::Generate) => "/chat/completions",
+        (ProviderApi::Openai, Endpoint::Embed) => "/embeddings",
+    };
+    if api == upstream.api {
+        let mut same = request.clone();
+        same["model"] = model;
+        return Some((path, same));
+    }
+    match (api, endpoint) {
+        (ProviderApi::Ollama, Endpoint::Chat) => Some((path, chat_ollama_to_openai(request, model, streamed))),
+        (ProviderApi::Openai, Endpoint::Chat) => Some((path, chat_openai_to_ollama(request, model, streamed))),
+        // Both embed APIs take `{model, input}` with a string or a list of strings.
+        (_, Endpoint::Embed) => Some((path, json!({"model": model, "input": request["input"]}))),
+        (ProviderApi::Ollama, Endpoint::Generate) => Some((path, generate_to_openai_chat(request, model, streamed))),
+        (ProviderApi::Openai, Endpoint::Generate) => None, // No OpenAI route serves /api/generate.
+    }
+}
+
+fn chat_ollama_to_openai(request: &Value, model: Value, streamed: bool) -> Value {
+    let messages: Vec<Value> = request["messages"]
+        .as_array()
+        .map(|messages| {
+            messages
+                .iter()
+                .map(|message| {
+                    let mut message = message.clone();
+                    // OpenAI takes images as content parts; dropped rather than misplaced.
+                    if let Some(map) = message.as_object_mut() {
+                        map.remove("images");
+                    }
+                    message
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = json!({"model": model, "messages": messages, "stream": streamed});
+    let options = &request["options"];
+    for name in ["temperature", "top_p", "seed", "stop"] {
+        if let Some(value) = options.get(name) {
+            out[name] = value.clone();
+        }
+    }
+    if let Some(limit) = options.get("num_predict") {
+        out["max_tokens"] = limit.clone();
+    }
+    if let Some(tools) = request.get("tools") {
+        out["tools"] = tools.clone();
+    }
+    out
+}
+
+fn generate_to_openai_chat(request: &Value, model: Value, streamed: bool) -> Value {
+    let mut messages = Vec::new();
+    if let Some(system) = request["system"].as_str() {
+        messages.push(json!({"role": "system", "content": system}));
+    }
+    messages.push(json!({"role": "user", "content": request["prompt"].as_str().unwrap_or("")}));
+    let mut as_chat = request.clone();
+    as_chat["messages"] = Value::Array(messages);
+    chat_ollama_to_openai(&as_chat, model, streamed)
+}
+
+fn chat_openai_to_ollama(request: &Value, model: Value, streamed: bool) -> Value {
+    let messages: Vec<Value> = request["messages"]
+        .as_array()
+        .map(|messages| {
+            messages
+                .iter()
+                .map(|message| {
+                    let mut message = message.clone();
+                    // OpenAI content may be a list of parts; Ollama wants the text.
+                    if let Some(parts) = message["content"].as_array() {
+                        let text: String = parts
+                            .iter()
+                            .filter_map(|part| part["text"].as_str())
+                            .collect::<Vec<_>>()
+                            .join("\n");
+                        message["content"] = Value::String(text);
+                    }
+                    message
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut options = Map::new();
+    for name in ["temperature", "top_p", "seed", "stop"] {
+        if let Some(value) = request.get(name) {
+            options.insert(name.to_string(), value.clone());
+        }
+    }
+    if let Some(limit) = request
+        .get("max_completion_tokens")
+        .or_else(|| request.get("max_tokens"))
+    {
+        options.insert("num_predict".into(), limit.clone());
+    }
+    let mut out = json!({"model": model, "messages": messages, "stream": streamed});
+    if !options.is_empty() {
+        out["options"] = Value::Object(options);
+    }
+    if let Some(tools) = request.get("tools") {
+        out["tools"] = tools.clone();
+    }
+    out
+}
+
+/// Sends one request; Err when it failed before any answer (refused, reset, no headers in time).
+async fn send(
+    bus: &Bus,
+    upstream: &Upstream,
+    path: &str,
+    body: &Value,
+    header_timeout: Duration,
+) -> Result<hyper::Response<Incoming>, String> {
+    let url = format!("{}{path}", upstream.url.trim_end_matches('/'));
+    let mut request = Request::builder()
+        .method(Method::POST)
+        .uri(&url)
+        .header(header::USER_AGENT, "mirrorctl-bus")
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(key) = &upstream.api_key {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {key}"));
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body.to_string())))
+        .map_err(|e| format!("bad upstream request to {url}: {e}"))?;
+    match tokio::time::timeout(header_timeout, bus.client.request(request)).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(error)) => Err(transport_reason(&error)),
+        Err(_) => Err(format!(
+            "no response headers within {}",
+            humantime::format_duration(header_timeout)
+        )),
+    }
+}
+
+/// hyper-util's error says only "client error (Connect)"; the cause is at the end of its chain.
+fn transport_reason(error: &hyper_util::client::legacy::Error) -> String {
+    let mut innermost: &dyn std::error::Error = error;
+    while let Some(source) = innermost.source() {
+        innermost = source;
+    }
+    if let Some(io) = innermost.downcast_ref::<std::io::Error>() {
+        if io.kind() == std::io::ErrorKind::ConnectionRefused {
+            return "connection refused".into();
+        }
+    }
+    if error.is_connect() {
+        format!("cannot connect: {innermost}")
+    } else {
+        innermost.to_string()
+    }
+}
+
+async fn read_whole(body: Incoming) -> Option<Bytes> {
+    Some(
+        Limited::new(body, MAX_KEPT_ANSWER_BYTES)
+            .collect()
+            .await
+            .ok()?
+            .to_bytes(),
+    )
+}
+
+/// The agent's side of a relayed answer: chunks as they come from the relay task.
+struct RelayBody {
+    chunks: mpsc::Receiver<Result<Bytes, BusError>>,
+}
+
+impl hyper::body::Body for RelayBody {
+    type Data = Bytes;
+    type Error = BusError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BusError>>> {
+        self.chunks
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|chunk| chunk.map(Frame::data)))
+    }
+}
+
+/// Answers the agent with `answer` (2xx or 4xx), relayed by a task so chunks reach the agent
+/// as they arrive; meters the tokens once the answer completed.
+async fn relay(
+    bus: &Arc<Bus>,
+    agent: &str,
+    api: ProviderApi,
+    endpoint: Endpoint,
+    upstream: &Upstream,
+    streamed: bool,
+    answer: hyper::Response<Incoming>,
+) -> Response {
+    let status = answer.status();
+    let route = route_header(upstream);
+    if !status.is_success() {
+        // A client error (unknown model, bad request): passed on in the agent's API shape.
+        let body = read_whole(answer.into_body()).await.unwrap_or_default();
+        let mut response = if api == upstream.api {
+            let mut response = Response::new(Body::from(body));
+            *response.status_mut() = status;
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        } else {
+            error_response(api, status, &upstream_error_message(&body))
+        };
+        response.headers_mut().insert("x-mirror-route", route);
+        return response;
+    }
+    let content_type = if api == upstream.api {
+        answer.headers().get(header::CONTENT_TYPE).cloned()
+    } else {
+        None
+    }
+    .unwrap_or_else(|| {
+        HeaderValue::from_static(match (api, streamed) {
+            (ProviderApi::Ollama, true) => "application/x-ndjson",
+            (ProviderApi::Openai, true) => "text/event-stream",
+            (_, false) => "application/json",
+        })
+    });
+    let mut converter = Converter {
+        client_api: api,
+        upstream_api: upstream.api,
+        endpoint,
+        streamed,
+        model: upstream.model.clone(),
+        id: format!("chatcmpl-mirror-{}", bus.next_id.fetch_add(1, Ordering::Relaxed)),
+        created: unix_seconds(),
+        pending_line: Vec::new(),
+        whole: Vec::new(),
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        finished: false,
+        sent_role: false,
+        finish_reason: None,
+        errored: false,
+    };
+    let (chunks, receiver) = mpsc::channel(RELAY_BUFFER_CHUNKS);
+    let meter = bus.meter.clone();
+    let metered = Metered {
+        agent: agent.to_string(),
+        provider: upstream.provider.clone(),
+        model: upstream.model.clone(),
+        prompt_tokens: 0,
+        completion_tokens: 0,
+    };
+    let mut body = answer.into_body();
+    tokio::spawn(async move {
+        let broke = loop {
+            match body.frame().await {
+                None => break None,
+                Some(Err(error)) => break Some(error.to_string()),
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else { continue };
+                    for piece in converter.on_chunk(&data) {
+                        if chunks.send(Ok(piece)).await.is_err() {
+                            return; // The agent went away; dropping the body ends the upstream request.
+                        }
+                    }
+                }
+            }
+        };
+        let ending = converter.on_end(broke.as_deref());
+        let complete = ending.is_ok();
+        for piece in ending.unwrap_or_else(|pieces| pieces) {
+            if chunks.send(Ok(piece)).await.is_err() {
+                return;
+            }
+        }
+        if complete && !converter.errored {
+            meter(Metered {
+                prompt_tokens: converter.prompt_tokens,
+                completion_tokens: converter.completion_tokens,
+                ..metered
+            });
+        } else if !converter.streamed {
+            // A non-streamed answer has no error event: break the agent's body instead.
+            let why = broke.unwrap_or_else(|| "ended early".into());
+            let _ = chunks.send(Err(BusError::UpstreamBroke(why))).await;
+        }
+    });
+    let mut response = Response::new(Body::new(RelayBody { chunks: receiver }));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, content_type);
+    response.headers_mut().insert("x-mirror-route", route);
+    response
+}
+
+/// The message of an upstream error answer in either API's shape.
+fn upstream_error_message(body: &[u8]) -> String {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let error = parsed.as_ref().and_then(|v| v.get("error"));
+    match error {
+        Some(Value::String(message)) => message.clone(),
+        Some(error) => error["message"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| error.to_string()),
+        None => String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+    }
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Turns upstream chunks into what the agent receives, and counts tokens on the way.
+struct Converter {
+    client_api: ProviderApi,
+    upstream_api: ProviderApi,
+    endpoint: Endpoint,
+    streamed: bool,
+    /// The routed model, named in translated answers.
+    model: String,
+    /// Of translated OpenAI answers.
+    id: String,
+    created: u64,
+    /// A stream's incomplete last line.
+    pending_line: Vec<u8>,
+    /// A non-streamed answer, for metering and translation.
+    whole: Vec<u8>,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    /// The stream's final marker was seen (Ollama `done: true` or an error line, OpenAI `[DONE]`).
+    finished: bool,
+    /// Translated OpenAI streams name the role in their first chunk.
+    sent_role: bool,
+    /// The last finish_reason of an OpenAI stream, for the final Ollama line.
+    finish_reason: Option<String>,
+    /// The answer carried an error (an error line or event): nothing to meter.
+    errored: bool,
+}
+
+impl Converter {
+    fn translating(&self) -> bool {
+        self.client_api != self.upstream_api
+    }
+
+    /// What to send the agent for one upstream chunk.
+    fn on_chunk(&mut self, data: &Bytes) -> Vec<Bytes> {
+        if !self.streamed {
+            if self.whole.len() + data.len() <= MAX_KEPT_ANSWER_BYTES {
+                self.whole.extend_from_slice(data);
+            }
+            // Same API: relayed as is; translated answers go out whole at the end.
+            return if self.translating() {
+                Vec::new()
+            } else {
+                vec![data.clone()]
+            };
+        }
+        self.pending_line.extend_from_slice(data);
+        let mut out = Vec::new();
+        while let Some(end) = self.pending_line.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.pending_line.drain(..=end).collect();
+            out.extend(self.on_line(&line));
+        }
+        if !self.translating() {
+            // Passthrough streams go out byte for byte, as they came (lines were only read).
+            return vec![data.clone()];
+        }
+        out
+    }
+
+    /// One complete line of a stream: counted, and translated when crossing APIs.
+    fn on_line(&mut self, line: &[u8]) -> Vec<Bytes> {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim();
+        if text.is_empty() {
+            return Vec::new();
+        }
+        match self.upstream_api {
+            ProviderApi::Ollama => {
+                let Ok(chunk) = serde_json::from_str::<Value>(text) else {
+                    return Vec::new();
+                };
+                if chunk.get("error").is_some() {
+                    self.finished = true;
+                    self.errored = true;
+                    return vec![self.error_event(&upstream_error_message(text.as_bytes()))];
+                }
+                let done = chunk["done"].as_bool().unwrap_or(false);
+                if done {
+                    self.finished = true;
+                    self.count_ollama(&chunk);
+                }
+                if !self.translating() {
+                    return Vec::new();
+                }
+                // Ollama -> OpenAI SSE.
+                let mut out = Vec::new();
+                let content = chunk["message"]["content"].as_str().unwrap_or("");
+                if !content.is_empty() || !self.sent_role {
+                    out.push(self.openai_chunk(json!({"content": content}), Value::Null, None));
+                }
+                if done {
+                    let reason = chunk["done_reason"].as_str().unwrap_or("stop").to_string();
+                    let usage = self.openai_usage();
+                    out.push(self.openai_chunk(json!({}), Value::String(reason), Some(usage)));
+                    out.push(Bytes::from_static(b"data: [DONE]\n\n"));
+                }
+                out
+            }
+            ProviderApi::Openai => {
+                let Some(data) = text.strip_prefix("data:") else {
+                    return Vec::new(); // SSE comments, `event:` lines.
+                };
+                let data = data.trim();
+                if data == "[DONE]" {
+                    self.finished = true;
+                    if self.translating() {
+                        return vec![self.ollama_final_line()];
+                    }
+                    return Vec::new();
+                }
+                let Ok(chunk) = serde_json::from_str::<Value>(data) else {
+                    return Vec::new();
+                };
+                if let Some(error) = chunk.get("error") {
+                    self.finished = true;
+                    self.errored = true;
+                    if self.translating() {
+                        let message = error["message"].as_str().unwrap_or("upstream error");
+                        return vec![self.error_event(message)];
+                    }
+                    return Vec::new();
+                }
+                if chunk["usage"].is_object() {
+                    self.count_openai(&chunk["usage"]);
+                }
+                if !self.translating() {
+                    return Vec::new();
+                }
+                let choice = &chunk["choices"][0];
+                if let Some(reason) = choice["finish_reason"].as_str() {
+                    self.finish_reason = Some(reason.to_string());
+                }
+                let content = choice["delta"]["content"].as_str().unwrap_or("");
+                if content.is_empty() {
+                    return Vec::new();
+                }
+                vec![ndjson(&self.ollama_answer(content, None))]
+            }
+        }
+    }
+
+    /// The end of the upstream answer (`broke`: why it broke). Ok: the last pieces of a complete
+    /// answer; Err: the last pieces of an answer that did not complete.
+    fn on_end(&mut self, broke: Option<&str>) -> Result<Vec<Bytes>, Vec<Bytes>> {
+        if self.streamed {
+            let mut out = Vec::new();
+            let partial_line = !self.pending_line.is_empty();
+            if partial_line {
+                let rest = std::mem::take(&mut self.pending_line);
+                let pieces = self.on_line(&rest);
+                if self.translating() {
+                    out = pieces;
+                }
+            }
+            if self.finished {
+                return Ok(out);
+            }
+            if partial_line && !self.translating() {
+                // The cut line went out as is; the error event goes on a line of its own.
+                // (A blank line also ends the cut SSE event, so the error is an event of its own.)
+                out.push(Bytes::from_static(match self.client_api {
+                    ProviderApi::Ollama => b"\n",
+                    ProviderApi::Openai => b"\n\n",
+                }));
+            }
+            let why = broke.unwrap_or("the upstream closed the stream before its end");
+            out.push(self.error_event(&format!("the model stream broke midway: {why}")));
+            return Err(out);
+        }
+        if broke.is_some() {
+            return Err(Vec::new());
+        }
+        let Ok(answer) = serde_json::from_slice::<Value>(&self.whole) else {
+            if self.translating() {
+                return Err(Vec::new());
+            }
+            return Ok(Vec::new()); // Passed on already; nothing to count.
+        };
+        match self.upstream_api {
+            ProviderApi::Ollama => self.count_ollama(&answer),
+            ProviderApi::Openai => self.count_openai(&answer["usage"]),
+        }
+        if !self.translating() {
+            return Ok(Vec::new());
+        }
+        Ok(vec![Bytes::from(self.translate_whole(&answer).to_string())])
+    }
+
+    fn translate_whole(&self, answer: &Value) -> Value {
+        match (self.upstream_api, self.endpoint) {
+            (ProviderApi::Openai, Endpoint::Embed) => json!({
+                "model": self.model,
+                "embeddings": answer["data"].as_array().map(|data| data.iter().map(|d| d["embedding"].clone()).collect::<Vec<_>>()).unwrap_or_default(),
+                "prompt_eval_count": self.prompt_tokens,
+            }),
+            (ProviderApi::Ollama, Endpoint::Embed) => json!({
+                "object": "list",
+                "model": self.model,
+                "data": answer["embeddings"].as_array().map(|all| all.iter().enumerate().map(|(index, e)| json!({"object": "embedding", "index": index, "embedding": e})).collect::<Vec<_>>()).unwrap_or_default(),
+                "usage": {"prompt_tokens": self.prompt_tokens, "total_tokens": self.prompt_tokens},
+            }),
+            (ProviderApi::Openai, _) => {
+                let choice = &answer["choices"][0];
+                self.ollama_answer(
+                    choice["message"]["content"].as_str().unwrap_or(""),
+                    Some(choice["finish_reason"].as_str().unwrap_or("stop")),
+                )
+            }
+            (ProviderApi::Ollama, _) => json!({
+                "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": answer["message"]["content"].as_str().unwrap_or("")},
+                    "finish_reason": answer["done_reason"].as_str().unwrap_or("stop"),
+                }],
+                "usage": self.openai_usage(),
+            }),
+        }
+    }
+
+    fn count_ollama(&mut self, chunk: &Value) {
+        self.prompt_tokens = chunk["prompt_eval_count"].as_u64().unwrap_or(0);
+        self.completion_tokens = chunk["eval_count"].as_u64().unwrap_or(0);
+    }
+
+    fn count_openai(&mut self, usage: &Value) {
+        self.prompt_tokens = usage["prompt_tokens"].as_u64().unwrap_or(0);
+        self.completion_tokens = usage["completion_tokens"].as_u64().unwrap_or(0);
+    }
+
+    fn openai_usage(&self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        })
+    }
+
+    fn openai_chunk(&mut self, mut delta: Value, finish_reason: Value, usage: Option<Value>) -> Bytes {
+        if !self.sent_role {
+            delta["role"] = json!("assistant");
+            self.sent_role = true;
+        }
+        let mut chunk = json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        });
+        if let Some(usage) = usage {
+            chunk["usage"] = usage;
+        }
+        sse(&chunk)
+    }
+
+    fn ollama_final_line(&self) -> Bytes {
+        let reason = self.finish_reason.clone();
+        ndjson(&self.ollama_answer("", Some(reason.as_deref().unwrap_or("stop"))))
+    }
+
+    /// An Ollama chat or generate answer (or stream chunk); `done_reason` makes it the last one.
+    fn ollama_answer(&self, content: &str, done_reason: Option<&str>) -> Value {
+        let mut answer = json!({"model": self.model, "created_at": now_rfc3339()});
+        if self.endpoint == Endpoint::Generate {
+            answer["response"] = json!(content);
+        } else {
+            answer["message"] = json!({"role": "assistant", "content": content});
+        }
+        answer["done"] = json!(done_reason.is_some());
+        if let Some(reason) = done_reason {
+            answer["done_reason"] = json!(reason);
+            answer["prompt_eval_count"] = json!(self.prompt_tokens);
+            answer["eval_count"] = json!(self.completion_tokens);
+        }
+        answer
+    }
+
+    /// A stream's error event in the agent's API.
+    fn error_event(&self, message: &str) -> Bytes {
+        match self.client_api {
+            ProviderApi::Ollama => ndjson(&json!({ "error": message })),
+            ProviderApi::Openai => sse(&json!({
+                "error": {"message": message, "type": "api_error", "code": Value::Null}
+            })),
+        }
+    }
+}
+
+fn ndjson(value: &Value) -> Bytes {
+    let mut line = value.to_string();
+    line.push('\n');
+    Bytes::from(line)
+}
+
+fn sse(value: &Value) -> Bytes {
+    Bytes::from(format!("data: {value}\n\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    use axum::extract::State;
+    use axum::Json;
+
+    use super::*;
+
+    const TOKEN: &str = "tok-coder";
+    /// The pause between an upstream stream's first chunk and the rest.
+    const PAUSE: Duration = Duration::from_millis(300);
+
+    type Seen = Arc<Mutex<Vec<Value>>>;
+
+    /// A fake upstream: what it was sent, and whether its streams break after the first chunk.
+    #[derive(Clone, Default)]
+    struct Fake {
+        seen: Seen,
+        break_streams: bool,
+    }
+
+    /// A body the test writes chunk by chunk; an Err breaks the connection mid-answer.
+    fn chunked(parts: Vec<Option<String>>, content_type: &'static str, break_at_end: bool) -> Response {
+        let (chunks, receiver) = mpsc::channel(4);
+        tokio::spawn(async move {
+            for (index, part) in parts.into_iter().enumerate() {
+                if index == 1 {
+                    tokio::time::sleep(PAUSE).await;
+                }
+                if let Some(part) = part {
+                    let _ = chunks.send(Ok(Bytes::from(part))).await;
+                }
+            }
+            if break_at_end {
+                // Let the chunks go out first, as a provider that crashes mid-answer does.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = chunks.send(Err(BusError::UpstreamBroke("test".into()))).await;
+            }
+        });
+        let mut response = Response::new(Body::new(RelayBody { chunks: receiver }));
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        response
+    }
+
+    async fn ollama_chat(State(fake): State<Fake>, Json(request): Json<Value>) -> Response {
+        fake.seen.lock().unwrap().push(request.clone());
+        let model = request["model"].clone();
+        if request["stream"] == json!(false) {
+            return json_response(
+                StatusCode::OK,
+                &json!({
+                    "model": model, "created_at": "2025-01-01T00:00:00Z",
+                    "message": {"role": "assistant", "content": "Hello"},
+                    "done": true, "done_reason": "stop", "prompt_eval_count": 7, "eval_count": 2,
+                }),
+            );
+        }
+        let line = |content: &str, done: bool| {
+            let mut chunk = json!({
+                "model": model, "created_at": "2025-01-01T00:00:00Z",
+                "message": {"role": "assistant", "content": content}, "done": done,
+            });
+            if done {
+                chunk["done_reason"] = json!("stop");
+                chunk["prompt_eval_count"] = json!(7);
+                chunk["eval_count"] = json!(2);
+            }
+            Some(format!("{chunk}\n"))
+        };
+        if fake.break_streams {
+            return chunked(vec![line("Hel", false)], "application/x-ndjson", true);
+        }
+        chunked(
+            vec![line("Hel", false), line("lo", false), line("", true)],
+            "application/x-ndjson",
+            false,
+        )
+    }
+
+    async fn openai_chat(State(fake): State<Fake>, Json(request): Json<Value>) -> Response {
+        fake.seen.lock().unwrap().push(request.clone());
+        let model = request["model"].clone();
+        if request["stream"] != json!(true) {
+            return json_response(
+                StatusCode::OK,
+                &json!({
+                    "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello"}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+                }),
+            );
+        }
+        let event = |delta: Value, finish: Value, usage: Option<Value>| {
+            let mut chunk = json!({
+                "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            });
+            if let Some(usage) = usage {
+                chunk["usage"] = usage;
+            }
+            Some(format!("data: {chunk}\n\n"))
+        };
+        let first = event(json!({"role": "assistant", "content": "Hel"}), Value::Null, None);
+        if fake.break_streams {
+            return chunked(vec![first], "text/event-stream", true);
+        }
+        chunked(
+            vec![
+                first,
+                event(json!({"content": "lo"}), Value::Null, None),
+                event(
+                    json!({}),
+                    json!("stop"),
+                    Some(json!({"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8})),
+                ),
+                Some("data: [DONE]\n\n".into()),
+            ],
+            "text/event-stream",
+            false,
+        )
+    }
+
+    /// Serves a fake Ollama (`api: Ollama`) or OpenAI-style server; its base URL.
+    async fn fake_upstream(api: ProviderApi, fake: Fake) -> String {
+        let router = match api {
+            ProviderApi::Ollama => Router::new().route("/api/chat", post(ollama_chat)),
+            ProviderApi::Openai => Router::new().route("/v1/chat/completions", post(openai_chat)),
+        }
+        .with_state(fake);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        match api {
+            ProviderApi::Ollama => format!("http://{address}"),
+            ProviderApi::Openai => format!("http://{address}/v1"),
+        }
+    }
+
+    fn upstream(provider: &str, api: ProviderApi, url: &str, model: &str) -> Upstream {
+        Upstream {
+            provider: provider.into(),
+            api,
+            url: url.into(),
+            model: model.into(),
+            api_key: None,
+        }
+    }
+
+    /// A bus where agent `coder` (token [`TOKEN`]) routes to `candidates`; its address and what
+    /// it metered.
+    async fn start_bus(candidates: Vec<Upstream>) -> (SocketAddr, Arc<Mutex<Vec<Metered>>>) {
+        start_bus_timed(candidates, Duration::from_secs(2)).await
+    }
+
+    async fn start_bus_timed(
+        candidates: Vec<Upstream>,
+        header_timeout: Duration,
+    ) -> (SocketAddr, Arc<Mutex<Vec<Metered>>>) {
+        let state = BusState::default();
+        state.set_token("coder", TOKEN);
+        state.set_routes("coder", candidates);
+        state.set_header_timeout(header_timeout);
+        let metered = Arc::new(Mutex::new(Vec::new()));
+        let sink = metered.clone();
+        let meter: Meter = Arc::new(move |m| sink.lock().unwrap().push(m));
+        let (address, _task) = serve("127.0.0.1:0".parse().unwrap(), state, meter, std::future::pending())
+            .await
+            .unwrap();
+        (address, metered)
+    }
+
+    /// Sends a request to the bus; the answer with its body unread.
+    async fn call(bus: SocketAddr, path: &str, token: Option<&str>, body: Option<Value>) -> hyper::Response<Incoming> {
+        let client: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        let mut request = Request::builder()
+            .method(if body.is_some() { Method::POST } else { Method::GET })
+            .uri(format!("http://{bus}{path}"));
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        client
+            .request(request.body(Full::new(Bytes::from(body))).unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// The answer's body chunks with when each arrived; Err text when the body broke.
+    async fn chunks_of(answer: hyper::Response<Incoming>) -> (Vec<(Instant, String)>, Option<String>) {
+        let mut body = answer.into_body();
+        let mut chunks = Vec::new();
+        loop {
+            match body.frame().await {
+                None => return (chunks, None),
+                Some(Err(error)) => return (chunks, Some(error.to_string())),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        chunks.push((Instant::now(), String::from_utf8_lossy(&data).into_owned()));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn text_of(answer: hyper::Response<Incoming>) -> String {
+        let (chunks, broke) = chunks_of(answer).await;
+        assert_eq!(broke, None);
+        chunks.into_iter().map(|(_, text)| text).collect()
+    }
+
+    fn route_of(answer: &hyper::Response<Incoming>) -> &str {
+        answer.headers()["x-mirror-route"].to_str().unwrap()
+    }
+
+    fn ndjson_lines(text: &str) -> Vec<Value> {
+        text.lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    /// The JSON of each `data:` line of an SSE stream, `[DONE]` as a string.
+    fn sse_events(text: &str) -> Vec<Value> {
+        text.lines()
+            .filter_map(|line| line.strip_prefix("data: "))
+            .map(|data| serde_json::from_str(data).unwrap_or_else(|_| json!(data)))
+            .collect()
+    }
+
+    fn chat(stream: bool) -> Value {
+        json!({"model": "whatever", "messages": [{"role": "user", "content": "hi"}], "stream": stream})
+    }
+
+    #[tokio::test]
+    async fn callers_without_a_known_token_get_401_in_the_api_shape() {
+        let (bus, _) = start_bus(vec![]).await;
+        for token in [None, Some("wrong")] {
+            let answer = call(bus, "/api/chat", token, Some(chat(false))).await;
+            assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+            let body: Value = serde_json::from_str(&text_of(answer).await).unwrap();
+            assert!(body["error"].as_str().unwrap().contains("bearer token"), "{body}");
+
+            let answer = call(bus, "/v1/chat/completions", token, Some(chat(false))).await;
+            assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+            let body: Value = serde_json::from_str(&text_of(answer).await).unwrap();
+            assert_eq!(body["error"]["type"], json!("authentication_error"), "{body}");
+
+            let answer = call(bus, "/v1/models", token, None).await;
+            assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_routed_model_replaces_the_requested_one_and_is_metered() {
+        let fake = Fake::default();
+        let url = fake_upstream(ProviderApi::Ollama, fake.clone()).await;
+        let (bus, metered) = start_bus(vec![upstream("local", ProviderApi::Ollama, &url, "llama3.2:3b")]).await;
+        let answer = call(bus, "/api/chat", Some(TOKEN), Some(chat(false))).await;
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(route_of(&answer), "local/llama3.2:3b");
+        let body: Value = serde_json::from_str(&text_of(answer).await).unwrap();
+        assert_eq!(body["message"]["content"], json!("Hello"));
+        assert_eq!(fake.seen.lock().unwrap()[0]["model"], json!("llama3.2:3b"));
+        assert_eq!(
+            metered.lock().unwrap().as_slice(),
+            [Metered {
+                agent: "coder".into(),
+                provider: "local".into(),
+                model: "llama3.2:3b".into(),
+                prompt_tokens: 7,
+                completion_tokens: 2,
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_ollama_stream_reaches_the_agent_chunk_by_chunk() {
+        let fake = Fake::default();
+        let url = fake_upstream(ProviderApi::Ollama, fake.clone()).await;
+        let (bus, metered) = start_bus(vec![upstream("local", ProviderApi::Ollama, &url, "llama3.2:3b")]).await;
+        let started = Instant::now();
+        let answer = call(bus, "/api/chat", Some(TOKEN), Some(chat(true))).await;
+        assert_eq!(route_of(&answer), "local/llama3.2:3b");
+        assert_eq!(answer.headers()[header::CONTENT_TYPE], "application/x-ndjson");
+        let (chunks, broke) = chunks_of(answer).await;
+        assert_eq!(broke, None);
+        let (first_at, first) = &chunks[0];
+        let (last_at, _) = chunks.last().unwrap();
+        // The first chunk came before the upstream's pause ended, the last one after it.
+        assert!(first.contains("Hel"), "{first}");
+        assert!(*first_at - started < PAUSE, "{:?}", *first_at - started);
+        assert!(*last_at - started >= PAUSE);
+        let text: String = chunks.iter().map(|(_, t)| t.as_str()).collect();
+        let lines = ndjson_lines(&text);
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[2]["done"], json!(true));
+        let metered = metered.lock().unwrap();
+        assert_eq!((metered[0].prompt_tokens, metered[0].completion_tokens), (7, 2));
+    }
+
+    #[tokio::test]
+    async fn an_openai_stream_passes_through_and_its_usage_is_metered() {
+        let fake = Fake::default();
+        let url = fake_upstream(ProviderApi::Openai, fake.clone()).await;
+        let (bus, metered) = start_bus(vec![upstream("cloud", ProviderApi::Openai, &url, "gpt-x")]).await;
+        let started = Instant::now();
+        let answer = call(bus, "/v1/chat/completions", Some(TOKEN), Some(chat(true))).await;
+        assert_eq!(route_of(&answer), "cloud/gpt-x");
+        assert_eq!(answer.headers()[header::CONTENT_TYPE], "text/event-stream");
+        let (chunks, broke) = chunks_of(answer).await;
+        assert_eq!(broke, None);
+        assert!(chunks[0].0 - started < PAUSE);
+        let text: String = chunks.iter().map(|(_, t)| t.as_str()).collect();
+        let events = sse_events(&text);
+        assert_eq!(events.len(), 4);
+        assert_eq!(events[0]["choices"][0]["delta"]["content"], json!("Hel"));
+        assert_eq!(events[3], json!("[DONE]"));
+        assert_eq!(fake.seen.lock().unwrap()[0]["model"], json!("gpt-x"));
+        // No stream_options injected.
+        assert_eq!(fake.seen.lock().unwrap()[0].get("stream_options"), None);
+        let metered = metered.lock().unwrap();
+        assert_eq!((metered[0].prompt_tokens, metered[0].completion_tokens), (5, 3));
+    }
+
+    #[tokio::test]
+    async fn ollama_chat_is_translated_to_an_openai_route() {
+        let fake = Fake::default();
+        let url = fake_upstream(ProviderApi::Openai, fake.clone()).await;
+        let (bus, metered) = start_bus(vec![upstream("cloud", ProviderApi::Openai, &url, "gpt-x")]).await;
+
+        let answer = call(bus, "/api/chat", Some(TOKEN), Some(chat(false))).await;
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(route_of(&answer), "cloud/gpt-x");
+        let body: Value = serde_json::from_str(&text_of(answer).await).unwrap();
+        assert_eq!(body["message"], json!({"role": "assistant", "content": "Hello"}));
+        assert_eq!(body["done"], json!(true));
+        assert_eq!(
+            (body["prompt_eval_count"].clone(), body["eval_count"].clone()),
+            (json!(5), json!(3))
+        );
+        let sent = fake.seen.lock().unwrap()[0].clone();
+        assert_eq!(sent["messages"], json!([{"role": "user", "content": "hi"}]));
+        assert_eq!(sent["stream"], json!(false));
+
+        let answer = call(bus, "/api/chat", Some(TOKEN), Some(chat(true))).await;
+        assert_eq!(answer.headers()[header::CONTENT_TYPE], "application/x-ndjson");
+        let lines = ndjson_lines(&text_of(answer).await);
+        let content: String = lines.iter().filter_map(|l| l["message"]["content"].as_str()).collect();
+        assert_eq!(content, "Hello");
+        let last = lines.last().unwrap();
+        assert_eq!(last["done"], json!(true));
+        assert_eq!(
+            (last["prompt_eval_count"].clone(), last["eval_count"].clone()),
+            (json!(5), json!(3))
+        );
+        assert!(lines[..lines.len() - 1].iter().all(|l| l["done"] == json!(false)));
+        assert_eq!(metered.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn openai_chat_is_translated_to_an_ollama_route() {
+        let fake = Fake::default();
+        let url = fake_upstream(ProviderApi::Ollama, fake.clone()).await;
+        let (bus, metered) = start_bus(vec![upstream("local", ProviderApi::Ollama, &url, "llama3.2:3b")]).await;
+
+        let mut request = chat(false);
+        request["max_tokens"] = json!(12);
+        let answer = call(bus, "/v1/chat/completions", Some(TOKEN), Some(request)).await;
+        assert_eq!(answer.status(), StatusCode::OK);
+        let body: Value = serde_json::from_str(&text_of(answer).await).unwrap();
+        assert_eq!(body["object"], json!("chat.completion"));
+        assert_eq!(body["choices"][0]["message"]["content"], json!("Hello"));
+        assert_eq!(
+            body["usage"],
+            json!({"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9})
+        );
+        let sent = fake.seen.lock().unwrap()[0].clone();
+        // Ollama streams by default: `stream: false` must be explicit.
+        assert_eq!(sent["stream"], json!(false));
+        assert_eq!(sent["options"]["num_predict"], json!(12));
+
+        let answer = call(bus, "/v1/chat/completions", Some(TOKEN), Some(chat(true))).await;
+        assert_eq!(answer.headers()[header::CONTENT_TYPE], "text/event-stream");
+        let events = sse_events(&text_of(answer).await);
+        assert_eq!(events.last().unwrap(), &json!("[DONE]"));
+        let content: String = events
+            .iter()
+            .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(content, "Hello");
+        assert_eq!(events[0]["choices"][0]["delta"]["role"], json!("assistant"));
+        let last = &events[events.len() - 2];
+        assert_eq!(last["choices"][0]["finish_reason"], json!("stop"));
+        assert_eq!(last["usage"]["completion_tokens"], json!(2));
+        let metered = metered.lock().unwrap();
+        assert_eq!((metered[1].prompt_tokens, metered[1].completion_tokens), (7, 2));
+    }
+
+    #[tokio::test]
+    async fn a_refused_candidate_is_skipped_before_the_first_byte() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let refused = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let url = fake_upstream(ProviderApi::Openai, Fake::default()).await;
+        let (bus, _) = start_bus(vec![
+            upstream("local", ProviderApi::Ollama, &refused, "llama3.2:3b"),
+            upstream("cloud", ProviderApi::Openai, &url, "gpt-x"),
+        ])
+        .await;
+        let answer = call(bus, "/api/chat", Some(TOKEN), Some(chat(false))).await;
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(route_of(&answer), "cloud/gpt-x");
+        let body: Value = serde_json::from_str(&text_of(answer).await).unwrap();
+        assert_eq!(body["message"]["content"], json!("Hello"));
+    }
+
+    #[tokio::test]
+    async fn when_every_candidate_fails_the_agent_gets_502_with_the_reasons() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let refused = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let (bus, _) = start_bus(vec![upstream("local", ProviderApi::Ollama, &refused, "m")]).await;
+        let answer = call(bus, "/v1/chat/completions", Some(TOKEN), Some(chat(false))).await;
+        assert_eq!(answer.status(), StatusCode::BAD_GATEWAY);
+        let body: Value = serde_json::from_str(&text_of(answer).await).unwrap();
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("local: connection refused"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_breaks_midway_ends_with_an_error_event() {
+        let fake = Fake {
+            break_streams: true,
+            ..Fake::default()
+        };
+        let ollama = fake_upstream(ProviderApi::Ollama, fake.clone()).await;
+        let openai = fake_upstream(ProviderApi::Openai, fake).await;
+        let (ollama_bus, metered) = start_bus(vec![upstream("local", ProviderApi::Ollama, &ollama, "m")]).await;
+        let (openai_bus, _) = start_bus(vec![upstream("cloud", ProviderApi::Openai, &openai, "m")]).await;
+
+        let answer = call(ollama_bus, "/api/chat", Some(TOKEN), Some(chat(true))).await;
+        let lines = ndjson_lines(&text_of(answer).await);
+        assert_eq!(lines[0]["message"]["content"], json!("Hel"));
+        let error = lines.last().unwrap()["error"].as_str().unwrap();
+        assert!(error.starts_with("the model stream broke midway"), "{error}");
+        assert!(metered.lock().unwrap().is_empty());
+
+        let answer = call(openai_bus, "/v1/chat/completions", Some(TOKEN), Some(chat(true))).await;
+        let events = sse_events(&text_of(answer).await);
+        let error = events.last().unwrap()["error"]["message"].as_str().unwrap();
+        assert!(error.starts_with("the model stream broke midway"), "{error}");
+
+        // Translated: an Ollama agent on an OpenAI route gets an Ollama error line.
+        let (crossing_bus, _) = start_bus(vec![upstream("cloud", ProviderApi::Openai, &openai, "m")]).await;
+        let answer = call(crossing_bus, "/api/chat", Some(TOKEN), Some(chat(true))).await;
+        let lines = ndjson_lines(&text_of(answer).await);
+        assert!(lines.last().unwrap()["error"].is_string(), "{lines:?}");
+    }
+
+    #[tokio::test]
+    async fn model_lists_name_the_routed_model() {
+        let (bus, _) = start_bus(vec![
+            upstream("local", ProviderApi::Ollama, "http://127.0.0.1:1", "llama3.2:3b"),
+            upstream("cloud", ProviderApi::Openai, "http://127.0.0.1:1/v1", "gpt-x"),
+        ])
+        .await;
+        let answer = call(bus, "/api/tags", Some(TOKEN), None).await;
+        assert_eq!(route_of(&answer), "local/llama3.2:3b");
+        let body: Value = serde_json::from_str(&text_of(answer).await).unwrap();
+        let names: Vec<&str> = body["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["llama3.2:3b"]);
+
+        let answer = call(bus, "/v1/models", Some(TOKEN), None).await;
+        let body: Value = serde_json::from_str(&text_of(answer).await).unwrap();
+        assert_eq!(body["object"], json!("list"));
+        assert_eq!(
+            body["data"],
+            json!([{"id": "llama3.2:3b", "object": "model", "created": 0, "owned_by": "local"}])
+        );
+    }
+
+    /// A `scripts/fake-llm` process, killed when dropped.
+    struct FakeLlm {
+        /// Base URL of its Ollama API; its OpenAI API is under `/v1`.
+        url: String,
+        _process: tokio::process::Child,
+        /// Kept open so the process never writes to a closed pipe.
+        _stdout: tokio::io::BufReader<tokio::process::ChildStdout>,
+    }
+
+    async fn fake_llm(name: &str, fault: &str) -> FakeLlm {
+        use tokio::io::AsyncBufReadExt;
+        let mut process = tokio::process::Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/fake-llm"))
+            .args(["--port", "0", "--name", name, "--fault", fault])
+            .args(["--token-delay-ms", "1", "--reply-tokens", "4"])
+            .stdout(std::process::Stdio::piped())
+            // Its request log would go past libtest's capture.
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python3 runs scripts/fake-llm");
+        let mut stdout = tokio::io::BufReader::new(process.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).await.unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("fake-llm said {line:?}"))
+            .to_string();
+        FakeLlm {
+            url,
+            _process: process,
+            _stdout: stdout,
+        }
+    }
+
+    const FAKE_MODEL: &str = "llama3.2:1b";
+
+    #[tokio::test]
+    async fn a_503_or_a_hang_before_the_headers_moves_the_request_on() {
+        let (busy, hung, healthy) = tokio::join!(
+            fake_llm("A", "error-503"),
+            fake_llm("B", "hang-generate"),
+            fake_llm("C", "none")
+        );
+        let (bus, metered) = start_bus_timed(
+            vec![
+                upstream("A", ProviderApi::Ollama, &busy.url, FAKE_MODEL),
+                upstream("B", ProviderApi::Openai, &format!("{}/v1", hung.url), FAKE_MODEL),
+                upstream("C", ProviderApi::Ollama, &healthy.url, FAKE_MODEL),
+            ],
+            Duration::from_millis(300),
+        )
+        .await;
+        let answer = call(bus, "/api/chat", Some(TOKEN), Some(chat(false))).await;
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(route_of(&answer), "C/llama3.2:1b");
+        let body: Value = serde_json::from_str(&text_of(answer).await).unwrap();
+        let content = body["message"]["content"].as_str().unwrap();
+        assert!(content.starts_with("[C]"), "{content}");
+
+        let answer = call(bus, "/v1/chat/completions", Some(TOKEN), Some(chat(true))).await;
+        assert_eq!(route_of(&answer), "C/llama3.2:1b");
+        let events = sse_events(&text_of(answer).await);
+        assert_eq!(events.last().unwrap(), &json!("[DONE]"));
+        let metered = metered.lock().unwrap();
+        assert_eq!(metered.len(), 2);
+        assert!(
+            metered.iter().all(|m| m.provider == "C" && m.completion_tokens > 0),
+            "{metered:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_by_a_crashing_provider_ends_with_an_error_event() {
+        let breaking = fake_llm("D", "break-stream").await;
+        let (ollama_bus, metered) =
+            start_bus(vec![upstream("D", ProviderApi::Ollama, &breaking.url, FAKE_MODEL)]).await;
+        let openai_url = format!("{}/v1", breaking.url);
+        let (openai_bus, _) = start_bus(vec![upstream("D", ProviderApi::Openai, &openai_url, FAKE_MODEL)]).await;
+
+        let lines = ndjson_lines(&text_of(call(ollama_bus, "/api/chat", Some(TOKEN), Some(chat(true))).await).await);
+        assert!(lines[0]["message"]["content"].is_string(), "{lines:?}");
+        assert!(lines.last().unwrap()["error"].is_string(), "{lines:?}");
+
+        let answer = call(openai_bus, "/v1/chat/completions", Some(TOKEN), Some(chat(true))).await;
+        let events = sse_events(&text_of(answer).await);
+        assert!(events.last().unwrap()["error"]["message"].is_string(), "{events:?}");
+
+        // Across APIs: an OpenAI agent on an Ollama route gets an OpenAI error event.
+        let answer = call(ollama_bus, "/v1/chat/completions", Some(TOKEN), Some(chat(true))).await;
+        let events = sse_events(&text_of(answer).await);
+        assert!(events.last().unwrap()["error"]["message"].is_string(), "{events:?}");
+        assert!(metered.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn embeddings_are_forwarded_within_and_across_apis() {
+        let provider = fake_llm("E", "none").await;
+        let openai_url = format!("{}/v1", provider.url);
+        let (ollama_bus, _) = start_bus(vec![upstream("E", ProviderApi::Ollama, &provider.url, FAKE_MODEL)]).await;
+        let (openai_bus, metered) = start_bus(vec![upstream("E", ProviderApi::Openai, &openai_url, FAKE_MODEL)]).await;
+        let request = json!({"model": "whatever", "input": ["a", "b"]});
+        for bus in [ollama_bus, openai_bus] {
+            let answer = call(bus, "/api/embed", Some(TOKEN), Some(request.clone())).await;
+            assert_eq!(answer.status(), StatusCode::OK);
+            let body: Value = serde_json::from_str(&text_of(answer).await).unwrap();
+            assert_eq!(body["embeddings"].as_array().unwrap().len(), 2, "{body}");
+            assert_eq!(body["embeddings"][0].as_array().unwrap().len(), 8, "{body}");
+
+            let answer = call(bus, "/v1/embeddings", Some(TOKEN), Some(request.clone())).await;
+            assert_eq!(answer.status(), StatusCode::OK);
+            let body: Value = serde_json::from_str(&text_of(answer).await).unwrap();
+            assert_eq!(body["data"].as_array().unwrap().len(), 2, "{body}");
+            assert_eq!(body["data"][1]["embedding"].as_array().unwrap().len(), 8, "{body}");
+        }
+        let metered = metered.lock().unwrap();
+        assert_eq!(metered.len(), 2);
+        assert!(
+            metered.iter().all(|m| m.prompt_tokens > 0 && m.completion_tokens == 0),
+            "{metered:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn generate_on_an_openai_route_is_answered_as_a_chat() {
+        let provider = fake_llm("F", "none").await;
+        let openai_url = format!("{}/v1", provider.url);
+        let (bus, metered) = start_bus(vec![upstream("F", ProviderApi::Openai, &openai_url, FAKE_MODEL)]).await;
+        let request = json!({"model": "whatever", "prompt": "hi", "stream": false});
+        let answer = call(bus, "/api/generate", Some(TOKEN), Some(request)).await;
+        assert_eq!(answer.status(), StatusCode::OK);
+        let body: Value = serde_json::from_str(&text_of(answer).await).unwrap();
+        assert!(body["response"].as_str().unwrap().starts_with("[F]"), "{body}");
+        assert_eq!(body["done"], json!(true));
+
+        let request = json!({"model": "whatever", "prompt": "hi"});
+        let lines = ndjson_lines(&text_of(call(bus, "/api/generate", Some(TOKEN), Some(request)).await).await);
+        let response: String = lines.iter().filter_map(|l| l["response"].as_str()).collect();
+        assert!(response.starts_with("[F]"), "{lines:?}");
+        assert_eq!(lines.last().unwrap()["done"], json!(true));
+        assert_eq!(metered.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_upstream_client_error_reaches_the_agent_in_its_api_shape() {
+        let provider = fake_llm("G", "none").await;
+        let (bus, metered) = start_bus(vec![upstream("G", ProviderApi::Ollama, &provider.url, "missing:1b")]).await;
+        let answer = call(bus, "/v1/chat/completions", Some(TOKEN), Some(chat(false))).await;
+        assert_eq!(answer.status(), StatusCode::NOT_FOUND);
+        assert_eq!(route_of(&answer), "G/missing:1b");
+        let body: Value = serde_json::from_str(&text_of(answer).await).unwrap();
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("not found"), "{body}");
+        assert!(metered.lock().unwrap().is_empty());
+    }
+}
