@@ -166,6 +166,14 @@ struct Daemon {
     shutting_down: Option<&'static str>,
     /// Provider health and agent routes.
     routing: routing::Routing,
+    /// The model bus: tokens and routes it serves, and its server (address, stop).
+    bus: crate::router::bus::BusState,
+    bus_server: Option<(SocketAddr, oneshot::Sender<()>)>,
+    bus_agents: BTreeSet<String>,
+    /// Providers whose `models` are present or being pulled (by URL + models), so each set is
+    /// ensured once; a failed pull is forgotten and tried again at the next resync.
+    models_ensured: Arc<std::sync::Mutex<BTreeSet<String>>>,
+    pricing: Arc<std::sync::RwLock<BTreeMap<String, crate::spec::provider::Pricing>>>,
     probed: mpsc::UnboundedSender<routing::Probed>,
     route_timer: Option<(i64, AbortHandle)>,
     /// A handle to the truth-store writer (route changes are recorded while a pass runs).
@@ -306,6 +314,11 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
         shutting_down: None,
         pending_exits: Vec::new(),
         routing: routing::Routing::default(),
+        bus: crate::router::bus::BusState::default(),
+        bus_server: None,
+        bus_agents: BTreeSet::new(),
+        models_ensured: Arc::new(std::sync::Mutex::new(BTreeSet::new())),
+        pricing: Arc::new(std::sync::RwLock::new(BTreeMap::new())),
         probed: probed_tx,
         route_timer: None,
         recorder: reconciler_recorder,
@@ -395,6 +408,9 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
         probing.task.abort();
     }
     daemon.routing.stop();
+    if let Some((_, stop)) = daemon.bus_server.take() {
+        let _ = stop.send(());
+    }
     let _ = std::fs::remove_file(control::socket_path(&state_dir));
     let mut reconciler = daemon.reconciler.take().expect("no pass runs at shutdown");
     if daemon.config.stop_services_on_exit {
@@ -559,8 +575,10 @@ impl Daemon {
         if let Some(state) = applied {
             self.sync_jobs(&reconciler, &state);
             self.routing.sync(&state, &self.probed);
-            self.current = Some(state);
+            self.current = Some(state.clone());
             self.decide_routes();
+            self.sync_bus(&reconciler, &state);
+            self.ensure_models(&state);
         }
         let trigger = match &work {
             Work::Full { trigger, .. } | Work::One { trigger, .. } => *trigger,
@@ -741,6 +759,7 @@ impl Daemon {
                 detail: serde_json::json!({"ok": true, "provider": provider, "model": model}).to_string(),
             });
         }
+        self.update_bus_routes(&state);
         if let Some((_, timer)) = self.route_timer.take() {
             timer.abort();
         }
@@ -753,6 +772,174 @@ impl Daemon {
             });
             self.route_timer = Some((at, task.abort_handle()));
         }
+    }
+
+    /// The bus follows the state in force: a token per agent (also written to
+    /// `<state dir>/agents/<name>/bus-token`, mode 0600, until agents are started with it), the
+    /// server on the Controller's bus address (only while there are agents), prices for metering.
+    fn sync_bus(&mut self, reconciler: &Reconciler, state: &DesiredState) {
+        let agents: BTreeSet<String> = state
+            .resources
+            .iter()
+            .filter(|r| matches!(r.spec, Spec::Agent(_)))
+            .map(|r| r.metadata.name.clone())
+            .collect();
+        for gone in self.bus_agents.difference(&agents) {
+            self.bus.remove_agent(gone);
+        }
+        for agent in &agents {
+            let token = reconciler.agent_token(agent);
+            self.bus.set_token(agent, &token);
+            let dir = self.config.context.state_dir.join("agents").join(agent);
+            let path = dir.join("bus-token");
+            if std::fs::read_to_string(&path).ok().as_deref() != Some(token.as_str()) {
+                let written = write_secret(&dir, &path, token.as_bytes());
+                if let Err(e) = written {
+                    tracing::warn!(path = %path.display(), error = %e, "writing the agent's bus token failed");
+                }
+            }
+        }
+        self.bus_agents = agents;
+        if let Ok(mut pricing) = self.pricing.write() {
+            pricing.clear();
+            for r in &state.resources {
+                if let Spec::ModelProvider(spec) = &r.spec {
+                    if let Some(price) = &spec.pricing {
+                        pricing.insert(r.metadata.name.clone(), price.clone());
+                    }
+                }
+            }
+        }
+        let wanted = (!self.bus_agents.is_empty()).then(|| state.controller().bus_address());
+        if self.bus_server.as_ref().map(|(addr, _)| *addr) != wanted {
+            if let Some((_, stop)) = self.bus_server.take() {
+                let _ = stop.send(());
+            }
+            if let Some(addr) = wanted {
+                let (stop_tx, stop_rx) = oneshot::channel::<()>();
+                let (bus, meter) = (self.bus.clone(), self.meter());
+                tokio::spawn(async move {
+                    match crate::router::bus::serve(addr, bus, meter, async {
+                        let _ = stop_rx.await;
+                    })
+                    .await
+                    {
+                        Ok((bound, _)) => tracing::info!(%bound, "model bus listening"),
+                        Err(e) => tracing::error!(%addr, error = %e, "the model bus cannot listen"),
+                    }
+                });
+                self.bus_server = Some((addr, stop_tx));
+            }
+        }
+        self.update_bus_routes(state);
+    }
+
+    /// Pulls the models each Ollama provider lacks, with progress in the log, a receipt per model
+    /// pulled (or failed); OpenAI-style providers are only checked.
+    fn ensure_models(&self, state: &DesiredState) {
+        for resource in &state.resources {
+            let Spec::ModelProvider(spec) = &resource.spec else {
+                continue;
+            };
+            if spec.models.is_empty() {
+                continue;
+            }
+            let key = format!("{}|{}|{}", resource.metadata.name, spec.url, spec.models.join(","));
+            {
+                let Ok(mut ensured) = self.models_ensured.lock() else {
+                    continue;
+                };
+                if !ensured.insert(key.clone()) {
+                    continue;
+                }
+            }
+            let target = crate::router::health::ProbeTarget::from_spec(&resource.metadata.name, spec);
+            let wanted = spec.models.clone();
+            let (recorder, ensured, commit) =
+                (self.recorder.clone(), self.models_ensured.clone(), state.commit.clone());
+            let provider = resource.metadata.name.clone();
+            tokio::spawn(async move {
+                let mut last_logged = std::time::Instant::now() - Duration::from_secs(10);
+                let mut progress = |p: crate::router::models::PullProgress| {
+                    // Progress lines come many per second: one log line a second is plenty.
+                    if last_logged.elapsed() >= Duration::from_secs(1) || p.status == "success" {
+                        last_logged = std::time::Instant::now();
+                        tracing::info!(provider = %target.provider, model = %p.model, "{}", crate::router::models::describe(&p));
+                    }
+                };
+                let outcome = crate::router::models::ensure_models(&target, &wanted, PULL_STALL, &mut progress).await;
+                let results = match outcome {
+                    Ok(results) => results,
+                    Err(e) => {
+                        tracing::warn!(%provider, error = %e, "checking the provider's models failed; trying again at the next resync");
+                        if let Ok(mut ensured) = ensured.lock() {
+                            ensured.remove(&key);
+                        }
+                        return;
+                    }
+                };
+                let mut failed = false;
+                for (model, result) in results {
+                    failed |= result.is_err();
+                    let (action, detail) = match &result {
+                        Ok(()) => ("pull", "pulled".to_string()),
+                        Err(why) => ("pull-failed", why.clone()),
+                    };
+                    tracing::info!(%provider, %model, action, %detail, "model");
+                    recorder.receipt(crate::store::ReceiptDraft {
+                        run_id: None,
+                        commit: commit.clone(),
+                        kind: Kind::ModelProvider.to_string(),
+                        name: provider.clone(),
+                        action: action.to_string(),
+                        reason: format!("model {model} missing on {provider}"),
+                        detail: serde_json::json!({"ok": result.is_ok(), "model": model, "detail": detail}).to_string(),
+                    });
+                }
+                if failed {
+                    if let Ok(mut ensured) = ensured.lock() {
+                        ensured.remove(&key);
+                    }
+                }
+            });
+        }
+    }
+
+    fn update_bus_routes(&self, state: &DesiredState) {
+        for (agent, candidates) in self.routing.bus_routes(state) {
+            self.bus.set_routes(&agent, candidates);
+        }
+    }
+
+    /// Usage records (tokens, and cost from the provider's pricing) for every answered request.
+    fn meter(&self) -> crate::router::bus::Meter {
+        let (recorder, host, pricing) = (
+            self.recorder.clone(),
+            self.config.context.host.clone(),
+            self.pricing.clone(),
+        );
+        Arc::new(move |m: crate::router::bus::Metered| {
+            let cost = pricing
+                .read()
+                .ok()
+                .and_then(|p| p.get(&m.provider).cloned())
+                .map_or(0.0, |p| {
+                    (m.prompt_tokens as f64 * p.input_per_million_tokens_usd
+                        + m.completion_tokens as f64 * p.output_per_million_tokens_usd)
+                        / 1e6
+                });
+            recorder.record(crate::store::Record::Usage(crate::store::Usage {
+                id: crate::store::new_id(),
+                host: host.clone(),
+                agent: m.agent,
+                provider: m.provider,
+                model: m.model,
+                prompt_tokens: m.prompt_tokens as i64,
+                completion_tokens: m.completion_tokens as i64,
+                cost_usd: cost,
+                at_ms: now_ms(),
+            }));
+        })
     }
 
     /// Watches (for its end) and probes every owned running process; forgets the rest.
@@ -894,6 +1081,26 @@ async fn start_jobs(
     runner.observe_runs(Arc::new(move |label, outcome| metrics.job_run(label, outcome)));
     Ok(runner)
 }
+
+/// Writes a secret file readable by this user only (0600 from creation, then renamed in place).
+fn write_secret(dir: &std::path::Path, path: &std::path::Path, content: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let temp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)?;
+    file.write_all(content)?;
+    file.sync_data()?;
+    std::fs::rename(&temp, path)
+}
+
+/// A pull that makes no progress for this long has stalled.
+const PULL_STALL: Duration = Duration::from_secs(120);
 
 /// How often the loop tells /healthz it is alive when nothing happens.
 const HEARTBEAT: Duration = Duration::from_secs(10);

@@ -233,6 +233,42 @@ impl Routing {
             .collect()
     }
 
+    /// The bus's candidates per agent: its route first, then the other healthy entries of its
+    /// chain in order (for a retry before the first byte).
+    pub fn bus_routes(&self, state: &DesiredState) -> Vec<(String, Vec<crate::router::bus::Upstream>)> {
+        let upstream = |r: &ModelRef| -> Option<crate::router::bus::Upstream> {
+            let Spec::ModelProvider(spec) = &state.get(Kind::ModelProvider, &r.provider)?.spec else {
+                return None;
+            };
+            Some(crate::router::bus::Upstream {
+                provider: r.provider.clone(),
+                api: spec.api,
+                url: spec.url.clone(),
+                model: r.model.clone(),
+                api_key: spec
+                    .api_key_env
+                    .as_ref()
+                    .and_then(|name| std::env::var(name).ok())
+                    .filter(|k| !k.is_empty()),
+            })
+        };
+        let mut out = Vec::new();
+        for resource in &state.resources {
+            let Spec::Agent(spec) = &resource.spec else { continue };
+            let Some(model) = &spec.model else { continue };
+            let name = &resource.metadata.name;
+            let current = self.routes.get(name).and_then(|(r, _)| r.route().cloned());
+            let mut candidates: Vec<crate::router::bus::Upstream> = current.iter().filter_map(upstream).collect();
+            for entry in model.chain() {
+                if Some(entry) != current.as_ref() && self.is_healthy(&entry.provider) {
+                    candidates.extend(upstream(entry));
+                }
+            }
+            out.push((name.clone(), candidates));
+        }
+        out
+    }
+
     pub fn stop(&mut self) {
         for (_, probing) in std::mem::take(&mut self.probing) {
             probing.task.abort();

@@ -196,6 +196,16 @@ impl Reconciler {
             .collect()
     }
 
+    /// The bearer token an agent presents to the model bus: keyed by this host's secret, so it
+    /// is stable across restarts and cannot be guessed from the agent's name.
+    pub fn agent_token(&self, agent: &str) -> String {
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(b"mirrorctl model bus token\0");
+        mac.update(agent.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
     /// When the recorded process of a service was started.
     pub fn started_ms(&self, name: &str) -> Option<i64> {
         self.inventory

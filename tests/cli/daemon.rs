@@ -621,7 +621,7 @@ fn a_hung_provider_fails_agents_over_restarts_its_service_and_fails_back() {
     let (primary, backup) = (free_port(), free_port());
     let llm = |name: &str, port: u16| {
         format!(
-            "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {{name: llm-{name}}}\nspec:\n  command: [python3, {fake:?}, --port, \"{port}\", --name, {name}]\n  stop: {{grace: 1s}}\n  health: {{tcp: {{address: \"127.0.0.1:{port}\"}}, interval: 200ms}}\n---\napiVersion: mirror.os/v1\nkind: ModelProvider\nmetadata: {{name: {name}}}\nspec:\n  api: ollama\n  url: http://127.0.0.1:{port}\n  service: llm-{name}\n  models: [\"llama3.2:1b\"]\n  health: {{interval: 200ms, timeout: 300ms, failureThreshold: 2}}\n"
+            "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {{name: llm-{name}}}\nspec:\n  command: [python3, {fake:?}, --port, \"{port}\", --name, {name}]\n  stop: {{grace: 1s}}\n  health: {{tcp: {{address: \"127.0.0.1:{port}\"}}, interval: 200ms}}\n---\napiVersion: mirror.os/v1\nkind: ModelProvider\nmetadata: {{name: {name}}}\nspec:\n  api: ollama\n  url: http://127.0.0.1:{port}\n  service: llm-{name}\n  models: [\"llama3.2:1b\", \"qwen2.5:0.5b\"]\n  health: {{interval: 200ms, timeout: 1s, failureThreshold: 2}}\n"
         )
     };
     sandbox.write("primary.yaml", llm("primary", primary));
@@ -630,6 +630,11 @@ fn a_hung_provider_fails_agents_over_restarts_its_service_and_fails_back() {
         "agent.yaml",
         "apiVersion: mirror.os/v1\nkind: Policy\nmetadata: {name: default}\nspec: {}\n---\napiVersion: mirror.os/v1\nkind: Agent\nmetadata: {name: scribe}\nspec:\n  command: [\"sleep\", \"4200\"]\n  policy: default\n  model:\n    primary: {provider: primary, model: \"llama3.2:1b\"}\n    fallbacks: [{provider: backup, model: \"llama3.2:1b\"}]\n    failbackAfter: 2s\n",
     );
+    let bus = free_port();
+    sandbox.write(
+        "controller.yaml",
+        format!("apiVersion: mirror.os/v1\nkind: Controller\nmetadata: {{name: main}}\nspec:\n  bus: {{address: \"127.0.0.1:{bus}\"}}\n"),
+    );
     sandbox.commit("two local models and an agent");
     let daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
     wait_for("the agent on its primary", Duration::from_secs(15), || {
@@ -637,11 +642,57 @@ fn a_hung_provider_fails_agents_over_restarts_its_service_and_fails_back() {
     });
     let llm_pid = running_pid(&sandbox, "llm-primary").unwrap();
 
+    // The bus: the agent's token (handed over in the state dir), the routed model answers.
+    let token_path = sandbox.root().join("state/agents/scribe/bus-token");
+    wait_for("the agent's bus token", Duration::from_secs(5), || token_path.exists());
+    assert_eq!(
+        std::fs::metadata(&token_path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let token = std::fs::read_to_string(&token_path).unwrap();
+    let chat = |token: &str| {
+        let body = r#"{"model": "anything", "messages": [{"role": "user", "content": "hi"}], "stream": false}"#;
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", bus)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(
+            stream,
+            "POST /api/chat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    };
+    wait_for("the bus listening", Duration::from_secs(5), || {
+        std::net::TcpStream::connect(("127.0.0.1", bus)).is_ok()
+    });
+    let answer = chat(&token);
+    assert!(answer.contains("[primary]"), "{answer}");
+    assert!(
+        answer.to_lowercase().contains("x-mirror-route: primary/llama3.2:1b"),
+        "{answer}"
+    );
+    assert!(chat("not-a-token").starts_with("HTTP/1.1 401"), "strangers are refused");
+    // Models a provider lacks are pulled.
+    wait_for("the missing model pulled", Duration::from_secs(10), || {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", primary)).unwrap();
+        write!(stream, "GET /api/tags HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer.contains("qwen2.5:0.5b")
+    });
+
     // Generation hangs while /api/version still answers (ollama#1863): failover, service restarted.
     post(primary, "/_fault", r#"{"mode": "hang-generate"}"#);
     wait_for("failover to the backup", Duration::from_secs(10), || {
         route_of(&sandbox, "scribe") == Some(("backup".into(), true))
     });
+    let answer = chat(&token);
+    assert!(
+        answer.contains("[backup]"),
+        "the agent is answered by the fallback: {answer}"
+    );
     wait_for("the hung provider's service restarted", Duration::from_secs(10), || {
         running_pid(&sandbox, "llm-primary").is_some_and(|pid| pid != llm_pid)
     });
