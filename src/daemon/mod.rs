@@ -140,6 +140,9 @@ struct Probing {
     task: AbortHandle,
     failures: u32,
     threshold: u32,
+    /// When the process started and how long its probe's start period lasts (ms).
+    started_ms: i64,
+    start_period_ms: i64,
 }
 
 struct Daemon {
@@ -714,6 +717,17 @@ impl Daemon {
         let Some((identity, _)) = self.watchers.get(&service).cloned() else {
             return; // not running: the service's own restart policy is at work
         };
+        // A model still loading after a start reads as a hung generation: within the Service's
+        // health.startPeriod a hung verdict moves agents but does not restart the Service.
+        let loading = self
+            .probing
+            .get(&service)
+            .filter(|p| p.identity == identity)
+            .is_some_and(|p| now_ms() - p.started_ms < p.start_period_ms);
+        if loading && matches!(probed.verdict, crate::router::health::Verdict::Hung { .. }) {
+            tracing::info!(service = %service, provider = %probed.provider, "generation not answering within the service's start period: not restarted (still loading?)");
+            return;
+        }
         let why = match &probed.verdict {
             crate::router::health::Verdict::Hung { why } => format!("provider {} is hung: {why}", probed.provider),
             crate::router::health::Verdict::Down { why } => format!("provider {} is down: {why}", probed.provider),
@@ -998,6 +1012,8 @@ impl Daemon {
                             task: task.abort_handle(),
                             failures: 0,
                             threshold: probe.failure_threshold().max(1),
+                            started_ms,
+                            start_period_ms: probe.start_period().as_std().as_millis() as i64,
                         },
                     );
                 }

@@ -711,3 +711,35 @@ fn a_hung_provider_fails_agents_over_restarts_its_service_and_fails_back() {
     let text = sandbox.run(&["status"]).stdout;
     assert!(text.contains("MODEL PROVIDER") && text.contains("scribe"), "{text}");
 }
+
+#[test]
+fn a_provider_still_in_its_start_period_is_not_restarted_for_a_slow_generation() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    let fake = project_path("scripts/fake-llm").display().to_string();
+    let port = free_port();
+    sandbox.write(
+        "llm.yaml",
+        format!(
+            "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {{name: llm}}\nspec:\n  command: [python3, {fake:?}, --port, \"{port}\", --name, solo]\n  stop: {{grace: 1s}}\n  health: {{tcp: {{address: \"127.0.0.1:{port}\"}}, interval: 200ms, startPeriod: 60s}}\n---\napiVersion: mirror.os/v1\nkind: ModelProvider\nmetadata: {{name: solo}}\nspec:\n  api: ollama\n  url: http://127.0.0.1:{port}\n  service: llm\n  health: {{interval: 200ms, timeout: 1s, failureThreshold: 2, probeModel: \"llama3.2:1b\"}}\n"
+        ),
+    );
+    sandbox.commit("one model server that loads slowly");
+    let daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
+    wait_for("llm running", Duration::from_secs(10), || {
+        running_pid(&sandbox, "llm").is_some()
+    });
+    let pid = running_pid(&sandbox, "llm").unwrap();
+    wait_for("the fake listening", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    post(port, "/_fault", r#"{"mode": "hang-generate"}"#);
+    wait_for("the hang noticed", Duration::from_secs(10), || {
+        daemon.log().contains("not restarted (still loading?)")
+    });
+    assert_eq!(
+        running_pid(&sandbox, "llm"),
+        Some(pid),
+        "no restart within the start period"
+    );
+}
