@@ -27,13 +27,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Frame, Incoming};
 use hyper::{header, Method, Request};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use super::http::transport_reason;
 use crate::spec::provider::ProviderApi;
 
 /// Where an agent's requests go now (the daemon updates it on every route switch).
@@ -155,12 +153,10 @@ pub async fn serve(
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
     let bus = Arc::new(Bus {
         state,
         meter,
-        client: Client::builder(TokioExecutor::new()).build(connector),
+        client: super::http::client(true),
         next_id: AtomicU64::new(1),
     });
     let router = routes(bus);
@@ -175,7 +171,7 @@ pub async fn serve(
 struct Bus {
     state: BusState,
     meter: Meter,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: super::http::HttpClient,
     /// For the ids of translated OpenAI answers.
     next_id: AtomicU64,
 }
@@ -514,24 +510,6 @@ async fn send(
             "no response headers within {}",
             humantime::format_duration(header_timeout)
         )),
-    }
-}
-
-/// hyper-util's error says only "client error (Connect)"; the cause is at the end of its chain.
-fn transport_reason(error: &hyper_util::client::legacy::Error) -> String {
-    let mut innermost: &dyn std::error::Error = error;
-    while let Some(source) = innermost.source() {
-        innermost = source;
-    }
-    if let Some(io) = innermost.downcast_ref::<std::io::Error>() {
-        if io.kind() == std::io::ErrorKind::ConnectionRefused {
-            return "connection refused".into();
-        }
-    }
-    if error.is_connect() {
-        format!("cannot connect: {innermost}")
-    } else {
-        innermost.to_string()
     }
 }
 
@@ -1167,8 +1145,7 @@ mod tests {
 
     /// Sends a request to the bus; the answer with its body unread.
     async fn call(bus: SocketAddr, path: &str, token: Option<&str>, body: Option<Value>) -> hyper::Response<Incoming> {
-        let client: Client<HttpConnector, Full<Bytes>> =
-            Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        let client = crate::router::http::client(true);
         let mut request = Request::builder()
             .method(if body.is_some() { Method::POST } else { Method::GET })
             .uri(format!("http://{bus}{path}"));

@@ -13,10 +13,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::{header, Method, Request};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::http::{self, base_url, snippet, transport_reason, truncate};
 use crate::spec::provider::{ModelProviderSpec, ProviderApi};
 
 /// What a probe needs to know about a provider, resolved from its spec.
@@ -97,9 +97,6 @@ pub async fn probe(target: &ProbeTarget) -> Verdict {
 /// Answers larger than this are a failure (a cloud's model list is a few hundred KiB).
 const MAX_ANSWER_BYTES: usize = 8 << 20;
 
-/// How much of an unexpected answer a reason quotes.
-const SNIPPET_BYTES: usize = 200;
-
 /// An HTTP/1 client for probes, created once.
 #[derive(Clone, Debug)]
 pub struct Prober {
@@ -124,15 +121,10 @@ enum Failure {
 
 impl Prober {
     pub fn new() -> Prober {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        // No idle connections: every probe opens its own, so a listener that stopped accepting
-        // is seen, a hung request never blocks the next probe, and a client shared across tokio
-        // runtimes never holds a connection whose task died with its runtime.
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(0)
-            .build(connector);
-        Prober { client }
+        // No idle connections: see `http::client`.
+        Prober {
+            client: http::client(false),
+        }
     }
 
     /// Liveness, then (if `generate` and a probe model) a one-token generation, each bounded by
@@ -256,16 +248,6 @@ impl Prober {
     }
 }
 
-/// The base URL without a trailing slash, or why it cannot be probed.
-fn base_url(url: &str) -> Result<String, String> {
-    let parsed = url::Url::parse(url).map_err(|e| format!("{url}: not a URL: {e}"))?;
-    match parsed.scheme() {
-        "http" => Ok(parsed.as_str().trim_end_matches('/').to_string()),
-        "https" => Err(format!("{url}: https is not supported yet (probes speak plain HTTP)")),
-        other => Err(format!("{url}: unsupported scheme `{other}` (expected http)")),
-    }
-}
-
 /// One JSON value, or the last line of NDJSON (an Ollama answer streamed despite `stream: false`).
 fn parse_json(answer: &[u8]) -> Option<Value> {
     serde_json::from_slice(answer).ok().or_else(|| {
@@ -332,44 +314,6 @@ fn describe(step: &str, failure: &Failure, timeout: Duration) -> String {
         Failure::Transport(why) => format!("{step}: {why}"),
         Failure::Answer(why) => format!("{step} {why}"),
     }
-}
-
-/// hyper-util's error says only "client error (Connect)"; the cause is at the end of its chain.
-fn transport_reason(error: &hyper_util::client::legacy::Error) -> String {
-    let mut innermost: &dyn std::error::Error = error;
-    while let Some(source) = innermost.source() {
-        innermost = source;
-    }
-    if let Some(io) = innermost.downcast_ref::<std::io::Error>() {
-        if io.kind() == std::io::ErrorKind::ConnectionRefused {
-            return "connection refused".into();
-        }
-    }
-    if error.is_connect() {
-        format!("cannot connect: {innermost}")
-    } else {
-        innermost.to_string()
-    }
-}
-
-/// The first bytes of an answer, on one line.
-fn snippet(answer: &[u8]) -> String {
-    if answer.is_empty() {
-        return "(empty)".into();
-    }
-    truncate(&String::from_utf8_lossy(&answer[..answer.len().min(SNIPPET_BYTES + 4)]))
-}
-
-fn truncate(text: &str) -> String {
-    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if one_line.len() <= SNIPPET_BYTES {
-        return one_line;
-    }
-    let mut end = SNIPPET_BYTES;
-    while !one_line.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &one_line[..end])
 }
 
 #[cfg(test)]

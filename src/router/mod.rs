@@ -17,5 +17,6 @@
 
 pub mod bus;
 pub mod health;
+pub mod http;
 pub mod models;
 pub mod route;

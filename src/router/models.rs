@@ -11,14 +11,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{header, Method, Request, Response};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::health::ProbeTarget;
+use super::http::{base_url, innermost, snippet, transport_reason, truncate, HttpClient};
 use crate::spec::provider::ProviderApi;
 
 /// Model lists larger than this are a failure (a cloud's list is a few hundred KiB).
@@ -28,7 +26,6 @@ const MAX_LIST_BYTES: usize = 8 << 20;
 const MAX_PULL_LINE_BYTES: usize = 64 << 10;
 
 /// How much of an unexpected answer an error quotes.
-const SNIPPET_CHARS: usize = 200;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ModelsError {
@@ -338,18 +335,11 @@ fn canonical_name(name: &str) -> String {
     name
 }
 
-/// One HTTP/1 client for listing and pulling, created once. No idle connections, as in
-/// [`super::health::Prober`]: a client shared across tokio runtimes must not keep a connection
-/// whose task died with its runtime.
-fn shared_client() -> &'static Client<HttpConnector, Full<Bytes>> {
-    static SHARED: OnceLock<Client<HttpConnector, Full<Bytes>>> = OnceLock::new();
-    SHARED.get_or_init(|| {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(0)
-            .build(connector)
-    })
+/// One HTTP/1 client for listing and pulling, created once, without idle connections (see
+/// `http::client`).
+fn shared_client() -> &'static HttpClient {
+    static SHARED: OnceLock<HttpClient> = OnceLock::new();
+    SHARED.get_or_init(|| super::http::client(false))
 }
 
 fn request(
@@ -378,58 +368,12 @@ fn request(
         .map_err(|e| format!("bad request: {e}"))
 }
 
-/// The base URL without a trailing slash, or why it cannot be used (plain HTTP only, as probes).
-fn base_url(url: &str) -> Result<String, String> {
-    let parsed = url::Url::parse(url).map_err(|e| format!("{url}: not a URL: {e}"))?;
-    match parsed.scheme() {
-        "http" => Ok(parsed.as_str().trim_end_matches('/').to_string()),
-        "https" => Err(format!("{url}: https is not supported yet (plain HTTP only)")),
-        other => Err(format!("{url}: unsupported scheme `{other}` (expected http)")),
-    }
-}
-
-/// hyper-util's error says only "client error (Connect)"; the cause is at the end of its chain.
-fn transport_reason(error: &hyper_util::client::legacy::Error) -> String {
-    let cause = innermost(error);
-    if error.is_connect() {
-        if cause.contains("refused") {
-            return "connection refused".into();
-        }
-        return format!("cannot connect: {cause}");
-    }
-    cause
-}
-
-fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut innermost = error;
-    while let Some(source) = innermost.source() {
-        innermost = source;
-    }
-    innermost.to_string()
-}
-
 /// The `error` of an Ollama error answer, else the answer's first bytes.
 fn error_message(answer: &[u8]) -> String {
     serde_json::from_slice::<Value>(answer)
         .ok()
         .and_then(|v| v.get("error")?.as_str().map(truncate))
         .unwrap_or_else(|| snippet(answer))
-}
-
-fn snippet(answer: &[u8]) -> String {
-    if answer.is_empty() {
-        return "(empty)".into();
-    }
-    truncate(&String::from_utf8_lossy(answer))
-}
-
-/// One line of at most SNIPPET_CHARS characters.
-fn truncate(text: &str) -> String {
-    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    match one_line.char_indices().nth(SNIPPET_CHARS) {
-        Some((end, _)) => format!("{}...", &one_line[..end]),
-        None => one_line,
-    }
 }
 
 #[cfg(test)]
