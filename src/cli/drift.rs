@@ -3,9 +3,11 @@
 
 use clap::Subcommand;
 
-use super::{ask_daemon, block_on, emit, exit, json_text, open_store, print_json, report_error, GlobalArgs, Output};
+use super::{
+    block_on, exit, json_text, open_store, pass_via_daemon_or_here, print_json, report_error, GlobalArgs, Output,
+};
 use crate::daemon::control::{Request, Response};
-use crate::reconcile::{run_pass, PassOptions, PassOutcome};
+use crate::reconcile::{PassOptions, PassOutcome};
 use crate::report;
 
 #[derive(Debug, Subcommand)]
@@ -79,28 +81,12 @@ fn report_now(global: &GlobalArgs) -> u8 {
         json: global.output == Output::Json,
         source: global.source_request(),
     };
-    if let Some(code) = ask_daemon(global, &request) {
-        return code;
-    }
-    let context = match global.reconcile_context() {
-        Ok(context) => context,
-        Err(e) => {
-            report_error(global.output, &e);
-            return exit::ERROR;
-        }
-    };
     let options = PassOptions {
         dry_run: true,
         allow_mass_prune: false,
         trigger: "drift-report".into(),
     };
-    match block_on(run_pass(&context, &options)) {
-        Ok(outcome) => emit(&render(&request, &outcome)),
-        Err(e) => {
-            report_error(global.output, &e);
-            exit::ERROR
-        }
-    }
+    pass_via_daemon_or_here(global, &request, options, render)
 }
 
 /// What `drift report` prints: the report; exit 0 without drift, 2 with drift, 1 when the

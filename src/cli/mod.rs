@@ -212,6 +212,33 @@ fn ask_daemon(global: &GlobalArgs, request: &crate::daemon::control::Request) ->
     }
 }
 
+/// A pass asked of the daemon if one runs, else run here (taking the state dir's lock); either
+/// way rendered by `render` and printed. Returns the exit code.
+fn pass_via_daemon_or_here(
+    global: &GlobalArgs,
+    request: &crate::daemon::control::Request,
+    options: crate::reconcile::PassOptions,
+    render: fn(&crate::daemon::control::Request, &crate::reconcile::PassOutcome) -> crate::daemon::control::Response,
+) -> u8 {
+    if let Some(code) = ask_daemon(global, request) {
+        return code;
+    }
+    let context = match global.reconcile_context() {
+        Ok(context) => context,
+        Err(e) => {
+            report_error(global.output, &e);
+            return exit::ERROR;
+        }
+    };
+    match block_on(crate::reconcile::run_pass(&context, &options)) {
+        Ok(outcome) => emit(&render(request, &outcome)),
+        Err(e) => {
+            report_error(global.output, &e);
+            exit::ERROR
+        }
+    }
+}
+
 /// Prints a rendered answer; returns its exit code.
 fn emit(response: &crate::daemon::control::Response) -> u8 {
     let mut out = std::io::stdout().lock();

@@ -14,10 +14,10 @@ macro_rules! w {
 use clap::Args;
 use serde_json::json;
 
-use super::{ask_daemon, block_on, emit, exit, json_text, report_error, GlobalArgs, Output};
+use super::{exit, json_text, pass_via_daemon_or_here, GlobalArgs, Output};
 use crate::daemon::control::{Request, Response};
 use crate::plan::{Action, Plan};
-use crate::reconcile::{run_pass, PassOptions, PassOutcome};
+use crate::reconcile::{PassOptions, PassOutcome};
 
 #[derive(Debug, Args)]
 pub struct ReconcileArgs {
@@ -48,28 +48,12 @@ pub fn run(global: &GlobalArgs, args: &ReconcileArgs) -> u8 {
         color,
         source: global.source_request(),
     };
-    if let Some(code) = ask_daemon(global, &request) {
-        return code;
-    }
-    let context = match global.reconcile_context() {
-        Ok(context) => context,
-        Err(e) => {
-            report_error(global.output, &e);
-            return exit::ERROR;
-        }
-    };
     let options = PassOptions {
         dry_run: args.dry_run,
         allow_mass_prune: args.allow_mass_prune,
         trigger: "cli".into(),
     };
-    match block_on(run_pass(&context, &options)) {
-        Ok(outcome) => emit(&render(&request, &outcome)),
-        Err(e) => {
-            report_error(global.output, &e);
-            exit::ERROR
-        }
-    }
+    pass_via_daemon_or_here(global, &request, options, render)
 }
 
 /// What the command prints for a pass, and its exit code (also what the daemon answers).
