@@ -640,7 +640,9 @@ fn labels_alone_change_nothing_suspend_stops_and_the_prune_opt_out_holds() {
 fn a_running_service_log_is_rotated_past_its_size() {
     let sandbox = Sandbox::new();
     let _reaper = Reaper(&sandbox);
-    let command = "i=0; while [ $i -lt 400 ]; do echo line-$i-0123456789012345678901234567890123456789; i=$((i+1)); done; exec sleep 300";
+    // The output starts after the first pass has ended (and rotated an empty log), so the
+    // second pass is the one that finds it past maxSize, whatever the machine's speed.
+    let command = "sleep 2; i=0; while [ $i -lt 400 ]; do echo line-$i-0123456789012345678901234567890123456789; i=$((i+1)); done; exec sleep 300";
     sandbox.write(
         "chatty.yaml",
         service("chatty", command, "  logs: {maxSize: 4Ki, maxFiles: 2}\n"),
