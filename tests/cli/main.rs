@@ -3,12 +3,14 @@
 #[macro_use]
 mod support;
 
+mod bus_failover;
 mod crds;
 mod daemon;
 mod fake_llm;
 mod git_source;
 mod init;
 mod invalid_corpus;
+mod real_llm;
 mod reconcile;
 mod store_cli;
 mod store_contract;
