@@ -82,6 +82,7 @@ fn report_now(global: &GlobalArgs) -> u8 {
         source: global.source_request(),
     };
     let options = PassOptions {
+        models: false,
         dry_run: true,
         allow_mass_prune: false,
         trigger: "drift-report".into(),

@@ -230,11 +230,33 @@ fn pass_via_daemon_or_here(
             return exit::ERROR;
         }
     };
-    match block_on(crate::reconcile::run_pass(&context, &options)) {
+    let mut progress = pull_progress_printer();
+    match block_on(crate::reconcile::run_pass(&context, &options, &mut progress)) {
         Ok(outcome) => emit(&render(request, &outcome)),
         Err(e) => {
             report_error(global.output, &e);
             exit::ERROR
+        }
+    }
+}
+
+/// Pull progress on stderr: a line per status change and at most one a second otherwise (a
+/// pull reports many times a second).
+fn pull_progress_printer() -> impl FnMut(String) + Send {
+    let mut last: Option<(std::time::Instant, String)> = None;
+    move |line: String| {
+        // "ollama: llama3.2:1b: pulling 6a0746a1ec1a 42% (...)" -> "... pulling 6a0746a1ec1a"
+        let status = line
+            .split('%')
+            .next()
+            .unwrap_or(&line)
+            .trim_end_matches(|c: char| c.is_ascii_digit());
+        let due = last
+            .as_ref()
+            .is_none_or(|(at, seen)| seen != status || at.elapsed() >= std::time::Duration::from_secs(1));
+        if due {
+            eprintln!("{line}");
+            last = Some((std::time::Instant::now(), status.to_string()));
         }
     }
 }

@@ -18,6 +18,7 @@ use super::{exit, json_text, pass_via_daemon_or_here, GlobalArgs, Output};
 use crate::daemon::control::{Request, Response};
 use crate::plan::{Action, Plan};
 use crate::reconcile::{PassOptions, PassOutcome};
+use crate::router::preview::{ModelAction, ModelActionKind};
 
 #[derive(Debug, Args)]
 pub struct ReconcileArgs {
@@ -49,6 +50,7 @@ pub fn run(global: &GlobalArgs, args: &ReconcileArgs) -> u8 {
         source: global.source_request(),
     };
     let options = PassOptions {
+        models: true,
         dry_run: args.dry_run,
         allow_mass_prune: args.allow_mass_prune,
         trigger: "cli".into(),
@@ -80,12 +82,12 @@ pub fn render(request: &Request, outcome: &PassOutcome) -> Response {
             outcome.store.pending
         );
     }
-    let exit_code = match (
-        &outcome.error,
-        dry_run,
-        outcome.plan.as_ref().map_or(0, |p| p.pending().count()),
-    ) {
+    let pulls_failed = outcome.models.iter().any(|m| matches!(m.result, Some(Err(_))));
+    let pending =
+        outcome.plan.as_ref().map_or(0, |p| p.pending().count()) + outcome.models.iter().filter(|m| m.pending).count();
+    let exit_code = match (&outcome.error, dry_run, pending) {
         (Some(_), _, _) => exit::ERROR,
+        (None, false, _) if pulls_failed => exit::ERROR,
         (None, true, pending) if pending > 0 => exit::CHANGES,
         _ => exit::OK,
     };
@@ -103,10 +105,29 @@ fn to_json(outcome: &PassOutcome, dry_run: bool) -> serde_json::Value {
         .flat_map(|p| p.changes.iter())
         .map(|c| json!({"kind": c.kind, "name": c.name, "action": c.action, "reason": c.reason, "diff": c.diff}))
         .collect();
+    let models: Vec<_> = outcome
+        .models
+        .iter()
+        .map(|m| {
+            json!({
+                "kind": m.kind,
+                "name": m.name,
+                "action": m.action,
+                "target": m.target,
+                "reason": m.reason,
+                "pending": m.pending,
+                "result": m.result.as_ref().map(|r| match r {
+                    Ok(()) => "ok".to_string(),
+                    Err(why) => format!("failed: {why}"),
+                }),
+            })
+        })
+        .collect();
     json!({
         "commit": outcome.commit,
         "dry_run": dry_run,
         "changes": changes,
+        "models": models,
         "summary": outcome.plan.as_ref().map(Plan::summary),
         "applied": outcome.applied,
         "report_id": outcome.report.id,
@@ -133,6 +154,40 @@ fn colored(line: &str, color: bool) -> String {
         Some('-') if !line.starts_with("---") => format!("\x1b[31m{line}\x1b[0m"),
         Some('@') => format!("\x1b[36m{line}\x1b[0m"),
         _ => line.to_string(),
+    }
+}
+
+/// The models step: pulls (planned or done) and route decisions.
+fn render_models(out: &mut String, models: &[ModelAction], dry_run: bool) {
+    if models.is_empty() {
+        return;
+    }
+    w!(out, "\nmodels and routes:");
+    for m in models {
+        let (mark, what) = match (m.action, &m.result) {
+            (ModelActionKind::Pull, Some(Ok(()))) => ("↓", format!("pulled {}", m.target)),
+            (ModelActionKind::Pull, Some(Err(why))) => ("!", format!("pull of {} failed: {why}", m.target)),
+            (ModelActionKind::Pull, None) if dry_run => ("↓", format!("pull {}: {}", m.target, m.reason)),
+            // Applied through a daemon: it pulls after the pass, progress in its log.
+            (ModelActionKind::Pull, None) => ("↓", format!("pulling {} in the daemon (progress in its log)", m.target)),
+            (ModelActionKind::Missing, _) => ("!", format!("missing {}: {}", m.target, m.reason)),
+            (ModelActionKind::Unchecked, _) => ("?", m.reason.clone()),
+            (ModelActionKind::Route, _) => ("→", format!("route to {}: {}", m.target, m.reason)),
+            (ModelActionKind::Failover, _) => ("⇄", format!("failover {}: {}", m.target, m.reason)),
+            (ModelActionKind::Failback, _) => ("⇄", format!("failback {}: {}", m.target, m.reason)),
+            (ModelActionKind::FailbackLater, _) => ("…", format!("failback {} {}", m.target, m.reason)),
+            (ModelActionKind::FailoverLater, _) => ("…", format!("on {}: {}", m.target, m.reason)),
+            (ModelActionKind::Unroutable, _) => ("!", format!("no healthy model: {}", m.reason)),
+        };
+        w!(out, "  {mark} {}/{}: {what}", m.kind, m.name);
+    }
+    // Without a daemon, first routes are what one would pick (nothing routes yet).
+    let previewed = models.iter().any(|m| m.action == ModelActionKind::Route && !m.pending);
+    if dry_run && previewed {
+        w!(
+            out,
+            "  (routes are kept by `mirrorctl run`: shown as its probes find the providers now)"
+        );
     }
 }
 
@@ -170,6 +225,7 @@ fn render_text(outcome: &PassOutcome, dry_run: bool, verbose: bool, color: bool)
             }
         }
     }
+    render_models(&mut out, &outcome.models, dry_run);
     if let Some(refused) = &plan.refused {
         w!(out, "\nrefused: {refused}");
     }
@@ -183,10 +239,26 @@ fn render_text(outcome: &PassOutcome, dry_run: bool, verbose: bool, color: bool)
             applied.detail
         );
     }
+    let pulls = outcome
+        .models
+        .iter()
+        .filter(|m| m.pending && m.action == ModelActionKind::Pull)
+        .count();
+    let switches = outcome
+        .models
+        .iter()
+        .filter(|m| m.pending && m.action != ModelActionKind::Pull)
+        .count();
+    let mut summary = plan.summary();
+    if pulls > 0 {
+        summary.push_str(&format!(", {pulls} model(s) to pull"));
+    }
+    if switches > 0 {
+        summary.push_str(&format!(", {switches} route change(s)"));
+    }
     w!(
         out,
-        "\n{}{}",
-        plan.summary(),
+        "\n{summary}{}",
         if dry_run { " (dry-run: nothing changed)" } else { "" }
     );
     w!(out, "drift report {} stored", outcome.report.id);

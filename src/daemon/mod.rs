@@ -23,10 +23,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
+use crate::reconcile::models::{self, RoutingSnapshot};
 use crate::reconcile::{
     load_source, Context, PassInput, PassOptions, PassOutcome, Probes, ReconcileError, Reconciler, StatusReport,
 };
 use crate::report::{now_ms, Drift, DriftItem, Severity};
+use crate::router::preview::ModelActionKind;
 use crate::source::trust::AllowedSigners;
 use crate::source::{DesiredState, LoadError, SourceOptions};
 use crate::spec::common::Probe;
@@ -508,9 +510,18 @@ impl Daemon {
         let trust = self.trust.clone();
         let events = self.events.clone();
         let route_drift = self.routing.drift(self.current.as_deref());
+        let routing = self.routing.snapshot();
         tokio::task::spawn_blocking(move || {
             let begun = Instant::now();
-            let (result, applied) = perform(&mut reconciler, &work, current, probes, trust.as_ref(), route_drift);
+            let (result, applied) = perform(
+                &mut reconciler,
+                &work,
+                current,
+                probes,
+                trust.as_ref(),
+                route_drift,
+                &routing,
+            );
             let _ = events.send(Event::PassDone(Box::new(Finished {
                 reconciler,
                 work,
@@ -881,9 +892,9 @@ impl Daemon {
                         tracing::info!(provider = %target.provider, model = %p.model, "{}", crate::router::models::describe(&p));
                     }
                 };
-                let outcome = crate::router::models::ensure_models(&target, &wanted, PULL_STALL, &mut progress).await;
-                let results = match outcome {
-                    Ok(results) => results,
+                let outcome = models::pull_missing(&target, &wanted, &recorder, &commit, &mut progress).await;
+                let pulled = match outcome {
+                    Ok(pulled) => pulled,
                     Err(e) => {
                         tracing::warn!(%provider, error = %e, "checking the provider's models failed; trying again at the next resync");
                         if let Ok(mut ensured) = ensured.lock() {
@@ -892,24 +903,7 @@ impl Daemon {
                         return;
                     }
                 };
-                let mut failed = false;
-                for (model, result) in results {
-                    failed |= result.is_err();
-                    let (action, detail) = match &result {
-                        Ok(()) => ("pull", "pulled".to_string()),
-                        Err(why) => ("pull-failed", why.clone()),
-                    };
-                    tracing::info!(%provider, %model, action, %detail, "model");
-                    recorder.receipt(crate::store::ReceiptDraft {
-                        run_id: None,
-                        commit: commit.clone(),
-                        kind: Kind::ModelProvider.to_string(),
-                        name: provider.clone(),
-                        action: action.to_string(),
-                        reason: format!("model {model} missing on {provider}"),
-                        detail: serde_json::json!({"ok": result.is_ok(), "model": model, "detail": detail}).to_string(),
-                    });
-                }
+                let failed = pulled.iter().any(|p| matches!(p.result, Some(Err(_))));
                 if failed {
                     if let Ok(mut ensured) = ensured.lock() {
                         ensured.remove(&key);
@@ -1115,9 +1109,6 @@ fn write_secret(dir: &std::path::Path, path: &std::path::Path, content: &[u8]) -
     std::fs::rename(&temp, path)
 }
 
-/// A pull that makes no progress for this long has stalled.
-const PULL_STALL: Duration = Duration::from_secs(120);
-
 /// How often the loop tells /healthz it is alive when nothing happens.
 const HEARTBEAT: Duration = Duration::from_secs(10);
 
@@ -1163,6 +1154,7 @@ fn perform(
     probes: Probes,
     trust: Option<&AllowedSigners>,
     route_drift: Vec<DriftItem>,
+    routing: &RoutingSnapshot,
 ) -> (Answer, Option<Arc<DesiredState>>) {
     // Route drift is known to the daemon only: full passes and reports carry it.
     let with_routes = |mut input: PassInput| {
@@ -1241,10 +1233,22 @@ fn perform(
                 let (input, applied) = read_trusted(&asked, current, trust, probes);
                 let options = pass_options(*dry_run, *allow_mass_prune, "cli");
                 match input {
-                    Ok(input) => (
-                        Answer::Pass(Box::new(reconciler.pass(with_routes(input), &options))),
-                        if *dry_run { None } else { applied },
-                    ),
+                    Ok(input) => {
+                        let state = input.desired.as_ref().ok().cloned();
+                        let mut outcome = reconciler.pass(with_routes(input), &options);
+                        let converging = outcome.plan.as_ref().is_some_and(|p| p.refused.is_none());
+                        if let (true, Some(state)) = (converging, state) {
+                            // The models step: a dry-run shows pulls and route decisions; an
+                            // apply's pulls run in the daemon after the pass (progress: its log).
+                            let mut actions =
+                                tokio::runtime::Handle::current().block_on(models::preview(&state, Some(routing)));
+                            if !dry_run {
+                                actions.retain(|a| a.action == ModelActionKind::Pull);
+                            }
+                            outcome.models = actions;
+                        }
+                        (Answer::Pass(Box::new(outcome)), if *dry_run { None } else { applied })
+                    }
                     Err(e) => (Answer::Error(e), None),
                 }
             }
@@ -1274,6 +1278,7 @@ fn perform(
 
 fn pass_options(dry_run: bool, allow_mass_prune: bool, trigger: &str) -> PassOptions {
     PassOptions {
+        models: false,
         dry_run,
         allow_mass_prune,
         trigger: trigger.to_string(),

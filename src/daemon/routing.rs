@@ -269,6 +269,18 @@ impl Routing {
         out
     }
 
+    /// Provider health and routes as they stand, for a dry-run's route decisions.
+    pub fn snapshot(&self) -> crate::reconcile::models::RoutingSnapshot {
+        crate::reconcile::models::RoutingSnapshot {
+            providers: self.providers.clone(),
+            routes: self
+                .routes
+                .iter()
+                .map(|(agent, (state, _))| (agent.clone(), state.clone()))
+                .collect(),
+        }
+    }
+
     pub fn stop(&mut self) {
         for (_, probing) in std::mem::take(&mut self.probing) {
             probing.task.abort();

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod models;
+
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -36,6 +38,9 @@ pub struct PassOptions {
     pub allow_mass_prune: bool,
     /// What started the pass: `cli`, `commit`, `resync`, ...
     pub trigger: String,
+    /// Also the models step (one-shot `reconcile`): a dry-run lists pulls and routes, an apply
+    /// pulls missing models.
+    pub models: bool,
 }
 
 /// What apply did with one change.
@@ -59,6 +64,8 @@ pub struct PassOutcome {
     /// Why the pass did not converge: an invalid source, the prune guard, failed actions.
     pub error: Option<String>,
     pub store: FlushReport,
+    /// Model pulls and route decisions (see [`models`]); empty unless asked for.
+    pub models: Vec<crate::router::preview::ModelAction>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,16 +82,36 @@ pub enum ReconcileError {
 const STORE_WAIT: Duration = Duration::from_secs(5);
 
 /// One-shot pass (the CLI without a daemon): takes the state dir's writer lock, runs one pass
-/// over the source, waits (bounded) for the truth store.
-pub async fn run_pass(context: &Context, options: &PassOptions) -> Result<PassOutcome, ReconcileError> {
+/// over the source (and the models step when asked: `progress` gets pull progress lines),
+/// waits (bounded) for the truth store.
+pub async fn run_pass(
+    context: &Context,
+    options: &PassOptions,
+    progress: &mut (dyn FnMut(String) + Send),
+) -> Result<PassOutcome, ReconcileError> {
     // One pass at a time: two would race on the inventory and the journal.
     let _lock = crate::state::lock_state_dir(&context.state_dir).map_err(|e| ReconcileError::StateDir {
         path: context.state_dir.clone(),
         message: e.to_string(),
     })?;
     let mut reconciler = Reconciler::open(context.clone())?;
-    let loaded = reconciler.load()?;
-    let mut outcome = reconciler.pass(PassInput::full(loaded), options);
+    let loaded = reconciler.load()?.map(Arc::new);
+    let state = loaded.as_ref().ok().cloned();
+    let input = PassInput {
+        desired: loaded,
+        extra_drift: Vec::new(),
+        only: None,
+        probes: Probes::RunNow,
+    };
+    let mut outcome = reconciler.pass(input, options);
+    let converging = outcome.plan.as_ref().is_some_and(|p| p.refused.is_none());
+    if let (true, true, Some(state)) = (options.models, converging, &state) {
+        outcome.models = if options.dry_run {
+            models::preview(state, None).await
+        } else {
+            models::ensure_all(state, reconciler.recorder(), progress).await
+        };
+    }
     outcome.store = reconciler.flush().await;
     Ok(outcome)
 }
@@ -282,6 +309,7 @@ impl Reconciler {
                     report,
                     error: Some(format!("the desired state cannot be read: {e}")),
                     store: FlushReport::default(),
+                    models: Vec::new(),
                 };
             }
             Err(LoadError::Invalid {
@@ -311,6 +339,7 @@ impl Reconciler {
                     report,
                     error: Some(error.into()),
                     store: FlushReport::default(),
+                    models: Vec::new(),
                 };
             }
         };
@@ -423,6 +452,7 @@ impl Reconciler {
             report,
             error,
             store: FlushReport::default(),
+            models: Vec::new(),
         }
     }
 

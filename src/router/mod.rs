@@ -19,4 +19,5 @@ pub mod bus;
 pub mod health;
 pub mod http;
 pub mod models;
+pub mod preview;
 pub mod route;

@@ -743,3 +743,64 @@ fn a_provider_still_in_its_start_period_is_not_restarted_for_a_slow_generation()
         "no restart within the start period"
     );
 }
+
+#[test]
+fn a_dry_run_through_the_daemon_shows_a_failback_waiting_for_its_stable_window() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    let fake = project_path("scripts/fake-llm").display().to_string();
+    let (primary, backup) = (free_port(), free_port());
+    // Providers that name no Service: a hang is only routed around, nothing is restarted.
+    let llm = |name: &str, port: u16| {
+        format!(
+            "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {{name: llm-{name}}}\nspec:\n  command: [python3, {fake:?}, --port, \"{port}\", --name, {name}]\n  stop: {{grace: 1s}}\n---\napiVersion: mirror.os/v1\nkind: ModelProvider\nmetadata: {{name: {name}}}\nspec:\n  api: ollama\n  url: http://127.0.0.1:{port}\n  models: [\"llama3.2:1b\"]\n  health: {{interval: 200ms, timeout: 1s, failureThreshold: 2}}\n"
+        )
+    };
+    sandbox.write("primary.yaml", llm("primary", primary));
+    sandbox.write("backup.yaml", llm("backup", backup));
+    sandbox.write(
+        "agent.yaml",
+        "apiVersion: mirror.os/v1\nkind: Policy\nmetadata: {name: default}\nspec: {}\n---\napiVersion: mirror.os/v1\nkind: Agent\nmetadata: {name: scribe}\nspec:\n  command: [\"sleep\", \"4400\"]\n  policy: default\n  model:\n    primary: {provider: primary, model: \"llama3.2:1b\"}\n    fallbacks: [{provider: backup, model: \"llama3.2:1b\"}]\n    failbackAfter: 5m\n",
+    );
+    sandbox.write(
+        "controller.yaml",
+        format!("apiVersion: mirror.os/v1\nkind: Controller\nmetadata: {{name: main}}\nspec:\n  bus: {{address: \"127.0.0.1:{}\"}}\n", free_port()),
+    );
+    sandbox.commit("two local models and an agent");
+    let _daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
+    wait_for("the agent on its primary", Duration::from_secs(15), || {
+        route_of(&sandbox, "scribe") == Some(("primary".into(), false))
+    });
+    wait_for("both model servers listening", Duration::from_secs(10), || {
+        [primary, backup]
+            .iter()
+            .all(|port| std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok())
+    });
+    post(primary, "/_fault", r#"{"mode": "hang-generate"}"#);
+    wait_for("failover to the backup", Duration::from_secs(10), || {
+        route_of(&sandbox, "scribe") == Some(("backup".into(), true))
+    });
+    post(primary, "/_fault", r#"{"mode": "none"}"#);
+    let mut plan = None;
+    wait_for(
+        "the dry-run to show the failback waiting",
+        Duration::from_secs(10),
+        || {
+            let run = sandbox.run(&["reconcile", "--dry-run"]);
+            let waiting = run
+                .stdout
+                .contains("… Agent/scribe: failback backup/llama3.2:1b -> primary/llama3.2:1b in ");
+            plan = Some(run);
+            waiting
+        },
+    );
+    let plan = plan.unwrap();
+    assert!(
+        plan.stdout.contains("once primary has been healthy for 5m"),
+        "{}",
+        plan.stdout
+    );
+    assert_eq!(plan.code, 0, "a failback that waits is no pending change: {plan:?}");
+    // The route stays on the backup: the stable window holds it.
+    assert_eq!(route_of(&sandbox, "scribe"), Some(("backup".into(), true)));
+}

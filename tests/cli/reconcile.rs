@@ -780,3 +780,102 @@ fn drift_report_observes_and_exits_by_what_it_found() {
     assert_eq!(broken.code, 1, "{broken:?}");
     assert!(broken.stdout.contains("invalid_source"), "{}", broken.stdout);
 }
+
+/// `scripts/fake-llm --port 0` as a child of the test: (child, port); killed by the caller.
+fn fake_llm(name: &str, models: &str) -> (std::process::Child, u16) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("python3")
+        .arg(project_path("scripts/fake-llm"))
+        .args(["--port", "0", "--name", name, "--models", models])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 runs");
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let port = first
+        .trim()
+        .strip_prefix("listening on http://127.0.0.1:")
+        .unwrap_or_else(|| panic!("first line {first:?}"))
+        .parse()
+        .unwrap();
+    (child, port)
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_dry_run_lists_model_pulls_and_routes_and_an_apply_pulls_with_progress() {
+    let sandbox = Sandbox::new();
+    let (child, port) = fake_llm("local", "llama3.2:1b");
+    let _fake = KillOnDrop(child);
+    let unused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    sandbox.write(
+        "models.yaml",
+        format!(
+            "apiVersion: mirror.os/v1\nkind: ModelProvider\nmetadata: {{name: local}}\nspec:\n  api: ollama\n  url: http://127.0.0.1:{port}\n  models: [\"llama3.2:1b\", \"qwen2.5:0.5b\"]\n---\napiVersion: mirror.os/v1\nkind: ModelProvider\nmetadata: {{name: gone}}\nspec:\n  api: ollama\n  url: http://127.0.0.1:{unused}\n  models: [\"llama3.2:1b\"]\n---\napiVersion: mirror.os/v1\nkind: Policy\nmetadata: {{name: default}}\nspec: {{}}\n---\napiVersion: mirror.os/v1\nkind: Agent\nmetadata: {{name: scribe}}\nspec:\n  command: [sleep, \"4300\"]\n  policy: default\n  model:\n    primary: {{provider: gone, model: \"llama3.2:1b\"}}\n    fallbacks: [{{provider: local, model: \"llama3.2:1b\"}}]\n"
+        ),
+    );
+    sandbox.commit("two providers, one down; an agent");
+
+    let plan = sandbox.run(&["reconcile", "--dry-run"]);
+    assert_eq!(plan.code, 2, "a missing model is a pending change: {plan:?}");
+    for expected in [
+        "models and routes:",
+        "↓ ModelProvider/local: pull qwen2.5:0.5b: qwen2.5:0.5b is not on local",
+        "? ModelProvider/gone: models not checked:",
+        "→ Agent/scribe: route to local/llama3.2:1b:",
+        "1 model(s) to pull",
+    ] {
+        assert!(plan.stdout.contains(expected), "{expected:?} in:\n{}", plan.stdout);
+    }
+    let json = sandbox.run(&["reconcile", "--dry-run", "--output", "json"]).json();
+    let pulls: Vec<_> = json["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["action"] == "pull")
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap(),
+                m["target"].as_str().unwrap(),
+                m["pending"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(pulls, vec![("local", "qwen2.5:0.5b", true)], "{json:#}");
+
+    // The apply pulls, with progress on stderr as it comes, and a receipt.
+    let applied = sandbox.run(&["reconcile"]);
+    assert_eq!(applied.code, 0, "{applied:?}");
+    assert!(
+        applied.stderr.contains("local: qwen2.5:0.5b: pulling"),
+        "progress: {}",
+        applied.stderr
+    );
+    assert!(
+        applied.stdout.contains("↓ ModelProvider/local: pulled qwen2.5:0.5b"),
+        "{}",
+        applied.stdout
+    );
+    let receipts = sandbox.run(&["audit", "verify", "--output", "json"]);
+    assert_eq!(receipts.code, 0, "{receipts:?}");
+
+    // Nothing left to pull: the dry-run is in sync again (routes alone are no change).
+    let again = sandbox.run(&["reconcile", "--dry-run"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(!again.stdout.contains("pull "), "{}", again.stdout);
+}
