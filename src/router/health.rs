@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{header, Method, Request};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -100,7 +98,7 @@ const MAX_ANSWER_BYTES: usize = 8 << 20;
 /// An HTTP/1 client for probes, created once.
 #[derive(Clone, Debug)]
 pub struct Prober {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: http::HttpClient,
 }
 
 impl Default for Prober {
@@ -125,6 +123,11 @@ impl Prober {
         Prober {
             client: http::client(false),
         }
+    }
+
+    /// A prober over `client` (tests: a client trusting a test CA).
+    pub fn with_client(client: http::HttpClient) -> Prober {
+        Prober { client }
     }
 
     /// Liveness, then (if `generate` and a probe model) a one-token generation, each bounded by
@@ -667,6 +670,120 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&verdict).unwrap(),
             json!({"state": "hung", "why": "generation timed out after 5s"})
+        );
+    }
+}
+
+/// https providers (clouds): a TLS server with a certificate made for the test.
+#[cfg(test)]
+mod tls_tests {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    use std::sync::Arc;
+
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+
+    use super::*;
+
+    /// Answers every GET with Ollama's `/api/version` JSON, over TLS.
+    const TLS_SERVER: &str = r#"
+import http.server, ssl, sys
+class Version(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b'{"version": "0.5.7"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", 0), Version)
+tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+tls.load_cert_chain(sys.argv[1], sys.argv[2])
+server.socket = tls.wrap_socket(server.socket, server_side=True)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+    struct Killed(std::process::Child);
+
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[tokio::test]
+    async fn an_https_provider_is_probed_when_its_certificate_is_trusted_and_refused_when_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let made = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+            ])
+            .args([
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
+            // A leaf, not a CA: webpki refuses a CA certificate presented by a server.
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl runs");
+        assert!(made.success());
+        let mut child = Command::new("python3")
+            .args(["-c", TLS_SERVER])
+            .arg(&cert)
+            .arg(&key)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let mut port = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut port)
+            .unwrap();
+        let _server = Killed(child);
+        let target = ProbeTarget {
+            provider: "cloud".into(),
+            api: ProviderApi::Ollama,
+            url: format!("https://127.0.0.1:{}", port.trim()),
+            api_key: None,
+            probe_model: None,
+            generate: false,
+            timeout: Duration::from_secs(5),
+        };
+
+        let mut roots = rustls::RootCertStore::empty();
+        for der in CertificateDer::pem_file_iter(&cert).unwrap() {
+            roots.add(der.unwrap()).unwrap();
+        }
+        let trusting = Prober::with_client(http::client_trusting(false, Arc::new(roots)));
+        let verdict = trusting.probe(&target).await;
+        assert!(verdict.is_healthy(), "{verdict}");
+
+        let verdict = Prober::with_client(http::client_trusting(false, Arc::new(rustls::RootCertStore::empty())))
+            .probe(&target)
+            .await;
+        assert!(
+            matches!(&verdict, Verdict::Down { why } if why.to_lowercase().contains("certificate")),
+            "an untrusted certificate is named: {verdict}"
         );
     }
 }

@@ -1,14 +1,17 @@
 //! The client side of HTTP that probes, pulls and the bus share: how a client is built, how a
 //! failed request is named, which provider URLs can be used, and how an answer is quoted.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-/// An HTTP/1 client over plain TCP.
-pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+/// An HTTP/1 client over TCP, plain or TLS (cloud providers).
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// How many bytes of an answer a reason quotes.
 pub const SNIPPET_BYTES: usize = 200;
@@ -17,13 +20,46 @@ pub const SNIPPET_BYTES: usize = 200;
 /// that stopped accepting is seen, a hung request never blocks the next one, and a client
 /// shared across tokio runtimes never holds a connection whose task died with its runtime.
 pub fn client(keep_idle: bool) -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
+    client_trusting(keep_idle, system_roots())
+}
+
+/// A client whose TLS trusts `roots` only.
+pub fn client_trusting(keep_idle: bool, roots: Arc<rustls::RootCertStore>) -> HttpClient {
+    let mut tcp = HttpConnector::new();
+    tcp.set_nodelay(true);
+    tcp.enforce_http(false);
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(tcp);
     let mut builder = Client::builder(TokioExecutor::new());
     if !keep_idle {
         builder.pool_max_idle_per_host(0);
     }
     builder.build(connector)
+}
+
+/// The system's trusted roots (`SSL_CERT_FILE` / `SSL_CERT_DIR` honoured), read once; a
+/// certificate that cannot be parsed is skipped, not fatal (a plain-HTTP host needs none).
+fn system_roots() -> Arc<rustls::RootCertStore> {
+    static ROOTS: std::sync::OnceLock<Arc<rustls::RootCertStore>> = std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            for error in &found.errors {
+                tracing::debug!(%error, "a system certificate could not be read");
+            }
+            let mut roots = rustls::RootCertStore::empty();
+            let (_added, _ignored) = roots.add_parsable_certificates(found.certs);
+            Arc::new(roots)
+        })
+        .clone()
 }
 
 /// hyper-util's error says only "client error (Connect)"; the cause is at the end of its chain.
@@ -53,13 +89,12 @@ pub fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
     innermost.to_string()
 }
 
-/// The base URL without a trailing slash, or why it cannot be used (plain HTTP only, for now).
+/// The base URL without a trailing slash, or why it cannot be used.
 pub fn base_url(url: &str) -> Result<String, String> {
     let parsed = url::Url::parse(url).map_err(|e| format!("{url}: not a URL: {e}"))?;
     match parsed.scheme() {
-        "http" => Ok(parsed.as_str().trim_end_matches('/').to_string()),
-        "https" => Err(format!("{url}: https is not supported yet (probes speak plain HTTP)")),
-        other => Err(format!("{url}: unsupported scheme `{other}` (expected http)")),
+        "http" | "https" => Ok(parsed.as_str().trim_end_matches('/').to_string()),
+        other => Err(format!("{url}: unsupported scheme `{other}` (expected http or https)")),
     }
 }
 
