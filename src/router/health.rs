@@ -544,12 +544,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn https_is_refused_with_a_clear_verdict() {
-        let verdict = probe(&target(ProviderApi::Openai, "https://openrouter.ai/api/v1")).await;
+    async fn an_unsupported_scheme_is_a_clear_verdict() {
+        let verdict = probe(&target(ProviderApi::Openai, "ftp://models.example/v1")).await;
         assert_eq!(
             verdict,
             Verdict::Down {
-                why: "https://openrouter.ai/api/v1: https is not supported yet (probes speak plain HTTP)".into()
+                why: "ftp://models.example/v1: unsupported scheme `ftp` (expected http or https)".into()
             }
         );
     }
