@@ -7,8 +7,8 @@
 //! them the test passes at once and says it skipped. Run it alone, with its measurements shown:
 //!
 //! ```text
-//! MIRROR_REAL_LLM_PYTHON=~/.cache/mirrorctl/real-llm-venv/bin/python \
-//!   cargo test --test cli real_llm -- --nocapture
+//! export $(scripts/real-llm-setup)     # once: builds llama.cpp, 10-20 min on 2 cores
+//! cargo test --test cli real_llm -- --nocapture
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -76,6 +76,9 @@ fn the_bus_routes_an_agent_to_a_real_llama_cpp_server() {
     let _cleanup = Cleanup(sandbox.root().to_path_buf());
     let (port, bus) = (free_port(), free_port());
     let (python, model) = (python.display().to_string(), model.display().to_string());
+    // `--interrupt_requests False`: by default llama-cpp-python ends a running generation when
+    // another request comes, so each generation probe would cut an agent's stream short (with a
+    // `[DONE]` that makes it look complete).
     sandbox.write(
         "llm.yaml",
         format!(
@@ -155,6 +158,24 @@ fn the_bus_routes_an_agent_to_a_real_llama_cpp_server() {
         whole["prompt_eval_count"].as_u64().unwrap_or(0) > 0,
         "tokens counted: {whole}"
     );
+    // An Ollama generation: a chat of one user message on the OpenAI route.
+    let answer = runtime.block_on(call(
+        &via_bus,
+        Method::POST,
+        "/api/generate",
+        Some(&token),
+        Some(json!({"model": "x", "prompt": "Name three colours.", "stream": false, "options": {"num_predict": 24, "temperature": 0}})),
+    ));
+    bus_requests += 1;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let generated = answer.json();
+    let text = generated["response"].as_str().unwrap_or_default();
+    eprintln!("real_llm: /api/generate (whole) answered: {text:?}");
+    assert!(has_words(text), "real generated text: {generated}");
+    assert!(
+        generated["eval_count"].as_u64().unwrap_or(0) > 0,
+        "tokens counted: {generated}"
+    );
 
     // An OpenAI stream through the bus (same API: passed through as it comes), then an Ollama
     // stream (translated from the server's SSE to NDJSON), each against the server directly.
@@ -226,8 +247,10 @@ fn the_bus_routes_an_agent_to_a_real_llama_cpp_server() {
         assert_eq!((row.0.as_str(), row.1.as_str()), ("local", ALIAS), "{rows:?}");
     }
     // The whole answer carries OpenAI `usage`: its counts are the ones the agent was shown.
-    let expected = (whole["prompt_eval_count"].as_i64(), whole["eval_count"].as_i64());
-    assert_eq!((Some(rows[0].2), Some(rows[0].3)), expected, "{rows:?}");
+    for (row, answer) in rows.iter().zip([&whole, &generated]) {
+        let expected = (answer["prompt_eval_count"].as_i64(), answer["eval_count"].as_i64());
+        assert_eq!((Some(row.2), Some(row.3)), expected, "{rows:?}");
+    }
     // llama-cpp-python sends no `usage` in streams, even when asked with
     // `stream_options.include_usage`: the bus has no count to record for those.
     let uncounted = rows.iter().filter(|row| row.3 == 0).count();
@@ -279,7 +302,7 @@ async fn usage_rows(store: &Path) -> Vec<(String, String, i64, i64)> {
         return Vec::new();
     };
     let rows = sqlx::query_as(
-        "SELECT provider, model, prompt_tokens, completion_tokens FROM usage WHERE agent = 'scribe' ORDER BY at_ms",
+        "SELECT provider, model, prompt_tokens, completion_tokens FROM usage WHERE agent = 'scribe' ORDER BY at_ms, id",
     )
     .fetch_all(&pool)
     .await
