@@ -2,10 +2,12 @@
 //! provider the router picked for the calling agent.
 //!
 //! Agents speak the Ollama API (`/api/...`) or the OpenAI one (`/v1/...`) and are known by
-//! `Authorization: Bearer <token>`. The bus replaces the requested model with the routed one,
-//! forwards to the first candidate that answers (retrying the next candidates while nothing has
-//! reached the agent yet), translates chat between the two APIs when the route crosses them,
-//! relays streams chunk by chunk, ends a broken stream with an error event, and meters the
+//! `Authorization: Bearer <token>` (looked up by the token's SHA-256 digest). The bus replaces
+//! the requested model with the routed one, forwards to the first candidate that answers
+//! (retrying the next candidates while nothing has reached the agent yet: refused, reset, 5xx,
+//! no headers in time, headers but no first byte, or the provider left the agent's routes while
+//! the bus waited), translates chat between the two APIs when the route crosses them, relays
+//! streams chunk by chunk, ends a broken or stalled stream with an error event, and meters the
 //! tokens of every completed answer.
 
 use std::collections::HashMap;
@@ -408,7 +410,46 @@ async fn forward(bus: Arc<Bus>, api: ProviderApi, endpoint: Endpoint, headers: H
             ));
             continue;
         }
-        return relay(&bus, &agent, api, endpoint, upstream, streamed, timeouts.idle, answer).await;
+        if !status.is_success() {
+            return relay(
+                &bus,
+                &agent,
+                api,
+                endpoint,
+                upstream,
+                streamed,
+                timeouts.idle,
+                answer,
+                None,
+            )
+            .await;
+        }
+        // The agent is answered only once the first byte of the body is here: a provider that
+        // sent its headers and then died or hung (killed between its headers and its first
+        // token) has still sent nothing that reached the agent, so the next candidate is tried.
+        let (parts, mut body) = answer.into_parts();
+        let waiting = first_data(&mut body, timeouts.header);
+        let first = match until_unrouted(&bus.state, &agent, upstream, &mut route_changes, waiting).await {
+            Ok(first) => first,
+            Err(why) => {
+                tracing::warn!(%agent, provider = %upstream.provider, %why, "model bus: trying the next candidate");
+                failures.push(format!("{}: {why}", upstream.provider));
+                continue;
+            }
+        };
+        let answer = hyper::Response::from_parts(parts, body);
+        return relay(
+            &bus,
+            &agent,
+            api,
+            endpoint,
+            upstream,
+            streamed,
+            timeouts.idle,
+            answer,
+            Some(first),
+        )
+        .await;
     }
     error_response(
         api,
@@ -424,13 +465,13 @@ async fn forward(bus: Arc<Bus>, api: ProviderApi, endpoint: Endpoint, headers: H
 /// daemon failed the agent over: its probes found the provider down or hung). Then the request
 /// is abandoned (dropping it closes the upstream connection) and the next candidate is tried at
 /// once, instead of waiting out the header timeout on a provider known to be hung.
-async fn until_unrouted(
+async fn until_unrouted<T>(
     state: &BusState,
     agent: &str,
     upstream: &Upstream,
     route_changes: &mut watch::Receiver<u64>,
-    sending: impl Future<Output = Result<hyper::Response<Incoming>, String>>,
-) -> Result<hyper::Response<Incoming>, String> {
+    sending: impl Future<Output = Result<T, String>>,
+) -> Result<T, String> {
     tokio::pin!(sending);
     loop {
         tokio::select! {
@@ -441,6 +482,30 @@ async fn until_unrouted(
                 }
                 if !state.still_routed(agent, &upstream.provider) {
                     return Err("no answer yet, and no longer a healthy route (failed over)".into());
+                }
+            }
+        }
+    }
+}
+
+/// The first data of an answer's body; Err when the body ended, broke or stayed silent for
+/// `timeout` before any.
+async fn first_data(body: &mut Incoming, timeout: Duration) -> Result<Bytes, String> {
+    loop {
+        match tokio::time::timeout(timeout, body.frame()).await {
+            Err(_) => {
+                return Err(format!(
+                    "headers, then nothing within {}",
+                    humantime::format_duration(timeout)
+                ))
+            }
+            Ok(None) => return Err("the answer ended before its first byte".into()),
+            Ok(Some(Err(error))) => return Err(format!("the answer broke before its first byte: {error}")),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    if !data.is_empty() {
+                        return Ok(data);
+                    }
                 }
             }
         }
@@ -624,9 +689,9 @@ impl hyper::body::Body for RelayBody {
     }
 }
 
-/// Answers the agent with `answer` (2xx or 4xx), relayed by a task so chunks reach the agent
-/// as they arrive; meters the tokens once the answer completed. An answer that sends nothing
-/// for `idle_timeout` is ended as broken.
+/// Answers the agent with `answer` (2xx or 4xx; `first`: the body's first data, already read),
+/// relayed by a task so chunks reach the agent as they arrive; meters the tokens once the answer
+/// completed. An answer that sends nothing for `idle_timeout` is ended as broken.
 #[allow(clippy::too_many_arguments)]
 async fn relay(
     bus: &Arc<Bus>,
@@ -637,6 +702,7 @@ async fn relay(
     streamed: bool,
     idle_timeout: Duration,
     answer: hyper::Response<Incoming>,
+    first: Option<Bytes>,
 ) -> Response {
     let status = answer.status();
     let route = route_header(upstream);
@@ -700,6 +766,11 @@ async fn relay(
     };
     let mut body = answer.into_body();
     tokio::spawn(async move {
+        for piece in first.map(|data| converter.on_chunk(&data)).unwrap_or_default() {
+            if chunks.send(Ok(piece)).await.is_err() {
+                return;
+            }
+        }
         let broke = loop {
             let Ok(frame) = tokio::time::timeout(idle_timeout, body.frame()).await else {
                 // Dropping the body below closes the upstream connection.
@@ -1085,12 +1156,15 @@ mod tests {
     type Seen = Arc<Mutex<Vec<Value>>>;
 
     /// A fake upstream: what it was sent, and whether its streams break after the first chunk,
-    /// its answers stall after the first chunk (never ending), or it never answers at all.
+    /// its answers stall after the first chunk (never ending), it sends its headers and then
+    /// breaks or stalls before any data, or it never answers at all.
     #[derive(Clone, Default)]
     struct Fake {
         seen: Seen,
         break_streams: bool,
         stall: bool,
+        break_before_data: bool,
+        stall_before_data: bool,
         hang: bool,
     }
 
@@ -1098,7 +1172,9 @@ mod tests {
     fn stalled(first: String, content_type: &'static str) -> Response {
         let (chunks, receiver) = mpsc::channel(4);
         tokio::spawn(async move {
-            let _ = chunks.send(Ok(Bytes::from(first))).await;
+            if !first.is_empty() {
+                let _ = chunks.send(Ok(Bytes::from(first))).await;
+            }
             tokio::time::sleep(Duration::from_secs(3600)).await;
             drop(chunks);
         });
@@ -1138,6 +1214,12 @@ mod tests {
         fake.seen.lock().unwrap().push(request.clone());
         if fake.hang {
             std::future::pending::<()>().await;
+        }
+        if fake.break_before_data {
+            return chunked(Vec::new(), "application/x-ndjson", true);
+        }
+        if fake.stall_before_data {
+            return stalled(String::new(), "application/x-ndjson");
         }
         let model = request["model"].clone();
         if fake.stall && request["stream"] == json!(false) {
@@ -1640,6 +1722,41 @@ mod tests {
         let (_, broke) = chunks_of(answer).await;
         assert!(broke.is_some(), "a stalled non-streamed answer breaks the agent's body");
         assert!(metered.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn headers_without_data_are_not_an_answer_the_next_candidate_is_tried() {
+        let healthy = fake_upstream(ProviderApi::Openai, Fake::default()).await;
+        let healthy = upstream("cloud", ProviderApi::Openai, &healthy, "gpt-x");
+        for fake in [
+            Fake {
+                break_before_data: true,
+                ..Fake::default()
+            },
+            Fake {
+                stall_before_data: true,
+                ..Fake::default()
+            },
+        ] {
+            let url = fake_upstream(ProviderApi::Ollama, fake).await;
+            let (bus, metered) = start_bus_timed(
+                vec![upstream("local", ProviderApi::Ollama, &url, "m"), healthy.clone()],
+                Duration::from_millis(300),
+            )
+            .await;
+            let answer = call(bus, "/api/chat", Some(TOKEN), Some(chat(true))).await;
+            assert_eq!(route_of(&answer), "cloud/gpt-x");
+            let lines = ndjson_lines(&text_of(answer).await);
+            let content: String = lines.iter().filter_map(|l| l["message"]["content"].as_str()).collect();
+            assert_eq!(content, "Hello", "{lines:?}");
+            assert!(lines.iter().all(|l| l.get("error").is_none()), "{lines:?}");
+
+            let answer = call(bus, "/api/chat", Some(TOKEN), Some(chat(false))).await;
+            assert_eq!(route_of(&answer), "cloud/gpt-x");
+            let body: Value = serde_json::from_str(&text_of(answer).await).unwrap();
+            assert_eq!(body["message"]["content"], json!("Hello"));
+            assert_eq!(metered.lock().unwrap().len(), 2);
+        }
     }
 
     #[tokio::test]
