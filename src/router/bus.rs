@@ -367,7 +367,7 @@ async fn forward(bus: Arc<Bus>, api: ProviderApi, endpoint: Endpoint, headers: H
     let streamed = wants_stream(api, endpoint, &request);
     // Subscribed before the candidates are read, so no route change in between goes unseen.
     let mut route_changes = bus.state.routes_changed.subscribe();
-    let (candidates, timeouts) = bus.state.routes_of(&agent);
+    let (mut candidates, timeouts) = bus.state.routes_of(&agent);
     if candidates.is_empty() {
         return error_response(
             api,
@@ -376,7 +376,25 @@ async fn forward(bus: Arc<Bus>, api: ProviderApi, endpoint: Endpoint, headers: H
         );
     }
     let mut failures = Vec::new();
-    for upstream in &candidates {
+    let mut tried = 0;
+    loop {
+        if tried > 0 {
+            // A candidate that became routable while this request was tried (the agent failed
+            // over while it waited) is tried too, each at most once.
+            for fresh in bus.state.routes_of(&agent).0 {
+                if !candidates
+                    .iter()
+                    .any(|c| c.provider == fresh.provider && c.model == fresh.model)
+                {
+                    candidates.push(fresh);
+                }
+            }
+        }
+        let Some(upstream) = candidates.get(tried).cloned() else {
+            break;
+        };
+        tried += 1;
+        let upstream = &upstream;
         let Some((path, upstream_request)) = upstream_request(api, endpoint, upstream, &request, streamed) else {
             failures.push(format!(
                 "{}: cannot translate this request to its API",
@@ -1785,7 +1803,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(!pending.is_finished(), "still waiting on the current route");
         // The daemon fails the agent over: the hung provider is no longer a candidate.
-        state.set_routes("coder", vec![healthy]);
+        state.set_routes("coder", vec![healthy.clone()]);
         let answer = tokio::time::timeout(Duration::from_secs(5), pending)
             .await
             .expect("the request moved on without waiting out the header timeout")
@@ -1796,6 +1814,18 @@ mod tests {
         let body: Value = serde_json::from_str(&text_of(answer).await).unwrap();
         assert_eq!(body["message"]["content"], json!("Hello"));
         assert_eq!(metered.lock().unwrap().len(), 1);
+
+        // The failover's new route was not a candidate when the request came: it is tried too.
+        state.set_routes("coder", vec![hung]);
+        let pending = tokio::spawn(call(bus, "/v1/chat/completions", Some(TOKEN), Some(chat(false))));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        state.set_routes("coder", vec![healthy]);
+        let answer = tokio::time::timeout(Duration::from_secs(5), pending)
+            .await
+            .expect("the request moved on to the new route")
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(route_of(&answer), "cloud/gpt-x");
     }
 
     #[tokio::test]
