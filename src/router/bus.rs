@@ -2,10 +2,12 @@
 //! provider the router picked for the calling agent.
 //!
 //! Agents speak the Ollama API (`/api/...`) or the OpenAI one (`/v1/...`) and are known by
-//! `Authorization: Bearer <token>`. The bus replaces the requested model with the routed one,
-//! forwards to the first candidate that answers (retrying the next candidates while nothing has
-//! reached the agent yet), translates chat between the two APIs when the route crosses them,
-//! relays streams chunk by chunk, ends a broken stream with an error event, and meters the
+//! `Authorization: Bearer <token>` (looked up by the token's SHA-256 digest). The bus replaces
+//! the requested model with the routed one, forwards to the first candidate that answers
+//! (retrying the next candidates while nothing has reached the agent yet: refused, reset, 5xx,
+//! no headers in time, headers but no first byte, or the provider left the agent's routes while
+//! the bus waited), translates chat between the two APIs when the route crosses them, relays
+//! streams chunk by chunk, ends a broken or stalled stream with an error event, and meters the
 //! tokens of every completed answer.
 
 use std::collections::HashMap;
@@ -28,7 +30,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Frame, Incoming};
 use hyper::{header, Method, Request};
 use serde_json::{json, Map, Value};
-use tokio::sync::mpsc;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::http::transport_reason;
@@ -50,28 +53,48 @@ pub struct Upstream {
 #[derive(Clone)]
 pub struct BusState {
     shared: Arc<RwLock<Tables>>,
+    /// Bumped whenever routes change, so a request waiting on a provider that has just left its
+    /// agent's candidates (failed over) moves on at once.
+    routes_changed: Arc<watch::Sender<u64>>,
+}
+
+/// The SHA-256 digest of an agent token: tokens are looked up by digest, never compared as
+/// strings, so how long a lookup takes says nothing about how much of a guess was right.
+type TokenDigest = [u8; 32];
+
+fn token_digest(token: &str) -> TokenDigest {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 #[derive(Default)]
 struct Tables {
-    /// token -> agent.
-    agents_by_token: HashMap<String, String>,
+    /// digest of the token -> agent.
+    agents_by_token: HashMap<TokenDigest, String>,
     /// agent -> candidates, current route first.
     routes: HashMap<String, Vec<Upstream>>,
     /// How long to wait for an upstream's response headers before trying the next candidate.
     header_timeout: Duration,
+    /// How long a relayed answer may send nothing before the bus gives up on it.
+    idle_timeout: Duration,
 }
 
 /// Ollama may load a model before answering; 30 s covers a cold load of a small model.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// A provider that sends nothing for this long in the middle of an answer is taken for hung:
+/// the agent's stream ends with the broken-stream error event. Generous: a large model on a CPU
+/// still produces a token every few seconds, and a hung local provider is usually caught
+/// sooner by its generation probe (the daemon then restarts it, which breaks the stream).
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Default for BusState {
     fn default() -> Self {
         BusState {
             shared: Arc::new(RwLock::new(Tables {
                 header_timeout: DEFAULT_HEADER_TIMEOUT,
+                idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
                 ..Tables::default()
             })),
+            routes_changed: Arc::new(watch::Sender::new(0)),
         }
     }
 }
@@ -81,20 +104,26 @@ impl BusState {
     pub fn set_token(&self, agent: &str, token: &str) {
         let mut tables = self.shared.write().unwrap_or_else(|e| e.into_inner());
         tables.agents_by_token.retain(|_, owner| owner != agent);
-        tables.agents_by_token.insert(token.to_string(), agent.to_string());
+        tables.agents_by_token.insert(token_digest(token), agent.to_string());
     }
 
     /// Forgets the agent's token and routes.
     pub fn remove_agent(&self, agent: &str) {
-        let mut tables = self.shared.write().unwrap_or_else(|e| e.into_inner());
-        tables.agents_by_token.retain(|_, owner| owner != agent);
-        tables.routes.remove(agent);
+        {
+            let mut tables = self.shared.write().unwrap_or_else(|e| e.into_inner());
+            tables.agents_by_token.retain(|_, owner| owner != agent);
+            tables.routes.remove(agent);
+        }
+        self.routes_changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// The agent's candidates, current route first.
     pub fn set_routes(&self, agent: &str, candidates: Vec<Upstream>) {
-        let mut tables = self.shared.write().unwrap_or_else(|e| e.into_inner());
-        tables.routes.insert(agent.to_string(), candidates);
+        {
+            let mut tables = self.shared.write().unwrap_or_else(|e| e.into_inner());
+            tables.routes.insert(agent.to_string(), candidates);
+        }
+        self.routes_changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// How long to wait for an upstream's response headers (default 30 s).
@@ -102,18 +131,46 @@ impl BusState {
         self.shared.write().unwrap_or_else(|e| e.into_inner()).header_timeout = timeout;
     }
 
-    fn agent_of(&self, token: &str) -> Option<String> {
-        let tables = self.shared.read().unwrap_or_else(|e| e.into_inner());
-        tables.agents_by_token.get(token).cloned()
+    /// How long a relayed answer (a stream, or the body of a non-streamed one) may send nothing
+    /// before the bus ends it as broken (default 60 s).
+    pub fn set_stream_idle_timeout(&self, timeout: Duration) {
+        self.shared.write().unwrap_or_else(|e| e.into_inner()).idle_timeout = timeout;
     }
 
-    fn routes_of(&self, agent: &str) -> (Vec<Upstream>, Duration) {
+    fn agent_of(&self, token: &str) -> Option<String> {
+        let digest = token_digest(token);
+        let tables = self.shared.read().unwrap_or_else(|e| e.into_inner());
+        tables.agents_by_token.get(&digest).cloned()
+    }
+
+    fn routes_of(&self, agent: &str) -> (Vec<Upstream>, Timeouts) {
         let tables = self.shared.read().unwrap_or_else(|e| e.into_inner());
         (
             tables.routes.get(agent).cloned().unwrap_or_default(),
-            tables.header_timeout,
+            Timeouts {
+                header: tables.header_timeout,
+                idle: tables.idle_timeout,
+            },
         )
     }
+
+    /// Whether `provider` is still among the agent's candidates.
+    fn still_routed(&self, agent: &str, provider: &str) -> bool {
+        let tables = self.shared.read().unwrap_or_else(|e| e.into_inner());
+        tables
+            .routes
+            .get(agent)
+            .is_some_and(|candidates| candidates.iter().any(|c| c.provider == provider))
+    }
+}
+
+/// The bounds of one forwarded request.
+#[derive(Clone, Copy, Debug)]
+struct Timeouts {
+    /// For the upstream's response headers.
+    header: Duration,
+    /// Between two pieces of the upstream's answer.
+    idle: Duration,
 }
 
 /// Usage of one answered request, for metering (tokens from Ollama
@@ -308,7 +365,9 @@ async fn forward(bus: Arc<Bus>, api: ProviderApi, endpoint: Endpoint, headers: H
         _ => return error_response(api, StatusCode::BAD_REQUEST, "the request body is not a JSON object"),
     };
     let streamed = wants_stream(api, endpoint, &request);
-    let (candidates, header_timeout) = bus.state.routes_of(&agent);
+    // Subscribed before the candidates are read, so no route change in between goes unseen.
+    let mut route_changes = bus.state.routes_changed.subscribe();
+    let (mut candidates, timeouts) = bus.state.routes_of(&agent);
     if candidates.is_empty() {
         return error_response(
             api,
@@ -317,7 +376,25 @@ async fn forward(bus: Arc<Bus>, api: ProviderApi, endpoint: Endpoint, headers: H
         );
     }
     let mut failures = Vec::new();
-    for upstream in &candidates {
+    let mut tried = 0;
+    loop {
+        if tried > 0 {
+            // A candidate that became routable while this request was tried (the agent failed
+            // over while it waited) is tried too, each at most once.
+            for fresh in bus.state.routes_of(&agent).0 {
+                if !candidates
+                    .iter()
+                    .any(|c| c.provider == fresh.provider && c.model == fresh.model)
+                {
+                    candidates.push(fresh);
+                }
+            }
+        }
+        let Some(upstream) = candidates.get(tried).cloned() else {
+            break;
+        };
+        tried += 1;
+        let upstream = &upstream;
         let Some((path, upstream_request)) = upstream_request(api, endpoint, upstream, &request, streamed) else {
             failures.push(format!(
                 "{}: cannot translate this request to its API",
@@ -325,7 +402,8 @@ async fn forward(bus: Arc<Bus>, api: ProviderApi, endpoint: Endpoint, headers: H
             ));
             continue;
         };
-        let answer = match send(&bus, upstream, path, &upstream_request, header_timeout).await {
+        let sending = send(&bus, upstream, path, &upstream_request, timeouts.header);
+        let answer = match until_unrouted(&bus.state, &agent, upstream, &mut route_changes, sending).await {
             Ok(answer) => answer,
             Err(why) => {
                 tracing::warn!(%agent, provider = %upstream.provider, %why, "model bus: trying the next candidate");
@@ -337,7 +415,7 @@ async fn forward(bus: Arc<Bus>, api: ProviderApi, endpoint: Endpoint, headers: H
         if status.is_server_error() {
             // Nothing has reached the agent yet: another candidate may answer.
             // Bounded: a 5xx whose body stalls must not hold the request.
-            let snippet = tokio::time::timeout(header_timeout, read_whole(answer.into_body()))
+            let snippet = tokio::time::timeout(timeouts.header, read_whole(answer.into_body()))
                 .await
                 .ok()
                 .flatten()
@@ -350,7 +428,46 @@ async fn forward(bus: Arc<Bus>, api: ProviderApi, endpoint: Endpoint, headers: H
             ));
             continue;
         }
-        return relay(&bus, &agent, api, endpoint, upstream, streamed, answer).await;
+        if !status.is_success() {
+            return relay(
+                &bus,
+                &agent,
+                api,
+                endpoint,
+                upstream,
+                streamed,
+                timeouts.idle,
+                answer,
+                None,
+            )
+            .await;
+        }
+        // The agent is answered only once the first byte of the body is here: a provider that
+        // sent its headers and then died or hung (killed between its headers and its first
+        // token) has still sent nothing that reached the agent, so the next candidate is tried.
+        let (parts, mut body) = answer.into_parts();
+        let waiting = first_data(&mut body, timeouts.header);
+        let first = match until_unrouted(&bus.state, &agent, upstream, &mut route_changes, waiting).await {
+            Ok(first) => first,
+            Err(why) => {
+                tracing::warn!(%agent, provider = %upstream.provider, %why, "model bus: trying the next candidate");
+                failures.push(format!("{}: {why}", upstream.provider));
+                continue;
+            }
+        };
+        let answer = hyper::Response::from_parts(parts, body);
+        return relay(
+            &bus,
+            &agent,
+            api,
+            endpoint,
+            upstream,
+            streamed,
+            timeouts.idle,
+            answer,
+            Some(first),
+        )
+        .await;
     }
     error_response(
         api,
@@ -360,6 +477,57 @@ async fn forward(bus: Arc<Bus>, api: ProviderApi, endpoint: Endpoint, headers: H
             failures.join("; ")
         ),
     )
+}
+
+/// Waits for `sending`, unless `upstream`'s provider leaves the agent's candidates first (the
+/// daemon failed the agent over: its probes found the provider down or hung). Then the request
+/// is abandoned (dropping it closes the upstream connection) and the next candidate is tried at
+/// once, instead of waiting out the header timeout on a provider known to be hung.
+async fn until_unrouted<T>(
+    state: &BusState,
+    agent: &str,
+    upstream: &Upstream,
+    route_changes: &mut watch::Receiver<u64>,
+    sending: impl Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    tokio::pin!(sending);
+    loop {
+        tokio::select! {
+            result = &mut sending => return result,
+            changed = route_changes.changed() => {
+                if changed.is_err() {
+                    return sending.await; // The state is gone: nothing will change any more.
+                }
+                if !state.still_routed(agent, &upstream.provider) {
+                    return Err("no answer yet, and no longer a healthy route (failed over)".into());
+                }
+            }
+        }
+    }
+}
+
+/// The first data of an answer's body; Err when the body ended, broke or stayed silent for
+/// `timeout` before any.
+async fn first_data(body: &mut Incoming, timeout: Duration) -> Result<Bytes, String> {
+    loop {
+        match tokio::time::timeout(timeout, body.frame()).await {
+            Err(_) => {
+                return Err(format!(
+                    "headers, then nothing within {}",
+                    humantime::format_duration(timeout)
+                ))
+            }
+            Ok(None) => return Err("the answer ended before its first byte".into()),
+            Ok(Some(Err(error))) => return Err(format!("the answer broke before its first byte: {error}")),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    if !data.is_empty() {
+                        return Ok(data);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The path (relative to the upstream's base URL) and body for `upstream`, or None when the
@@ -539,8 +707,10 @@ impl hyper::body::Body for RelayBody {
     }
 }
 
-/// Answers the agent with `answer` (2xx or 4xx), relayed by a task so chunks reach the agent
-/// as they arrive; meters the tokens once the answer completed.
+/// Answers the agent with `answer` (2xx or 4xx; `first`: the body's first data, already read),
+/// relayed by a task so chunks reach the agent as they arrive; meters the tokens once the answer
+/// completed. An answer that sends nothing for `idle_timeout` is ended as broken.
+#[allow(clippy::too_many_arguments)]
 async fn relay(
     bus: &Arc<Bus>,
     agent: &str,
@@ -548,13 +718,19 @@ async fn relay(
     endpoint: Endpoint,
     upstream: &Upstream,
     streamed: bool,
+    idle_timeout: Duration,
     answer: hyper::Response<Incoming>,
+    first: Option<Bytes>,
 ) -> Response {
     let status = answer.status();
     let route = route_header(upstream);
     if !status.is_success() {
         // A client error (unknown model, bad request): passed on in the agent's API shape.
-        let body = read_whole(answer.into_body()).await.unwrap_or_default();
+        let body = tokio::time::timeout(idle_timeout, read_whole(answer.into_body()))
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         let mut response = if api == upstream.api {
             let mut response = Response::new(Body::from(body));
             *response.status_mut() = status;
@@ -608,8 +784,20 @@ async fn relay(
     };
     let mut body = answer.into_body();
     tokio::spawn(async move {
+        for piece in first.map(|data| converter.on_chunk(&data)).unwrap_or_default() {
+            if chunks.send(Ok(piece)).await.is_err() {
+                return;
+            }
+        }
         let broke = loop {
-            match body.frame().await {
+            let Ok(frame) = tokio::time::timeout(idle_timeout, body.frame()).await else {
+                // Dropping the body below closes the upstream connection.
+                break Some(format!(
+                    "nothing from the model for {} (hung?)",
+                    humantime::format_duration(idle_timeout)
+                ));
+            };
+            match frame {
                 None => break None,
                 Some(Err(error)) => break Some(error.to_string()),
                 Some(Ok(frame)) => {
@@ -622,6 +810,7 @@ async fn relay(
                 }
             }
         };
+        drop(body);
         let ending = converter.on_end(broke.as_deref());
         let complete = ending.is_ok();
         for piece in ending.unwrap_or_else(|pieces| pieces) {
@@ -984,11 +1173,34 @@ mod tests {
 
     type Seen = Arc<Mutex<Vec<Value>>>;
 
-    /// A fake upstream: what it was sent, and whether its streams break after the first chunk.
+    /// A fake upstream: what it was sent, and whether its streams break after the first chunk,
+    /// its answers stall after the first chunk (never ending), it sends its headers and then
+    /// breaks or stalls before any data, or it never answers at all.
     #[derive(Clone, Default)]
     struct Fake {
         seen: Seen,
         break_streams: bool,
+        stall: bool,
+        break_before_data: bool,
+        stall_before_data: bool,
+        hang: bool,
+    }
+
+    /// A body that sends `first` and then nothing, without ending (a provider hung midway).
+    fn stalled(first: String, content_type: &'static str) -> Response {
+        let (chunks, receiver) = mpsc::channel(4);
+        tokio::spawn(async move {
+            if !first.is_empty() {
+                let _ = chunks.send(Ok(Bytes::from(first))).await;
+            }
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            drop(chunks);
+        });
+        let mut response = Response::new(Body::new(RelayBody { chunks: receiver }));
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        response
     }
 
     /// A body the test writes chunk by chunk; an Err breaks the connection mid-answer.
@@ -1018,7 +1230,19 @@ mod tests {
 
     async fn ollama_chat(State(fake): State<Fake>, Json(request): Json<Value>) -> Response {
         fake.seen.lock().unwrap().push(request.clone());
+        if fake.hang {
+            std::future::pending::<()>().await;
+        }
+        if fake.break_before_data {
+            return chunked(Vec::new(), "application/x-ndjson", true);
+        }
+        if fake.stall_before_data {
+            return stalled(String::new(), "application/x-ndjson");
+        }
         let model = request["model"].clone();
+        if fake.stall && request["stream"] == json!(false) {
+            return stalled(format!("{{\"model\": {model}, "), "application/json");
+        }
         if request["stream"] == json!(false) {
             return json_response(
                 StatusCode::OK,
@@ -1043,6 +1267,9 @@ mod tests {
         };
         if fake.break_streams {
             return chunked(vec![line("Hel", false)], "application/x-ndjson", true);
+        }
+        if fake.stall {
+            return stalled(line("Hel", false).unwrap(), "application/x-ndjson");
         }
         chunked(
             vec![line("Hel", false), line("lo", false), line("", true)],
@@ -1077,6 +1304,9 @@ mod tests {
         let first = event(json!({"role": "assistant", "content": "Hel"}), Value::Null, None);
         if fake.break_streams {
             return chunked(vec![first], "text/event-stream", true);
+        }
+        if fake.stall {
+            return stalled(first.unwrap(), "text/event-stream");
         }
         chunked(
             vec![
@@ -1131,9 +1361,15 @@ mod tests {
         header_timeout: Duration,
     ) -> (SocketAddr, Arc<Mutex<Vec<Metered>>>) {
         let state = BusState::default();
+        state.set_header_timeout(header_timeout);
+        start_bus_with(state, candidates).await
+    }
+
+    /// A bus on `state` (its timeouts set by the caller) where agent `coder` routes to
+    /// `candidates`.
+    async fn start_bus_with(state: BusState, candidates: Vec<Upstream>) -> (SocketAddr, Arc<Mutex<Vec<Metered>>>) {
         state.set_token("coder", TOKEN);
         state.set_routes("coder", candidates);
-        state.set_header_timeout(header_timeout);
         let metered = Arc::new(Mutex::new(Vec::new()));
         let sink = metered.clone();
         let meter: Meter = Arc::new(move |m| sink.lock().unwrap().push(m));
@@ -1203,6 +1439,33 @@ mod tests {
 
     fn chat(stream: bool) -> Value {
         json!({"model": "whatever", "messages": [{"role": "user", "content": "hi"}], "stream": stream})
+    }
+
+    #[test]
+    fn agents_are_found_by_the_digest_of_their_token_only() {
+        let state = BusState::default();
+        state.set_token("coder", "tok-1");
+        state.set_token("writer", "tok-2");
+        assert_eq!(state.agent_of("tok-1").as_deref(), Some("coder"));
+        assert_eq!(state.agent_of("tok-2").as_deref(), Some("writer"));
+        for guess in ["", "tok-", "tok-12", "tok-1 ", "TOK-1"] {
+            assert_eq!(state.agent_of(guess), None, "{guess:?}");
+        }
+        {
+            // The table keeps digests, not the tokens.
+            let tables = state.shared.read().unwrap();
+            let mut keys: Vec<&TokenDigest> = tables.agents_by_token.keys().collect();
+            keys.sort();
+            let mut expected = [token_digest("tok-1"), token_digest("tok-2")];
+            expected.sort();
+            assert_eq!(keys, expected.iter().collect::<Vec<_>>());
+        }
+        // A new token replaces the old one; a removed agent has none.
+        state.set_token("coder", "tok-3");
+        assert_eq!(state.agent_of("tok-1"), None);
+        assert_eq!(state.agent_of("tok-3").as_deref(), Some("coder"));
+        state.remove_agent("writer");
+        assert_eq!(state.agent_of("tok-2"), None);
     }
 
     #[tokio::test]
@@ -1429,6 +1692,140 @@ mod tests {
         let answer = call(crossing_bus, "/api/chat", Some(TOKEN), Some(chat(true))).await;
         let lines = ndjson_lines(&text_of(answer).await);
         assert!(lines.last().unwrap()["error"].is_string(), "{lines:?}");
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_stalls_midway_ends_with_the_error_event_after_the_idle_timeout() {
+        const IDLE: Duration = Duration::from_millis(300);
+        let fake = Fake {
+            stall: true,
+            ..Fake::default()
+        };
+        let ollama = fake_upstream(ProviderApi::Ollama, fake.clone()).await;
+        let openai = fake_upstream(ProviderApi::Openai, fake).await;
+        let bus_on = |url: &str, api: ProviderApi| {
+            let state = BusState::default();
+            state.set_stream_idle_timeout(IDLE);
+            start_bus_with(state, vec![upstream("stuck", api, url, "m")])
+        };
+        let (ollama_bus, metered) = bus_on(&ollama, ProviderApi::Ollama).await;
+        let (openai_bus, _) = bus_on(&openai, ProviderApi::Openai).await;
+
+        let started = Instant::now();
+        let answer = call(ollama_bus, "/api/chat", Some(TOKEN), Some(chat(true))).await;
+        let lines = ndjson_lines(&text_of(answer).await);
+        let took = started.elapsed();
+        assert_eq!(lines[0]["message"]["content"], json!("Hel"));
+        let error = lines.last().unwrap()["error"].as_str().unwrap();
+        assert!(
+            error.starts_with("the model stream broke midway: nothing from the model for 300ms"),
+            "{error}"
+        );
+        assert!(took >= IDLE && took < IDLE * 10, "{took:?}");
+
+        let answer = call(openai_bus, "/v1/chat/completions", Some(TOKEN), Some(chat(true))).await;
+        let events = sse_events(&text_of(answer).await);
+        assert_eq!(events[0]["choices"][0]["delta"]["content"], json!("Hel"));
+        let error = events.last().unwrap()["error"]["message"].as_str().unwrap();
+        assert!(error.starts_with("the model stream broke midway"), "{error}");
+
+        // Across APIs: an Ollama agent on an OpenAI route gets an Ollama error line.
+        let answer = call(openai_bus, "/api/chat", Some(TOKEN), Some(chat(true))).await;
+        let lines = ndjson_lines(&text_of(answer).await);
+        let error = lines.last().unwrap()["error"].as_str().unwrap();
+        assert!(error.starts_with("the model stream broke midway"), "{error}");
+
+        // Not streamed: the agent's body breaks instead of hanging.
+        let answer = call(ollama_bus, "/api/chat", Some(TOKEN), Some(chat(false))).await;
+        let (_, broke) = chunks_of(answer).await;
+        assert!(broke.is_some(), "a stalled non-streamed answer breaks the agent's body");
+        assert!(metered.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn headers_without_data_are_not_an_answer_the_next_candidate_is_tried() {
+        let healthy = fake_upstream(ProviderApi::Openai, Fake::default()).await;
+        let healthy = upstream("cloud", ProviderApi::Openai, &healthy, "gpt-x");
+        for fake in [
+            Fake {
+                break_before_data: true,
+                ..Fake::default()
+            },
+            Fake {
+                stall_before_data: true,
+                ..Fake::default()
+            },
+        ] {
+            let url = fake_upstream(ProviderApi::Ollama, fake).await;
+            let (bus, metered) = start_bus_timed(
+                vec![upstream("local", ProviderApi::Ollama, &url, "m"), healthy.clone()],
+                Duration::from_millis(300),
+            )
+            .await;
+            let answer = call(bus, "/api/chat", Some(TOKEN), Some(chat(true))).await;
+            assert_eq!(route_of(&answer), "cloud/gpt-x");
+            let lines = ndjson_lines(&text_of(answer).await);
+            let content: String = lines.iter().filter_map(|l| l["message"]["content"].as_str()).collect();
+            assert_eq!(content, "Hello", "{lines:?}");
+            assert!(lines.iter().all(|l| l.get("error").is_none()), "{lines:?}");
+
+            let answer = call(bus, "/api/chat", Some(TOKEN), Some(chat(false))).await;
+            assert_eq!(route_of(&answer), "cloud/gpt-x");
+            let body: Value = serde_json::from_str(&text_of(answer).await).unwrap();
+            assert_eq!(body["message"]["content"], json!("Hello"));
+            assert_eq!(metered.lock().unwrap().len(), 2);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_waiting_on_a_provider_that_fails_over_moves_on_at_once() {
+        let hung = fake_upstream(
+            ProviderApi::Ollama,
+            Fake {
+                hang: true,
+                ..Fake::default()
+            },
+        )
+        .await;
+        let healthy = fake_upstream(ProviderApi::Openai, Fake::default()).await;
+        let (hung, healthy) = (
+            upstream("local", ProviderApi::Ollama, &hung, "llama3.2:3b"),
+            upstream("cloud", ProviderApi::Openai, &healthy, "gpt-x"),
+        );
+        // The default header timeout (30 s): only the route change can end the wait early.
+        let state = BusState::default();
+        let (bus, metered) = start_bus_with(state.clone(), vec![hung.clone(), healthy.clone()]).await;
+        let started = Instant::now();
+        let pending = tokio::spawn(call(bus, "/api/chat", Some(TOKEN), Some(chat(false))));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // A change that keeps the hung provider routed does not end the wait.
+        state.set_routes("coder", vec![hung.clone(), healthy.clone()]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!pending.is_finished(), "still waiting on the current route");
+        // The daemon fails the agent over: the hung provider is no longer a candidate.
+        state.set_routes("coder", vec![healthy.clone()]);
+        let answer = tokio::time::timeout(Duration::from_secs(5), pending)
+            .await
+            .expect("the request moved on without waiting out the header timeout")
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(route_of(&answer), "cloud/gpt-x");
+        let body: Value = serde_json::from_str(&text_of(answer).await).unwrap();
+        assert_eq!(body["message"]["content"], json!("Hello"));
+        assert_eq!(metered.lock().unwrap().len(), 1);
+
+        // The failover's new route was not a candidate when the request came: it is tried too.
+        state.set_routes("coder", vec![hung]);
+        let pending = tokio::spawn(call(bus, "/v1/chat/completions", Some(TOKEN), Some(chat(false))));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        state.set_routes("coder", vec![healthy]);
+        let answer = tokio::time::timeout(Duration::from_secs(5), pending)
+            .await
+            .expect("the request moved on to the new route")
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK);
+        assert_eq!(route_of(&answer), "cloud/gpt-x");
     }
 
     #[tokio::test]
