@@ -89,7 +89,7 @@ enum Event {
     Resync,
     /// A supervised process ended, noticed the moment it did.
     ChildExited {
-        name: String,
+        id: ResourceId,
         identity: ProcessIdentity,
         ended: Ended,
     },
@@ -97,7 +97,7 @@ enum Event {
     RestartDue,
     /// A health probe of a running service answered.
     Probed {
-        name: String,
+        id: ResourceId,
         identity: ProcessIdentity,
         result: Result<String, String>,
     },
@@ -119,8 +119,8 @@ enum Event {
 enum Work {
     /// A pass over everything, the source read again (unless `reload` is false: the last state).
     Full { trigger: &'static str, reload: bool },
-    /// A pass over one service that ended or fails its probe, on the last state.
-    One { name: String, trigger: &'static str },
+    /// A pass over one service or agent that ended or fails its probe, on the last state.
+    One { id: ResourceId, trigger: &'static str },
     /// A control request.
     Asked(Asked),
     /// The scheduled observe-only drift report.
@@ -158,13 +158,13 @@ struct Daemon {
     queue: VecDeque<Work>,
     /// The desired state in force: the last one read that was valid (and trusted).
     current: Option<Arc<DesiredState>>,
-    /// Exit watchers, by service name.
-    watchers: BTreeMap<String, (ProcessIdentity, AbortHandle)>,
+    /// Exit watchers, by service or agent.
+    watchers: BTreeMap<ResourceId, (ProcessIdentity, AbortHandle)>,
     /// Identities whose end was already handled (never watched again).
     ended: BTreeSet<ProcessIdentity>,
-    probing: BTreeMap<String, Probing>,
+    probing: BTreeMap<ResourceId, Probing>,
     /// Probe verdicts for passes: `Err` once the threshold is reached.
-    verdicts: BTreeMap<String, (ProcessIdentity, Result<String, String>)>,
+    verdicts: BTreeMap<ResourceId, (ProcessIdentity, Result<String, String>)>,
     /// When the armed backoff timer fires (ms), and the timer.
     backoff_timer: Option<(i64, AbortHandle)>,
     report_timer: Option<(String, AbortHandle)>,
@@ -186,7 +186,7 @@ struct Daemon {
     /// The launch-agent runner (None once shut down).
     jobs: Arc<tokio::sync::Mutex<Option<JobRunner>>>,
     /// Exit statuses seen while a pass had the reconciler.
-    pending_exits: Vec<(String, ProcessIdentity, crate::supervisor::process::Exit)>,
+    pending_exits: Vec<(ResourceId, ProcessIdentity, crate::supervisor::process::Exit)>,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. Services keep running after it ends unless
@@ -366,12 +366,12 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
                 trigger: "commit",
                 reload: true,
             }),
-            Event::ChildExited { name, identity, ended } => daemon.child_exited(name, identity, ended),
+            Event::ChildExited { id, identity, ended } => daemon.child_exited(id, identity, ended),
             Event::RestartDue => daemon.enqueue(Work::Full {
                 trigger: "backoff",
                 reload: false,
             }),
-            Event::Probed { name, identity, result } => daemon.probed(name, identity, result),
+            Event::Probed { id, identity, result } => daemon.probed(id, identity, result),
             Event::DriftReportDue => {
                 daemon.report_timer = None;
                 daemon.enqueue(Work::ScheduledReport);
@@ -468,11 +468,11 @@ impl Daemon {
         }
         match &work {
             // A crashed service goes first; once queued, once.
-            Work::One { name, .. } => {
+            Work::One { id, .. } => {
                 if !self
                     .queue
                     .iter()
-                    .any(|w| matches!(w, Work::One { name: n, .. } if n == name))
+                    .any(|w| matches!(w, Work::One { id: queued, .. } if queued == id))
                 {
                     let at = self.queue.iter().take_while(|w| matches!(w, Work::One { .. })).count();
                     self.queue.insert(at, work);
@@ -532,27 +532,27 @@ impl Daemon {
         });
     }
 
-    fn child_exited(&mut self, name: String, identity: ProcessIdentity, ended: Ended) {
-        let current = self.watchers.get(&name).map(|(id, _)| id.clone());
+    fn child_exited(&mut self, id: ResourceId, identity: ProcessIdentity, ended: Ended) {
+        let current = self.watchers.get(&id).map(|(watched, _)| watched.clone());
         self.ended.insert(identity.clone());
         if current.as_ref() != Some(&identity) {
             return; // stopped on purpose by a pass (update, prune): not a crash
         }
-        self.watchers.remove(&name);
-        tracing::warn!(service = %name, pid = identity.pid, exit = ?ended.exit, mechanism = ended.mechanism.as_str(), "service ended");
+        self.watchers.remove(&id);
+        tracing::warn!(resource = %id, pid = identity.pid, exit = ?ended.exit, mechanism = ended.mechanism.as_str(), "process ended");
         if let (Some(reconciler), Some(exit)) = (self.reconciler.as_mut(), ended.exit) {
-            reconciler.note_exit(&name, identity.clone(), exit);
+            reconciler.note_exit(&id, identity.clone(), exit);
         } else if let Some(exit) = ended.exit {
-            self.pending_exits.push((name.clone(), identity.clone(), exit));
+            self.pending_exits.push((id.clone(), identity.clone(), exit));
         }
         self.enqueue(Work::One {
-            name,
+            id,
             trigger: "child-exit",
         });
     }
 
-    fn probed(&mut self, name: String, identity: ProcessIdentity, result: Result<String, String>) {
-        let Some(probing) = self.probing.get_mut(&name) else {
+    fn probed(&mut self, id: ResourceId, identity: ProcessIdentity, result: Result<String, String>) {
+        let Some(probing) = self.probing.get_mut(&id) else {
             return;
         };
         if probing.identity != identity {
@@ -561,15 +561,15 @@ impl Daemon {
         match result {
             Ok(answer) => {
                 probing.failures = 0;
-                self.verdicts.insert(name, (identity, Ok(answer)));
+                self.verdicts.insert(id, (identity, Ok(answer)));
             }
             Err(why) => {
                 probing.failures += 1;
                 if probing.failures >= probing.threshold {
                     let verdict = format!("probe failed {} time(s) in a row: {why}", probing.failures);
-                    tracing::warn!(service = %name, %verdict, "service unhealthy");
-                    self.verdicts.insert(name.clone(), (identity, Err(verdict)));
-                    self.enqueue(Work::One { name, trigger: "probe" });
+                    tracing::warn!(resource = %id, %verdict, "unhealthy");
+                    self.verdicts.insert(id.clone(), (identity, Err(verdict)));
+                    self.enqueue(Work::One { id, trigger: "probe" });
                 }
             }
         }
@@ -583,8 +583,8 @@ impl Daemon {
             applied,
             took,
         } = finished;
-        for (name, identity, exit) in self.pending_exits.drain(..) {
-            reconciler.note_exit(&name, identity, exit);
+        for (id, identity, exit) in self.pending_exits.drain(..) {
+            reconciler.note_exit(&id, identity, exit);
         }
         if let Some(state) = applied {
             self.sync_jobs(&reconciler, &state);
@@ -638,6 +638,12 @@ impl Daemon {
             }
         }
         self.sync_watchers(&reconciler);
+        // A pass may have enrolled or revoked an agent: the bus learns its token at once.
+        if applied_anything(&result) {
+            if let Some(state) = self.current.clone() {
+                self.sync_bus(&reconciler, &state);
+            }
+        }
         self.sync_schedules();
         if let Work::Asked((request, reply)) = work {
             match result {
@@ -710,7 +716,8 @@ impl Daemon {
             return;
         }
         let healthy = self.routing.is_healthy(&probed.provider);
-        tracing::warn!(provider = %probed.provider, healthy, verdict = ?probed.verdict, "provider health changed");
+        let routable = self.routing.is_routable(&probed.provider);
+        tracing::warn!(provider = %probed.provider, healthy, routable, verdict = ?probed.verdict, "provider health changed");
         if !healthy {
             self.restart_provider_service(&probed);
         }
@@ -725,6 +732,7 @@ impl Daemon {
             return;
         };
         let Some(service) = spec.service.clone() else { return };
+        let service = ResourceId::new(Kind::Service, service);
         let Some((identity, _)) = self.watchers.get(&service).cloned() else {
             return; // not running: the service's own restart policy is at work
         };
@@ -747,7 +755,7 @@ impl Daemon {
         tracing::warn!(service = %service, %why, "restarting the provider's service");
         self.verdicts.insert(service.clone(), (identity, Err(why)));
         self.enqueue(Work::One {
-            name: service,
+            id: service,
             trigger: "provider",
         });
     }
@@ -799,9 +807,9 @@ impl Daemon {
         }
     }
 
-    /// The bus follows the state in force: a token per agent (also written to
-    /// `<state dir>/agents/<name>/bus-token`, mode 0600, until agents are started with it), the
-    /// server on the Controller's bus address (only while there are agents), prices for metering.
+    /// The bus follows the state in force: each enrolled agent's token (revoked ones are gone),
+    /// the server on the Controller's bus address (only while there are agents), prices for
+    /// metering.
     fn sync_bus(&mut self, reconciler: &Reconciler, state: &DesiredState) {
         let agents: BTreeSet<String> = state
             .resources
@@ -812,16 +820,12 @@ impl Daemon {
         for gone in self.bus_agents.difference(&agents) {
             self.bus.remove_agent(gone);
         }
+        // Only enrolled agents have a token (enrollment happens when an agent first starts).
+        let tokens = reconciler.agent_tokens();
         for agent in &agents {
-            let token = reconciler.agent_token(agent);
-            self.bus.set_token(agent, &token);
-            let dir = self.config.context.state_dir.join("agents").join(agent);
-            let path = dir.join("bus-token");
-            if std::fs::read_to_string(&path).ok().as_deref() != Some(token.as_str()) {
-                let written = write_secret(&dir, &path, token.as_bytes());
-                if let Err(e) = written {
-                    tracing::warn!(path = %path.display(), error = %e, "writing the agent's bus token failed");
-                }
+            match tokens.get(agent) {
+                Some(token) => self.bus.set_token(agent, token),
+                None => self.bus.remove_agent(agent),
             }
         }
         self.bus_agents = agents;
@@ -952,7 +956,7 @@ impl Daemon {
 
     /// Watches (for its end) and probes every owned running process; forgets the rest.
     fn sync_watchers(&mut self, reconciler: &Reconciler) {
-        let owned: BTreeMap<String, ProcessIdentity> = reconciler.owned_processes().into_iter().collect();
+        let owned: BTreeMap<ResourceId, ProcessIdentity> = reconciler.owned_processes().into_iter().collect();
         self.watchers.retain(|name, (identity, task)| {
             let keep = owned.get(name) == Some(identity);
             if !keep {
@@ -982,7 +986,7 @@ impl Daemon {
                 let task = tokio::spawn(async move {
                     let ended = watch::ended(identity_c.clone()).await;
                     let _ = events.send(Event::ChildExited {
-                        name: name_c,
+                        id: name_c,
                         identity: identity_c,
                         ended,
                     });
@@ -1022,14 +1026,15 @@ impl Daemon {
         self.metrics.set_services(running as u64, desired as u64);
     }
 
-    fn probe_of(&self, name: &str, reconciler: &Reconciler) -> Option<(Probe, i64)> {
+    fn probe_of(&self, id: &ResourceId, reconciler: &Reconciler) -> Option<(Probe, i64)> {
         let state = self.current.as_ref()?;
-        let resource = state.get(Kind::Service, name)?;
-        let Spec::Service(spec) = &resource.spec else {
-            return None;
+        let resource = state.get(id.kind, &id.name)?;
+        let probe = match &resource.spec {
+            Spec::Service(spec) => spec.health.clone()?,
+            Spec::Agent(spec) => spec.health.clone()?,
+            _ => return None,
         };
-        let probe = spec.health.clone()?;
-        Some((probe, reconciler.started_ms(name).unwrap_or_else(now_ms)))
+        Some((probe, reconciler.started_ms(id).unwrap_or_else(now_ms)))
     }
 
     /// Wakes the loop when the earliest held-back restart is due. A pass over one service knows
@@ -1092,23 +1097,6 @@ async fn start_jobs(
     Ok(runner)
 }
 
-/// Writes a secret file readable by this user only (0600 from creation, then renamed in place).
-fn write_secret(dir: &std::path::Path, path: &std::path::Path, content: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    let temp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temp)?;
-    file.write_all(content)?;
-    file.sync_data()?;
-    std::fs::rename(&temp, path)
-}
-
 /// How often the loop tells /healthz it is alive when nothing happens.
 const HEARTBEAT: Duration = Duration::from_secs(10);
 
@@ -1118,7 +1106,7 @@ const REPORTS_KEPT: usize = 200;
 /// Probes one process every `interval` after its start period; every answer is an event.
 async fn probe_loop(
     events: mpsc::UnboundedSender<Event>,
-    name: String,
+    id: ResourceId,
     identity: ProcessIdentity,
     probe: Probe,
     started_ms: i64,
@@ -1134,7 +1122,7 @@ async fn probe_loop(
             .unwrap_or_else(|e| Err(format!("the probe panicked: {e}")));
         if events
             .send(Event::Probed {
-                name: name.clone(),
+                id: id.clone(),
                 identity: identity.clone(),
                 result,
             })
@@ -1144,6 +1132,11 @@ async fn probe_loop(
         }
         tokio::time::sleep(interval).await;
     }
+}
+
+/// Whether a pass changed anything on the host.
+fn applied_anything(result: &Answer) -> bool {
+    matches!(result, Answer::Pass(outcome) if !outcome.applied.is_empty())
 }
 
 /// Does one piece of work on the blocking thread: the only place the daemon reads the source.
@@ -1163,14 +1156,14 @@ fn perform(
     };
     let own_source = reconciler.context().source.clone();
     match work {
-        Work::One { name, trigger } => {
+        Work::One { id, trigger } => {
             let Some(state) = current else {
                 return (Answer::Error("no desired state in force yet".into()), None);
             };
             let input = PassInput {
                 desired: Ok(state),
                 extra_drift: Vec::new(),
-                only: Some(ResourceId::new(Kind::Service, name.clone())),
+                only: Some(id.clone()),
                 probes,
             };
             let options = pass_options(false, false, trigger);

@@ -127,16 +127,25 @@ impl Routing {
         }
     }
 
-    /// Feeds a verdict; returns whether the provider changed state (healthy <-> unhealthy).
+    /// Feeds a verdict; returns whether the provider changed state (healthy or routable).
     pub fn observe(&mut self, probed: &Probed, now_ms: i64) -> bool {
         match self.providers.get_mut(&probed.provider) {
-            Some(state) => state.observe(&probed.verdict, now_ms).is_some(),
+            Some(state) => {
+                let routable = state.routable();
+                state.observe(&probed.verdict, now_ms).is_some() || state.routable() != routable
+            }
             None => false,
         }
     }
 
+    /// Healthy by its failure threshold (a restart of its Service is due when not).
     pub fn is_healthy(&self, provider: &str) -> bool {
         self.providers.get(provider).is_none_or(ProviderState::healthy)
+    }
+
+    /// Agents may be routed to it now.
+    pub fn is_routable(&self, provider: &str) -> bool {
+        self.providers.get(provider).is_none_or(ProviderState::routable)
     }
 
     /// Recomputes every agent's route; returns the switches and when to look again (a failback
@@ -181,7 +190,7 @@ impl Routing {
             .iter()
             .map(|(name, state)| ProviderHealth {
                 name: name.clone(),
-                healthy: state.healthy(),
+                healthy: state.routable(),
                 verdict: state.last().cloned(),
                 healthy_since_ms: state.healthy_since_ms(),
             })
@@ -260,7 +269,7 @@ impl Routing {
             let current = self.routes.get(name).and_then(|(r, _)| r.route().cloned());
             let mut candidates: Vec<crate::router::bus::Upstream> = current.iter().filter_map(upstream).collect();
             for entry in model.chain() {
-                if Some(entry) != current.as_ref() && self.is_healthy(&entry.provider) {
+                if Some(entry) != current.as_ref() && self.is_routable(&entry.provider) {
                     candidates.extend(upstream(entry));
                 }
             }

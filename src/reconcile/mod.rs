@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod agents;
 pub mod models;
 
 use serde::Serialize;
@@ -16,6 +17,8 @@ use crate::plan::redact::{render_spec, spec_hash};
 use crate::plan::{self, Action, DesiredItem, OwnedItem, Plan, PlanInput};
 use crate::report::{now_ms, rfc3339, Drift, DriftItem, DriftReport, Severity};
 use crate::source::{self, DesiredState, LoadError, SourceOptions};
+use crate::spec::agent::AgentSpec;
+use crate::spec::policy::PolicySpec;
 use crate::spec::{parse_dependency, Kind, ResourceId, ServiceSpec, Spec};
 use crate::store::inventory::LocalInventory;
 use crate::store::recorder::{FlushReport, RecorderConfig};
@@ -123,7 +126,7 @@ pub enum Probes {
     RunNow,
     /// What the daemon's probe schedule found, by service name, for the identity probed:
     /// `Err` only once `failureThreshold` probes failed in a row.
-    Known(BTreeMap<String, (ProcessIdentity, Result<String, String>)>),
+    Known(BTreeMap<ResourceId, (ProcessIdentity, Result<String, String>)>),
 }
 
 /// What a pass works on.
@@ -159,7 +162,7 @@ pub struct Reconciler {
     key: Vec<u8>,
     inventory: LocalInventory,
     /// Exit statuses of services that ended, noticed by the daemon as their parent.
-    exits: BTreeMap<String, (ProcessIdentity, process::Exit)>,
+    exits: BTreeMap<ResourceId, (ProcessIdentity, process::Exit)>,
 }
 
 impl Reconciler {
@@ -193,8 +196,8 @@ impl Reconciler {
     }
 
     /// Remembers how a service's process ended (the daemon reaped it).
-    pub fn note_exit(&mut self, name: &str, identity: ProcessIdentity, exit: process::Exit) {
-        self.exits.insert(name.to_string(), (identity, exit));
+    pub fn note_exit(&mut self, id: &ResourceId, identity: ProcessIdentity, exit: process::Exit) {
+        self.exits.insert(id.clone(), (identity, exit));
     }
 
     /// The LaunchAgents of `state` this host runs (placement), each with a keyed spec hash.
@@ -223,30 +226,27 @@ impl Reconciler {
             .collect()
     }
 
-    /// The bearer token an agent presents to the model bus: keyed by this host's secret, so it
-    /// is stable across restarts and cannot be guessed from the agent's name.
-    pub fn agent_token(&self, agent: &str) -> String {
-        use hmac::{Hmac, Mac};
-        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
-        mac.update(b"mirrorctl model bus token\0");
-        mac.update(agent.as_bytes());
-        hex::encode(mac.finalize().into_bytes())
+    /// The bus tokens of the enrolled agents, by agent.
+    pub fn agent_tokens(&self) -> BTreeMap<String, String> {
+        agents::tokens(&self.context.state_dir, &self.key)
     }
 
-    /// When the recorded process of a service was started.
-    pub fn started_ms(&self, name: &str) -> Option<i64> {
+    /// When the recorded process of a service or agent was started.
+    pub fn started_ms(&self, id: &ResourceId) -> Option<i64> {
         self.inventory
-            .get(Kind::Service.as_str(), name)
+            .get(id.kind.as_str(), &id.name)
             .and_then(process_record)
             .map(|r| r.started_ms)
     }
 
-    /// Running processes this host owns, by service name, as the inventory records them.
-    pub fn owned_processes(&self) -> Vec<(String, ProcessIdentity)> {
+    /// Running processes this host owns (services and agents), as the inventory records them.
+    pub fn owned_processes(&self) -> Vec<(ResourceId, ProcessIdentity)> {
         self.inventory
             .entries()
-            .filter(|e| e.kind == Kind::Service.as_str())
-            .filter_map(|e| identity_of(e).map(|id| (e.name.clone(), id)))
+            .filter_map(|e| {
+                let kind = process_kind(&e.kind)?;
+                identity_of(e).map(|id| (ResourceId::new(kind, e.name.clone()), id))
+            })
             .collect()
     }
 
@@ -257,10 +257,12 @@ impl Reconciler {
         let mut entries: Vec<InventoryEntry> = self
             .inventory
             .entries()
-            .filter(|e| e.kind == Kind::Service.as_str())
+            .filter(|e| process_kind(&e.kind).is_some())
             .cloned()
             .collect();
         entries.reverse();
+        // Agents use services (models, tools): they stop first.
+        entries.sort_by_key(|e| e.kind != Kind::Agent.as_str());
         for mut entry in entries {
             let Some(identity) = identity_of(&entry) else { continue };
             let (signal, grace) = stop_settings(&entry.last_applied);
@@ -374,6 +376,7 @@ impl Reconciler {
                     Some(dep) => Err(format!("not started: its dependency {dep} failed")),
                     None => apply_change(
                         context,
+                        &self.key,
                         change.action,
                         &id,
                         specs.get(&id).copied(),
@@ -571,10 +574,13 @@ fn secret_key(state_dir: &Path) -> Result<Vec<u8>, ReconcileError> {
     Ok(key)
 }
 
-/// A desired Service with what apply needs.
+/// A desired Service or Agent with what apply needs.
 struct DesiredService {
     item: DesiredItem,
+    /// How it runs (an agent: in its sandbox, with its environment).
     spec: ServiceSpec,
+    /// For an agent: its spec and its policy's (enrollment, the policy file).
+    agent: Option<(AgentSpec, Option<PolicySpec>)>,
 }
 
 /// Relative env files and working dirs are relative to the state dir (secrets live outside git).
@@ -586,7 +592,7 @@ fn resolve(state_dir: &Path, path: &Path) -> PathBuf {
     }
 }
 
-/// The Services this host runs (placement selects the host).
+/// The Services and Agents this host runs (placement selects the host).
 fn desired_services(
     state: &DesiredState,
     key: &[u8],
@@ -594,21 +600,43 @@ fn desired_services(
     host: &str,
     selected: &dyn Fn(&ResourceId) -> bool,
 ) -> Vec<DesiredService> {
+    let bus_url = format!("http://{}", state.controller().bus_address());
     state
         .resources
         .iter()
         .filter(|r| selected(&r.id()))
         .filter_map(|r| match &r.spec {
-            Spec::Service(spec) if spec.placement.as_ref().is_none_or(|p| p.selects(host)) => Some((r, spec)),
+            Spec::Service(spec) if spec.placement.as_ref().is_none_or(|p| p.selects(host)) => {
+                Some((r, spec.clone(), None))
+            }
+            // Validation refuses an agent without a policy: it never gets here.
+            Spec::Agent(spec) if spec.placement.as_ref().is_none_or(|p| p.selects(host)) => {
+                let policy = spec
+                    .policy
+                    .as_deref()
+                    .and_then(|p| match &state.get(Kind::Policy, p)?.spec {
+                        Spec::Policy(policy) => Some(policy.clone()),
+                        _ => None,
+                    });
+                let service = agents::as_service(state_dir, &r.metadata.name, spec, &bus_url);
+                Some((r, service, Some((spec.clone(), policy))))
+            }
             _ => None,
         })
-        .map(|(resource, spec)| {
+        .map(|(resource, spec, agent)| {
             let env_files: BTreeMap<PathBuf, Option<Vec<u8>>> = spec
                 .env_files
                 .iter()
                 .map(|p| (p.clone(), std::fs::read(resolve(state_dir, p)).ok()))
                 .collect();
-            let raw = serde_json::to_value(spec).expect("specs serialize");
+            let mut raw = serde_json::to_value(&spec).expect("specs serialize");
+            if let Some((agent, policy)) = &agent {
+                // A policy change restarts an agent that asks for it; others get the new file
+                // and SIGHUP (the hash stays).
+                if agent.on_policy_change == crate::spec::agent::PolicyReload::Restart {
+                    raw["x-policy"] = serde_json::to_value(policy).expect("specs serialize");
+                }
+            }
             let rendered = render_spec(raw, key, &env_files);
             let hash = spec_hash(&rendered);
             let mut last_applied = rendered.clone();
@@ -632,7 +660,8 @@ fn desired_services(
                     restart: spec.restart,
                     backoff: spec.backoff(),
                 },
-                spec: spec.clone(),
+                spec,
+                agent,
             }
         })
         .collect()
@@ -662,23 +691,20 @@ fn observe(
     inventory: &LocalInventory,
     desired: &[DesiredService],
     probes: &Probes,
-    exits: &mut BTreeMap<String, (ProcessIdentity, process::Exit)>,
+    exits: &mut BTreeMap<ResourceId, (ProcessIdentity, process::Exit)>,
     selected: &dyn Fn(&ResourceId) -> bool,
 ) -> Vec<OwnedItem> {
-    let desired_by_name: BTreeMap<&str, &DesiredService> =
-        desired.iter().map(|d| (d.item.id.name.as_str(), d)).collect();
+    let desired_by_id: BTreeMap<&ResourceId, &DesiredService> = desired.iter().map(|d| (&d.item.id, d)).collect();
     inventory
         .entries()
-        .filter(|e| e.kind == Kind::Service.as_str())
-        .filter(|e| selected(&ResourceId::new(Kind::Service, e.name.clone())))
-        .map(|entry| {
-            let probe = desired_by_name
-                .get(entry.name.as_str())
-                .and_then(|d| d.spec.health.as_ref());
+        .filter_map(|e| process_kind(&e.kind).map(|kind| (ResourceId::new(kind, e.name.clone()), e)))
+        .filter(|(id, _)| selected(id))
+        .map(|(id, entry)| {
+            let probe = desired_by_id.get(&id).and_then(|d| d.spec.health.as_ref());
             let last_applied: Value = serde_json::from_str(&entry.last_applied).unwrap_or(Value::Null);
             let record = process_record(entry);
             let liveness = record.as_ref().map(|r| process::liveness(&r.identity));
-            let noted = match (exits.get(&entry.name), record.as_ref()) {
+            let noted = match (exits.get(&id), record.as_ref()) {
                 (Some((identity, exit)), Some(r)) if *identity == r.identity => Some(*exit),
                 _ => None,
             };
@@ -690,13 +716,13 @@ fn observe(
                     probe_running(probe, record.started_ms)
                 }
                 (Some(Liveness::Running), Some(_), Some(record), Probes::Known(known)) => known
-                    .get(&entry.name)
+                    .get(&id)
                     .filter(|(identity, _)| *identity == record.identity)
                     .map(|(_, verdict)| verdict.clone()),
                 _ => None,
             };
             OwnedItem {
-                id: ResourceId::new(Kind::Service, entry.name.clone()),
+                id,
                 hash: entry.spec_hash.clone(),
                 prune_allowed: last_applied.get("x-prune").and_then(Value::as_str) != Some("disabled"),
                 last_applied,
@@ -735,6 +761,7 @@ fn probe_running(probe: &crate::spec::common::Probe, started_ms: i64) -> Option<
 /// Carries out one change; Ok(detail) or Err(why it failed).
 fn apply_change(
     context: &Context,
+    key: &[u8],
     action: Action,
     id: &ResourceId,
     desired: Option<&DesiredService>,
@@ -774,7 +801,18 @@ fn apply_change(
                 }
                 _ => 0,
             };
-            let identity = start(context, &id.name, &desired.spec)?;
+            let mut run = desired.spec.clone();
+            let mut enrolled = String::new();
+            let mut log_name = id.name.clone();
+            if let Some((agent, policy)) = &desired.agent {
+                let token;
+                (enrolled, token) = enroll_agent(context, key, &id.name, agent, policy.as_ref(), recorder)?;
+                run.env.insert("MIRROR_AGENT_TOKEN".into(), token);
+                // An agent and a service may share a name: their logs must not.
+                log_name = format!("agent-{}", id.name);
+            }
+            let identity = start(context, &log_name, &run)?;
+            let stopped = format!("{stopped}{enrolled}");
             let record = ProcessRecord {
                 identity: identity.clone(),
                 restarts,
@@ -819,9 +857,82 @@ fn apply_change(
             inventory
                 .remove(&context.host, id.kind.as_str(), &id.name, recorder)
                 .map_err(local_error)?;
-            Ok(format!("{stopped}forgotten"))
+            let revoked = if id.kind == Kind::Agent {
+                revoke_agent(context, &id.name, recorder)
+            } else {
+                String::new()
+            };
+            Ok(format!("{stopped}forgotten{revoked}"))
         }
     }
+}
+
+/// Enrolls an agent the first time it starts (sandbox, token, a record and a receipt) and
+/// writes its policy file; what happened (for the change's detail) and the agent's token.
+fn enroll_agent(
+    context: &Context,
+    key: &[u8],
+    name: &str,
+    agent: &AgentSpec,
+    policy: Option<&PolicySpec>,
+    recorder: &Recorder,
+) -> Result<(String, String), String> {
+    let (enrollment, token, new) =
+        agents::ensure(&context.state_dir, key, name, agent, now_ms()).map_err(|e| e.to_string())?;
+    let policy_json = json!({"name": agent.policy, "spec": policy});
+    let policy_hash = spec_hash(&policy_json);
+    agents::write_policy(&context.state_dir, name, &policy_json).map_err(|e| e.to_string())?;
+    if !new {
+        return Ok((String::new(), token));
+    }
+    recorder.record(Record::Enrollment(crate::store::Enrollment {
+        host: context.host.clone(),
+        agent: name.to_string(),
+        token_hash: enrollment.token_hash.clone(),
+        policy: enrollment.policy.clone(),
+        policy_hash: policy_hash.clone(),
+        sandbox: enrollment.sandbox.display().to_string(),
+        enrolled_ms: enrollment.enrolled_ms,
+    }));
+    let detail = format!(
+        "enrolled: sandbox {} (0700), policy {} ({}), token in agents/{name}/bus-token",
+        enrollment.sandbox.display(),
+        enrollment.policy,
+        &policy_hash[..policy_hash.len().min(12)]
+    );
+    recorder.receipt(ReceiptDraft {
+        run_id: None,
+        commit: None,
+        kind: Kind::Agent.to_string(),
+        name: name.to_string(),
+        action: "enroll".into(),
+        reason: "first start of the agent".into(),
+        detail: json!({"ok": true, "detail": detail}).to_string(),
+    });
+    Ok((format!("{detail}; "), token))
+}
+
+/// Revokes a pruned agent's token (its sandbox is kept); what happened.
+fn revoke_agent(context: &Context, name: &str, recorder: &Recorder) -> String {
+    let Some(enrollment) = agents::revoke(&context.state_dir, name) else {
+        return String::new();
+    };
+    recorder.record(Record::EnrollmentRevoked {
+        host: context.host.clone(),
+        agent: name.to_string(),
+        revoked_ms: now_ms(),
+    });
+    let detail = format!("token revoked; sandbox kept at {}", enrollment.sandbox.display());
+    recorder.receipt(ReceiptDraft {
+        run_id: None,
+        commit: None,
+        kind: Kind::Agent.to_string(),
+        name: name.to_string(),
+        action: "revoke".into(),
+        reason: "the agent left the desired state".into(),
+        detail: json!({"ok": true, "detail": detail}).to_string(),
+    });
+    format!("; {detail}")
 }
 
 /// Unchanged resources whose recorded spec differs only in what does not restart them (the
@@ -951,6 +1062,11 @@ pub fn status(context: &Context) -> Result<StatusReport, ReconcileError> {
     ))
 }
 
+/// The kinds the supervisor runs as processes.
+fn process_kind(kind: &str) -> Option<Kind> {
+    [Kind::Service, Kind::Agent].into_iter().find(|k| k.as_str() == kind)
+}
+
 fn status_of(
     inventory: &LocalInventory,
     key: &[u8],
@@ -958,7 +1074,7 @@ fn status_of(
     host: &str,
     desired_state: Result<Arc<DesiredState>, String>,
     probes: &Probes,
-    exits: &mut BTreeMap<String, (ProcessIdentity, process::Exit)>,
+    exits: &mut BTreeMap<ResourceId, (ProcessIdentity, process::Exit)>,
 ) -> StatusReport {
     let (state, source_error) = match desired_state {
         Ok(state) => (Some(state), None),

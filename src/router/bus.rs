@@ -436,6 +436,7 @@ async fn forward(bus: Arc<Bus>, api: ProviderApi, endpoint: Endpoint, headers: H
                 endpoint,
                 upstream,
                 streamed,
+                asks_for_usage(&request),
                 timeouts.idle,
                 answer,
                 None,
@@ -463,6 +464,7 @@ async fn forward(bus: Arc<Bus>, api: ProviderApi, endpoint: Endpoint, headers: H
             endpoint,
             upstream,
             streamed,
+            asks_for_usage(&request),
             timeouts.idle,
             answer,
             Some(first),
@@ -551,6 +553,13 @@ fn upstream_request(
     if api == upstream.api {
         let mut same = request.clone();
         same["model"] = model;
+        if api == ProviderApi::Openai && endpoint == Endpoint::Chat && streamed && !asks_for_usage(request) {
+            // Metering needs the stream's token counts; the agent will not see them (hide_usage).
+            if !same["stream_options"].is_object() {
+                same["stream_options"] = json!({});
+            }
+            same["stream_options"]["include_usage"] = json!(true);
+        }
         return Some((path, same));
     }
     match (api, endpoint) {
@@ -581,6 +590,10 @@ fn chat_ollama_to_openai(request: &Value, model: Value, streamed: bool) -> Value
         })
         .unwrap_or_default();
     let mut out = json!({"model": model, "messages": messages, "stream": streamed});
+    if streamed {
+        // OpenAI servers send a stream's token counts only when asked (for metering).
+        out["stream_options"] = json!({"include_usage": true});
+    }
     let options = &request["options"];
     for name in ["temperature", "top_p", "seed", "stop"] {
         if let Some(value) = options.get(name) {
@@ -718,6 +731,7 @@ async fn relay(
     endpoint: Endpoint,
     upstream: &Upstream,
     streamed: bool,
+    usage_asked: bool,
     idle_timeout: Duration,
     answer: hyper::Response<Incoming>,
     first: Option<Bytes>,
@@ -771,6 +785,8 @@ async fn relay(
         finished: false,
         sent_role: false,
         finish_reason: None,
+        cut_short: false,
+        hide_usage: api == ProviderApi::Openai && upstream.api == ProviderApi::Openai && streamed && !usage_asked,
         errored: false,
     };
     let (chunks, receiver) = mpsc::channel(RELAY_BUFFER_CHUNKS);
@@ -887,6 +903,12 @@ struct Converter {
     finish_reason: Option<String>,
     /// The answer carried an error (an error line or event): nothing to meter.
     errored: bool,
+    /// An OpenAI stream reached `[DONE]` without a finish_reason: the server ended the
+    /// generation early (llama.cpp's server does when another request comes in).
+    cut_short: bool,
+    /// The bus asked an OpenAI stream for its usage (to meter it) and the agent did not: the
+    /// usage event is kept from the agent.
+    hide_usage: bool,
 }
 
 impl Converter {
@@ -909,13 +931,30 @@ impl Converter {
         }
         self.pending_line.extend_from_slice(data);
         let mut out = Vec::new();
+        let mut passed = Vec::new();
         while let Some(end) = self.pending_line.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.pending_line.drain(..=end).collect();
             out.extend(self.on_line(&line));
+            if self.hide_usage && !usage_only_event(&line) {
+                passed.extend_from_slice(&line);
+            }
         }
         if !self.translating() {
-            // Passthrough streams go out byte for byte, as they came (lines were only read).
-            return vec![data.clone()];
+            // Passthrough streams go out as they came (lines were only read): byte for byte,
+            // or line by line without the usage event the bus asked for and the agent did not.
+            let data = if self.hide_usage {
+                Bytes::from(passed)
+            } else {
+                data.clone()
+            };
+            // A stream cut short gets the error event before its `[DONE]`.
+            if self.cut_short && !self.errored {
+                self.errored = true;
+                if let Some(at) = find(&data, b"data: [DONE]") {
+                    return vec![data.slice(..at), self.error_event(CUT_SHORT), data.slice(at..)];
+                }
+            }
+            return vec![data];
         }
         out
     }
@@ -966,7 +1005,12 @@ impl Converter {
                 let data = data.trim();
                 if data == "[DONE]" {
                     self.finished = true;
+                    self.cut_short = self.finish_reason.is_none();
                     if self.translating() {
+                        if self.cut_short {
+                            self.errored = true;
+                            return vec![self.error_event(CUT_SHORT)];
+                        }
                         return vec![self.ollama_final_line()];
                     }
                     return Vec::new();
@@ -986,12 +1030,12 @@ impl Converter {
                 if chunk["usage"].is_object() {
                     self.count_openai(&chunk["usage"]);
                 }
-                if !self.translating() {
-                    return Vec::new();
-                }
                 let choice = &chunk["choices"][0];
                 if let Some(reason) = choice["finish_reason"].as_str() {
                     self.finish_reason = Some(reason.to_string());
+                }
+                if !self.translating() {
+                    return Vec::new();
                 }
                 let content = choice["delta"]["content"].as_str().unwrap_or("");
                 if content.is_empty() {
@@ -1013,6 +1057,8 @@ impl Converter {
                 let pieces = self.on_line(&rest);
                 if self.translating() {
                     out = pieces;
+                } else if self.hide_usage && !usage_only_event(&rest) {
+                    out.push(Bytes::from(rest)); // held back until its line ended
                 }
             }
             if self.finished {
@@ -1147,6 +1193,27 @@ impl Converter {
     }
 }
 
+const CUT_SHORT: &str =
+    "the model stream ended without finishing (no finish_reason before [DONE]): the answer is cut short";
+
+/// An OpenAI stream's usage event: `data: {"choices": [], "usage": {...}}`.
+fn usage_only_event(line: &[u8]) -> bool {
+    let Some(data) = line.strip_prefix(b"data:") else {
+        return false;
+    };
+    serde_json::from_slice::<Value>(data.trim_ascii())
+        .is_ok_and(|chunk| chunk["usage"].is_object() && chunk["choices"].as_array().is_some_and(Vec::is_empty))
+}
+
+/// Whether an OpenAI chat request asks for its stream's usage.
+fn asks_for_usage(request: &Value) -> bool {
+    request["stream_options"]["include_usage"] == json!(true)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
 fn ndjson(value: &Value) -> Bytes {
     let mut line = value.to_string();
     line.push('\n');
@@ -1184,6 +1251,9 @@ mod tests {
         break_before_data: bool,
         stall_before_data: bool,
         hang: bool,
+        /// OpenAI streams end with `[DONE]` without a finish_reason (llama.cpp's server, when
+        /// another request interrupts the generation).
+        cut_short: bool,
     }
 
     /// A body that sends `first` and then nothing, without ending (a provider hung midway).
@@ -1308,15 +1378,24 @@ mod tests {
         if fake.stall {
             return stalled(first.unwrap(), "text/event-stream");
         }
+        if fake.cut_short {
+            return chunked(vec![first, Some("data: [DONE]\n\n".into())], "text/event-stream", false);
+        }
+        // As OpenAI does: a stream's usage only when asked for, in a chunk without choices.
+        let usage = (request["stream_options"]["include_usage"] == json!(true)).then(|| {
+            let mut chunk = json!({
+                "id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": model,
+                "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+            });
+            chunk["choices"] = json!([]);
+            format!("data: {chunk}\n\n")
+        });
         chunked(
             vec![
                 first,
                 event(json!({"content": "lo"}), Value::Null, None),
-                event(
-                    json!({}),
-                    json!("stop"),
-                    Some(json!({"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8})),
-                ),
+                event(json!({}), json!("stop"), None),
+                usage,
                 Some("data: [DONE]\n\n".into()),
             ],
             "text/event-stream",
@@ -1553,8 +1632,13 @@ mod tests {
         assert_eq!(events[0]["choices"][0]["delta"]["content"], json!("Hel"));
         assert_eq!(events[3], json!("[DONE]"));
         assert_eq!(fake.seen.lock().unwrap()[0]["model"], json!("gpt-x"));
-        // No stream_options injected.
-        assert_eq!(fake.seen.lock().unwrap()[0].get("stream_options"), None);
+        // The bus asks for the usage (to meter it) and keeps the usage event from the agent,
+        // who did not ask for it.
+        assert_eq!(
+            fake.seen.lock().unwrap()[0]["stream_options"],
+            json!({"include_usage": true})
+        );
+        assert!(!text.contains("\"usage\""), "{text}");
         let metered = metered.lock().unwrap();
         assert_eq!((metered[0].prompt_tokens, metered[0].completion_tokens), (5, 3));
     }
@@ -1592,6 +1676,35 @@ mod tests {
         );
         assert!(lines[..lines.len() - 1].iter().all(|l| l["done"] == json!(false)));
         assert_eq!(metered.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_stream_cut_short_before_its_finish_reason_ends_with_an_error_event() {
+        let fake = Fake {
+            cut_short: true,
+            ..Fake::default()
+        };
+        let url = fake_upstream(ProviderApi::Openai, fake).await;
+        let (bus, metered) = start_bus(vec![upstream("local", ProviderApi::Openai, &url, "smol")]).await;
+
+        // Translated for an Ollama agent: no `done: true` that would read as complete.
+        let answer = call(bus, "/api/chat", Some(TOKEN), Some(chat(true))).await;
+        let lines = ndjson_lines(&text_of(answer).await);
+        let last = lines.last().unwrap();
+        assert!(last["error"].as_str().unwrap().contains("cut short"), "{lines:?}");
+        assert!(lines.iter().all(|l| l["done"] != json!(true)), "{lines:?}");
+
+        // Passed through to an OpenAI agent: the error event comes before `[DONE]`.
+        let mut request = chat(true);
+        request["model"] = json!("anything");
+        let answer = call(bus, "/v1/chat/completions", Some(TOKEN), Some(request)).await;
+        let text = text_of(answer).await;
+        let error_at = text.find("cut short").expect("an error event");
+        assert!(error_at < text.rfind("data: [DONE]").unwrap(), "{text}");
+        assert!(
+            metered.lock().unwrap().is_empty(),
+            "a cut answer is not metered as complete"
+        );
     }
 
     #[tokio::test]

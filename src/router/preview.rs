@@ -232,7 +232,7 @@ pub fn route_actions(
         }
         if let Some(provider) = providers.get(&route_now.provider) {
             let failures = provider.consecutive_failures();
-            if provider.healthy() && failures > 0 {
+            if provider.routable() && failures > 0 {
                 actions.push(action(
                     ModelActionKind::FailoverLater,
                     describe(Some(route_now)),

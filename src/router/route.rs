@@ -101,6 +101,14 @@ impl ProviderState {
         self.healthy_since_ms
     }
 
+    /// Whether agents may be routed here: healthy, and the latest probe did not find generation
+    /// hung. One hung verdict moves agents at once (a hang holds every request it gets, and a
+    /// failover costs only the failback window); restarting the Service still waits for
+    /// `failure_threshold` verdicts, so a provider busy with a long generation is not killed.
+    pub fn routable(&self) -> bool {
+        self.healthy && !matches!(self.last, Some(Verdict::Hung { .. }))
+    }
+
     /// The latest verdict.
     pub fn last(&self) -> Option<&Verdict> {
         self.last.as_ref()
@@ -191,7 +199,7 @@ struct Entry<'a> {
 
 impl Entry<'_> {
     fn healthy(&self) -> bool {
-        self.state.is_none_or(ProviderState::healthy)
+        self.state.is_none_or(ProviderState::routable)
     }
 
     /// Healthy for at least the window, by probes (an unprobed provider never is).
@@ -201,7 +209,7 @@ impl Entry<'_> {
     }
 
     fn healthy_for_ms(&self, now_ms: i64) -> Option<i64> {
-        let state = self.state.filter(|s| s.healthy())?;
+        let state = self.state.filter(|s| s.routable())?;
         state.healthy_since_ms().map(|since| now_ms - since)
     }
 
@@ -509,10 +517,16 @@ mod tests {
         }
         let cases = [
             Case {
-                name: "primary fails: failover at the threshold-th failure (2), not before",
+                name: "primary down: failover at the threshold-th failure (2), not before",
+                chain: &["ollama", "backup"],
+                probes: vec![(0, "backup", OK), (5_000, "ollama", OK), (10_000, "ollama", DOWN), (15_000, "ollama", DOWN)],
+                changes: vec![(0, Initial, "ollama"), (15_000, Failover, "backup")],
+            },
+            Case {
+                name: "primary hung: failover at the first hung verdict (a hang holds every request)",
                 chain: &["ollama", "backup"],
                 probes: vec![(0, "backup", OK), (5_000, "ollama", OK), (10_000, "ollama", HUNG), (15_000, "ollama", HUNG)],
-                changes: vec![(0, Initial, "ollama"), (15_000, Failover, "backup")],
+                changes: vec![(0, Initial, "ollama"), (10_000, Failover, "backup")],
             },
             Case {
                 name: "a failure below the threshold does not move the agent",
@@ -563,7 +577,7 @@ mod tests {
                     (5_000, "ollama", HUNG),
                     (10_000, "ollama", HUNG),
                 ],
-                changes: vec![(0, Initial, "ollama"), (10_000, Failover, "cloud")],
+                changes: vec![(0, Initial, "ollama"), (5_000, Failover, "cloud")],
             },
             Case {
                 name: "on the last fallback, an earlier fallback stable for the window wins over an unstable primary",
@@ -667,7 +681,7 @@ mod tests {
                 "first route: ollama/llama3.2:3b",
                 "nothing healthy: ollama unhealthy (down: GET /api/version: connection refused), backup unhealthy (down: GET /api/version: connection refused)",
                 "ollama unhealthy (down: GET /api/version: connection refused); backup healthy again: recovered on backup/qwen2.5:0.5b",
-                "backup unhealthy (hung: generation timed out after 5s): failover to ollama/llama3.2:3b (ollama healthy for 2s, nothing else is healthy)",
+                "backup unhealthy (hung: generation timed out after 5s): failover to ollama/llama3.2:3b (ollama healthy for 1s, nothing else is healthy)",
             ]
         );
     }

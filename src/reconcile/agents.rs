@@ -1,0 +1,294 @@
+//! Agents as supervised processes: enrollment the first time an agent starts (its sandbox
+//! directory, mode 0700, and an identity token, kept only as a hash), the environment it runs
+//! with, and revocation when it leaves the desired state (the sandbox is kept).
+//!
+//! An enrollment lives in `<state dir>/agents/<name>/enrollment.json`; the token itself is never
+//! stored: it is derived from the host's secret key and the enrollment time, so a re-enrolled
+//! agent gets a new token and a revoked one stays revoked. It is handed to the agent in its
+//! environment and, for people and tools, in `agents/<name>/bus-token` (mode 0600).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::agent::AgentSpec;
+use crate::spec::service::ServiceSpec;
+
+/// What enrolling an agent established.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enrollment {
+    pub agent: String,
+    pub enrolled_ms: i64,
+    /// SHA-256 (hex) of the token.
+    pub token_hash: String,
+    pub policy: String,
+    pub sandbox: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error("creating the sandbox {path}: {source}")]
+    Sandbox { path: PathBuf, source: std::io::Error },
+    #[error("writing {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+/// The agent's sandbox: `sandbox.dir` (relative to the state dir) or `sandboxes/<name>`.
+pub fn sandbox_dir(state_dir: &Path, name: &str, spec: &AgentSpec) -> PathBuf {
+    match spec.sandbox().dir {
+        Some(dir) if dir.is_absolute() => dir,
+        Some(dir) => state_dir.join(dir),
+        None => state_dir.join("sandboxes").join(name),
+    }
+}
+
+fn agent_dir(state_dir: &Path, name: &str) -> PathBuf {
+    state_dir.join("agents").join(name)
+}
+
+/// The bus token of an enrollment: keyed by the host's secret, so it cannot be guessed from
+/// the name, and new for every enrollment.
+pub fn token(key: &[u8], agent: &str, enrolled_ms: i64) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(b"mirrorctl agent token\0");
+    mac.update(agent.as_bytes());
+    mac.update(b"\0");
+    mac.update(enrolled_ms.to_string().as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+pub fn token_hash(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
+/// The agent's current enrollment, if it has one.
+pub fn load(state_dir: &Path, name: &str) -> Option<Enrollment> {
+    let text = std::fs::read_to_string(agent_dir(state_dir, name).join("enrollment.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Enrolls the agent: creates its sandbox (0700; an existing one is kept and tightened), records
+/// the enrollment and writes the token file. Returns the enrollment and the token.
+pub fn enroll(
+    state_dir: &Path,
+    key: &[u8],
+    name: &str,
+    spec: &AgentSpec,
+    now_ms: i64,
+) -> Result<(Enrollment, String), EnrollError> {
+    let sandbox = sandbox_dir(state_dir, name, spec);
+    private_dir(&sandbox).map_err(|source| EnrollError::Sandbox {
+        path: sandbox.clone(),
+        source,
+    })?;
+    let token = token(key, name, now_ms);
+    let enrollment = Enrollment {
+        agent: name.to_string(),
+        enrolled_ms: now_ms,
+        token_hash: token_hash(&token),
+        policy: spec.policy.clone().unwrap_or_default(),
+        sandbox,
+    };
+    let dir = agent_dir(state_dir, name);
+    let json = serde_json::to_vec_pretty(&enrollment).expect("enrollments serialize");
+    write_private(&dir, "enrollment.json", &json)?;
+    write_private(&dir, "bus-token", token.as_bytes())?;
+    Ok((enrollment, token))
+}
+
+/// The enrollment in force, or a new one; the token; and whether it is new.
+pub fn ensure(
+    state_dir: &Path,
+    key: &[u8],
+    name: &str,
+    spec: &AgentSpec,
+    now_ms: i64,
+) -> Result<(Enrollment, String, bool), EnrollError> {
+    if let Some(enrollment) = load(state_dir, name) {
+        let token = token(key, name, enrollment.enrolled_ms);
+        if token_hash(&token) == enrollment.token_hash {
+            // The sandbox may have been removed by hand: an agent always starts in one.
+            private_dir(&enrollment.sandbox).map_err(|source| EnrollError::Sandbox {
+                path: enrollment.sandbox.clone(),
+                source,
+            })?;
+            return Ok((enrollment, token, false));
+        }
+    }
+    let (enrollment, token) = enroll(state_dir, key, name, spec, now_ms)?;
+    Ok((enrollment, token, true))
+}
+
+/// Revokes the agent's enrollment: its token file and enrollment go, its sandbox stays.
+pub fn revoke(state_dir: &Path, name: &str) -> Option<Enrollment> {
+    let enrollment = load(state_dir, name);
+    let dir = agent_dir(state_dir, name);
+    let _ = std::fs::remove_file(dir.join("bus-token"));
+    let _ = std::fs::remove_file(dir.join("enrollment.json"));
+    enrollment
+}
+
+/// The tokens of every enrolled agent, by agent (what the bus accepts).
+pub fn tokens(state_dir: &Path, key: &[u8]) -> BTreeMap<String, String> {
+    let Ok(entries) = std::fs::read_dir(state_dir.join("agents")) else {
+        return BTreeMap::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter_map(|name| {
+            let enrollment = load(state_dir, &name)?;
+            let token = token(key, &name, enrollment.enrolled_ms);
+            (token_hash(&token) == enrollment.token_hash).then_some((name, token))
+        })
+        .collect()
+}
+
+/// What the agent runs as: a Service spec in its sandbox, with the environment that tells it
+/// who it is (everything but the token, which is added at start and never rendered).
+pub fn as_service(state_dir: &Path, name: &str, spec: &AgentSpec, bus_url: &str) -> ServiceSpec {
+    let sandbox = sandbox_dir(state_dir, name, spec);
+    let memory = spec.memory();
+    let mut env = spec.env.clone();
+    let injected = [
+        ("MIRROR_AGENT", name.to_string()),
+        ("MIRROR_BUS_URL", bus_url.to_string()),
+        ("MIRROR_SANDBOX", sandbox.display().to_string()),
+        ("MIRROR_POLICY", spec.policy.clone().unwrap_or_default()),
+        (
+            "MIRROR_POLICY_FILE",
+            agent_dir(state_dir, name).join("policy.json").display().to_string(),
+        ),
+        ("MIRROR_MEMORY_READ", memory.read.join(",")),
+        ("MIRROR_MEMORY_WRITE", memory.write.join(",")),
+    ];
+    for (key, value) in injected {
+        env.insert(key.to_string(), value);
+    }
+    ServiceSpec {
+        command: spec.command.clone(),
+        working_dir: Some(sandbox),
+        env,
+        env_files: spec.env_files.clone(),
+        restart: spec.restart,
+        backoff: spec.backoff.clone(),
+        depends_on: spec.depends_on.clone(),
+        health: spec.health.clone(),
+        stop: spec.stop.clone(),
+        limits: spec.limits.clone(),
+        logs: spec.logs.clone(),
+        placement: spec.placement.clone(),
+        suspend: spec.suspend,
+    }
+}
+
+/// Writes the agent's policy file (`MIRROR_POLICY_FILE`); whether it changed.
+pub fn write_policy(state_dir: &Path, name: &str, policy: &serde_json::Value) -> Result<bool, EnrollError> {
+    let dir = agent_dir(state_dir, name);
+    let mut text = serde_json::to_vec_pretty(policy).expect("policies serialize");
+    text.push(b'\n');
+    if std::fs::read(dir.join("policy.json")).ok().as_deref() == Some(text.as_slice()) {
+        return Ok(false);
+    }
+    write_private(&dir, "policy.json", &text)?;
+    Ok(true)
+}
+
+fn private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Writes `dir/file` with mode 0600 (created so, never wider), atomically.
+fn write_private(dir: &Path, file: &str, content: &[u8]) -> Result<(), EnrollError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join(file);
+    let error = |source| EnrollError::Write {
+        path: path.clone(),
+        source,
+    };
+    private_dir(dir).map_err(error)?;
+    let temporary = dir.join(format!(".{file}.tmp"));
+    let _ = std::fs::remove_file(&temporary);
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temporary)
+        .map_err(error)?;
+    out.write_all(content).and_then(|_| out.sync_all()).map_err(error)?;
+    std::fs::rename(&temporary, &path).map_err(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn spec() -> AgentSpec {
+        AgentSpec {
+            command: vec!["sleep".into(), "1".into()],
+            policy: Some("default".into()),
+            ..AgentSpec::default()
+        }
+    }
+
+    #[test]
+    fn enrollment_makes_a_private_sandbox_and_keeps_only_the_token_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = [7u8; 32];
+        let (enrollment, token, new) = ensure(dir.path(), &key, "scribe", &spec(), 1_000).unwrap();
+        assert!(new);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(enrollment.sandbox, dir.path().join("sandboxes/scribe"));
+        assert_eq!(mode(&enrollment.sandbox), 0o700);
+        let stored = std::fs::read_to_string(dir.path().join("agents/scribe/enrollment.json")).unwrap();
+        assert!(!stored.contains(&token), "the token itself is not stored");
+        assert!(stored.contains(&token_hash(&token)));
+        assert_eq!(mode(&dir.path().join("agents/scribe/bus-token")), 0o600);
+
+        // Again: the same enrollment and token.
+        let (again, same, new) = ensure(dir.path(), &key, "scribe", &spec(), 5_000).unwrap();
+        assert!(!new);
+        assert_eq!((again, same.clone()), (enrollment, token.clone()));
+        assert_eq!(
+            tokens(dir.path(), &key),
+            BTreeMap::from([("scribe".to_string(), token.clone())])
+        );
+
+        // Revoked: the token is gone for good; the sandbox stays; a new enrollment, a new token.
+        std::fs::write(dir.path().join("sandboxes/scribe/notes"), "kept").unwrap();
+        assert!(revoke(dir.path(), "scribe").is_some());
+        assert!(tokens(dir.path(), &key).is_empty());
+        assert!(dir.path().join("sandboxes/scribe/notes").exists());
+        let (_, fresh, new) = ensure(dir.path(), &key, "scribe", &spec(), 9_000).unwrap();
+        assert!(new);
+        assert_ne!(fresh, token);
+    }
+
+    #[test]
+    fn the_agent_runs_in_its_sandbox_and_learns_who_it_is_from_its_environment() {
+        let state = Path::new("/var/lib/mirror");
+        let service = as_service(state, "scribe", &spec(), "http://127.0.0.1:11500");
+        assert_eq!(
+            service.working_dir.as_deref(),
+            Some(Path::new("/var/lib/mirror/sandboxes/scribe"))
+        );
+        assert_eq!(service.env["MIRROR_AGENT"], "scribe");
+        assert_eq!(service.env["MIRROR_BUS_URL"], "http://127.0.0.1:11500");
+        assert_eq!(
+            service.env["MIRROR_POLICY_FILE"],
+            "/var/lib/mirror/agents/scribe/policy.json"
+        );
+        assert!(
+            !service.env.contains_key("MIRROR_AGENT_TOKEN"),
+            "never in a rendered spec"
+        );
+    }
+}
