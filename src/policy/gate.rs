@@ -117,6 +117,11 @@ pub fn gate(rules: &EffectivePolicy, tool: &str, args: &Value) -> GateDecision {
     }
 }
 
+/// How long a request waits for a human when the caller has no better figure. The Policy spec has
+/// no field for it; one hour lets an operator notice without a stale request approving a call
+/// the agent has long given up on.
+pub const DEFAULT_APPROVAL_TTL_MS: i64 = 3_600_000;
+
 /// Where an approval request is in its life. Only `Pending` moves, and only once.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "kebab-case", rename_all_fields = "camelCase")]

@@ -26,6 +26,7 @@ pub use budget::{
 };
 pub use gate::{
     args_fingerprint, gate, ApprovalError, ApprovalRequest, ApprovalState, GateDecision, GateOutcome, GateRule,
+    DEFAULT_APPROVAL_TTL_MS,
 };
 
 /// The schema tag written into compiled documents, so an agent (or a later mirrorctl) can tell
