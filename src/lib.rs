@@ -5,6 +5,7 @@ pub mod cli;
 pub mod daemon;
 pub mod example;
 pub mod plan;
+pub mod policy;
 pub mod reconcile;
 pub mod report;
 pub mod router;
