@@ -83,8 +83,9 @@ pub fn render(request: &Request, outcome: &PassOutcome) -> Response {
         );
     }
     let pulls_failed = outcome.models.iter().any(|m| matches!(m.result, Some(Err(_))));
-    let pending =
-        outcome.plan.as_ref().map_or(0, |p| p.pending().count()) + outcome.models.iter().filter(|m| m.pending).count();
+    let pending = outcome.plan.as_ref().map_or(0, |p| p.pending().count())
+        + outcome.models.iter().filter(|m| m.pending).count()
+        + outcome.policies.len();
     let exit_code = match (&outcome.error, dry_run, pending) {
         (Some(_), _, _) => exit::ERROR,
         (None, false, _) if pulls_failed => exit::ERROR,
@@ -123,10 +124,16 @@ fn to_json(outcome: &PassOutcome, dry_run: bool) -> serde_json::Value {
             })
         })
         .collect();
+    let policies: Vec<_> = outcome
+        .policies
+        .iter()
+        .map(|p| json!({"name": p.name, "version": p.version, "previous_version": p.previous_version, "hash": p.hash, "diff": p.diff}))
+        .collect();
     json!({
         "commit": outcome.commit,
         "dry_run": dry_run,
         "changes": changes,
+        "policies": policies,
         "models": models,
         "summary": outcome.plan.as_ref().map(Plan::summary),
         "applied": outcome.applied,
@@ -225,6 +232,24 @@ fn render_text(outcome: &PassOutcome, dry_run: bool, verbose: bool, color: bool)
             }
         }
     }
+    if !outcome.policies.is_empty() {
+        w!(out, "\npolicies:");
+        for p in &outcome.policies {
+            let what = match p.previous_version {
+                Some(previous) => format!("version {previous} -> {}", p.version),
+                None => format!("version {}", p.version),
+            };
+            w!(
+                out,
+                "  ~ Policy/{}: {what} ({})",
+                p.name,
+                &p.hash[..p.hash.len().min(12)]
+            );
+            for line in p.diff.lines() {
+                w!(out, "      {}", colored(line, color));
+            }
+        }
+    }
     render_models(&mut out, &outcome.models, dry_run);
     if let Some(refused) = &plan.refused {
         w!(out, "\nrefused: {refused}");
@@ -255,6 +280,9 @@ fn render_text(outcome: &PassOutcome, dry_run: bool, verbose: bool, color: bool)
     }
     if switches > 0 {
         summary.push_str(&format!(", {switches} route change(s)"));
+    }
+    if !outcome.policies.is_empty() {
+        summary.push_str(&format!(", {} policy version(s)", outcome.policies.len()));
     }
     w!(
         out,

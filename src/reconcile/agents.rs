@@ -186,14 +186,12 @@ pub fn as_service(state_dir: &Path, name: &str, spec: &AgentSpec, bus_url: &str)
 }
 
 /// Writes the agent's policy file (`MIRROR_POLICY_FILE`); whether it changed.
-pub fn write_policy(state_dir: &Path, name: &str, policy: &serde_json::Value) -> Result<bool, EnrollError> {
+pub fn write_policy(state_dir: &Path, name: &str, text: &str) -> Result<bool, EnrollError> {
     let dir = agent_dir(state_dir, name);
-    let mut text = serde_json::to_vec_pretty(policy).expect("policies serialize");
-    text.push(b'\n');
-    if std::fs::read(dir.join("policy.json")).ok().as_deref() == Some(text.as_slice()) {
+    if std::fs::read(dir.join("policy.json")).ok().as_deref() == Some(text.as_bytes()) {
         return Ok(false);
     }
-    write_private(&dir, "policy.json", &text)?;
+    write_private(&dir, "policy.json", text.as_bytes())?;
     Ok(true)
 }
 

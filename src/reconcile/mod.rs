@@ -9,6 +9,7 @@ use std::time::Duration;
 
 pub mod agents;
 pub mod models;
+pub mod policies;
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -18,7 +19,6 @@ use crate::plan::{self, Action, DesiredItem, OwnedItem, Plan, PlanInput};
 use crate::report::{now_ms, rfc3339, Drift, DriftItem, DriftReport, Severity};
 use crate::source::{self, DesiredState, LoadError, SourceOptions};
 use crate::spec::agent::AgentSpec;
-use crate::spec::policy::PolicySpec;
 use crate::spec::{parse_dependency, Kind, ResourceId, ServiceSpec, Spec};
 use crate::store::inventory::LocalInventory;
 use crate::store::recorder::{FlushReport, RecorderConfig};
@@ -67,6 +67,8 @@ pub struct PassOutcome {
     /// Why the pass did not converge: an invalid source, the prune guard, failed actions.
     pub error: Option<String>,
     pub store: FlushReport,
+    /// Policy versions this pass creates (a dry-run: would create), each with its diff.
+    pub policies: Vec<crate::policy::NewVersion>,
     /// Model pulls and route decisions (see [`models`]); empty unless asked for.
     pub models: Vec<crate::router::preview::ModelAction>,
 }
@@ -311,6 +313,7 @@ impl Reconciler {
                     report,
                     error: Some(format!("the desired state cannot be read: {e}")),
                     store: FlushReport::default(),
+                    policies: Vec::new(),
                     models: Vec::new(),
                 };
             }
@@ -341,6 +344,7 @@ impl Reconciler {
                     report,
                     error: Some(error.into()),
                     store: FlushReport::default(),
+                    policies: Vec::new(),
                     models: Vec::new(),
                 };
             }
@@ -349,7 +353,15 @@ impl Reconciler {
 
         // A pass over one service renders and observes that one only (milliseconds at any size).
         let selected = |id: &ResourceId| input.only.as_ref().is_none_or(|only| only == id);
-        let desired = desired_services(&state, &self.key, &context.state_dir, &context.host, &selected);
+        let policies = policies::PolicyPlan::of(&state, &context.state_dir);
+        let desired = desired_services(
+            &state,
+            &self.key,
+            &context.state_dir,
+            &context.host,
+            &policies,
+            &selected,
+        );
         let owned = observe(&self.inventory, &desired, &input.probes, &mut self.exits, &selected);
         let controller = state.controller();
         let plan = plan::plan(PlanInput {
@@ -422,6 +434,15 @@ impl Reconciler {
                 if let Err(e) = self.inventory.compact() {
                     error.get_or_insert(e.to_string());
                 }
+                if let Err(e) = policies.record(&context.state_dir, &recorder, &commit) {
+                    error.get_or_insert(e);
+                }
+                let changed: Vec<&ResourceId> = desired
+                    .iter()
+                    .map(|d| &d.item.id)
+                    .filter(|id| applied.iter().any(|a| a.kind == id.kind && a.name == id.name))
+                    .collect();
+                reload_policies(context, &desired, &changed, &self.inventory, &recorder);
             }
             rotate_logs(&context.state_dir, &desired);
         }
@@ -455,6 +476,7 @@ impl Reconciler {
             report,
             error,
             store: FlushReport::default(),
+            policies: policies.new_versions,
             models: Vec::new(),
         }
     }
@@ -579,8 +601,8 @@ struct DesiredService {
     item: DesiredItem,
     /// How it runs (an agent: in its sandbox, with its environment).
     spec: ServiceSpec,
-    /// For an agent: its spec and its policy's (enrollment, the policy file).
-    agent: Option<(AgentSpec, Option<PolicySpec>)>,
+    /// For an agent: its spec and its effective policy (enrollment, the policy file).
+    agent: Option<(AgentSpec, Option<crate::policy::AgentPolicy>)>,
 }
 
 /// Relative env files and working dirs are relative to the state dir (secrets live outside git).
@@ -598,6 +620,7 @@ fn desired_services(
     key: &[u8],
     state_dir: &Path,
     host: &str,
+    policies: &policies::PolicyPlan,
     selected: &dyn Fn(&ResourceId) -> bool,
 ) -> Vec<DesiredService> {
     let bus_url = format!("http://{}", state.controller().bus_address());
@@ -611,13 +634,7 @@ fn desired_services(
             }
             // Validation refuses an agent without a policy: it never gets here.
             Spec::Agent(spec) if spec.placement.as_ref().is_none_or(|p| p.selects(host)) => {
-                let policy = spec
-                    .policy
-                    .as_deref()
-                    .and_then(|p| match &state.get(Kind::Policy, p)?.spec {
-                        Spec::Policy(policy) => Some(policy.clone()),
-                        _ => None,
-                    });
+                let policy = policies.for_agent(&r.metadata.name, spec);
                 let service = agents::as_service(state_dir, &r.metadata.name, spec, &bus_url);
                 Some((r, service, Some((spec.clone(), policy))))
             }
@@ -630,11 +647,14 @@ fn desired_services(
                 .map(|p| (p.clone(), std::fs::read(resolve(state_dir, p)).ok()))
                 .collect();
             let mut raw = serde_json::to_value(&spec).expect("specs serialize");
-            if let Some((agent, policy)) = &agent {
-                // A policy change restarts an agent that asks for it; others get the new file
-                // and SIGHUP (the hash stays).
+            if let Some((agent, Some(policy))) = &agent {
+                // A policy change restarts an agent that asks for it; others get the new file and
+                // SIGHUP, the spec (and the process) unchanged.
                 if agent.on_policy_change == crate::spec::agent::PolicyReload::Restart {
-                    raw["x-policy"] = serde_json::to_value(policy).expect("specs serialize");
+                    raw["x-policy"] = json!(format!(
+                        "{} version {} ({})",
+                        policy.policy.name, policy.policy.version, policy.hash
+                    ));
                 }
             }
             let rendered = render_spec(raw, key, &env_files);
@@ -874,14 +894,15 @@ fn enroll_agent(
     key: &[u8],
     name: &str,
     agent: &AgentSpec,
-    policy: Option<&PolicySpec>,
+    policy: Option<&crate::policy::AgentPolicy>,
     recorder: &Recorder,
 ) -> Result<(String, String), String> {
     let (enrollment, token, new) =
         agents::ensure(&context.state_dir, key, name, agent, now_ms()).map_err(|e| e.to_string())?;
-    let policy_json = json!({"name": agent.policy, "spec": policy});
-    let policy_hash = spec_hash(&policy_json);
-    agents::write_policy(&context.state_dir, name, &policy_json).map_err(|e| e.to_string())?;
+    let policy_hash = policy.map(|p| p.hash.clone()).unwrap_or_default();
+    if let Some(policy) = policy {
+        agents::write_policy(&context.state_dir, name, &policy.file_text()).map_err(|e| e.to_string())?;
+    }
     if !new {
         return Ok((String::new(), token));
     }
@@ -910,6 +931,58 @@ fn enroll_agent(
         detail: json!({"ok": true, "detail": detail}).to_string(),
     });
     Ok((format!("{detail}; "), token))
+}
+
+/// Running agents whose effective policy changed get the new file and SIGHUP (`onPolicyChange:
+/// signal`; `restart` is a spec change the plan already restarted); a receipt each.
+fn reload_policies(
+    context: &Context,
+    desired: &[DesiredService],
+    changed: &[&ResourceId],
+    inventory: &LocalInventory,
+    recorder: &Recorder,
+) {
+    for d in desired {
+        let Some((agent, Some(policy))) = &d.agent else {
+            continue;
+        };
+        if changed.contains(&&d.item.id) || agent.on_policy_change != crate::spec::agent::PolicyReload::Signal {
+            continue;
+        }
+        let Some(identity) = inventory
+            .get(Kind::Agent.as_str(), &d.item.id.name)
+            .and_then(identity_of)
+        else {
+            continue; // not running: it reads the file when it starts
+        };
+        match agents::write_policy(&context.state_dir, &d.item.id.name, &policy.file_text()) {
+            Ok(false) => {}
+            Ok(true) => {
+                let signalled = process::notify(&identity, "SIGHUP");
+                let detail = format!(
+                    "policy {} version {} written; {}",
+                    policy.policy.name,
+                    policy.policy.version,
+                    if signalled {
+                        "SIGHUP sent"
+                    } else {
+                        "the process was not signalled (gone)"
+                    }
+                );
+                tracing::info!(agent = %d.item.id.name, %detail, "policy reloaded");
+                recorder.receipt(ReceiptDraft {
+                    run_id: None,
+                    commit: None,
+                    kind: Kind::Agent.to_string(),
+                    name: d.item.id.name.clone(),
+                    action: "policy-reload".into(),
+                    reason: "its policy changed".into(),
+                    detail: json!({"ok": signalled, "detail": detail}).to_string(),
+                });
+            }
+            Err(e) => tracing::warn!(agent = %d.item.id.name, error = %e, "writing the agent's policy failed"),
+        }
+    }
 }
 
 /// Revokes a pruned agent's token (its sandbox is kept); what happened.
@@ -1082,7 +1155,16 @@ fn status_of(
     };
     let desired = state
         .as_ref()
-        .map(|s| desired_services(s, key, state_dir, host, &|_| true))
+        .map(|s| {
+            desired_services(
+                s,
+                key,
+                state_dir,
+                host,
+                &policies::PolicyPlan::of(s, state_dir),
+                &|_| true,
+            )
+        })
         .unwrap_or_default();
     let owned = observe(inventory, &desired, probes, exits, &|_| true);
     let plan = plan::plan(PlanInput {

@@ -886,6 +886,22 @@ pub fn stop(id: &ProcessIdentity, signal: &str, grace: Duration) -> StopOutcome 
     StopOutcome::Killed
 }
 
+/// Sends `signal` (a name, e.g. `SIGHUP`) to the process itself, not its group, when its
+/// identity checks out (as for [`stop`]): a notification, such as a policy reload. Whether it
+/// was sent.
+pub fn notify(id: &ProcessIdentity, signal: &str) -> bool {
+    let Some(signal) = signal_from_name(signal) else {
+        return false;
+    };
+    if !matches!(observe(id), Observed::Running { verified: true }) || !signallable(id) {
+        return false;
+    }
+    let Some(pid) = to_pid(id.pid) else {
+        return false;
+    };
+    rustix::process::kill_process(pid, signal).is_ok()
+}
+
 /// Waits until no live member of the group remains, reaping our own leader on the way.
 fn wait_group_gone(id: &ProcessIdentity, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
