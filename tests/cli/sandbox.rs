@@ -365,3 +365,24 @@ fn require_runs_where_landlock_is_enforced() {
     assert_eq!(result.stdout, "ok\n");
     assert_eq!(result.stderr, "");
 }
+
+#[test]
+fn a_file_write_path_allows_that_file_only() {
+    if !enforced("a_file_write_path_allows_that_file_only") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let dir = tempfile::tempdir().unwrap();
+    let allowed = dir.path().join("state.json");
+    std::fs::write(&allowed, "{}").unwrap();
+    let script = format!(
+        "echo '{{\"n\":1}}' > '{allowed}' && echo ok-file; echo x > '{sibling}' || echo denied-sibling",
+        allowed = allowed.display(),
+        sibling = dir.path().join("other").display(),
+    );
+    let result = run(sandboxed_sh(&sandbox, &[], &allowed, &script));
+    assert_eq!(result.code, 0, "{result:?}");
+    assert_eq!(result.stdout, "ok-file\ndenied-sibling\n", "{result:?}");
+    assert_eq!(std::fs::read_to_string(&allowed).unwrap(), "{\"n\":1}\n");
+    assert!(!dir.path().join("other").exists());
+}
