@@ -102,14 +102,15 @@ pub fn support() -> Support {
 /// skipped with a warning on stderr (an agent's declared path may not exist yet).
 ///
 /// Returns `Support::Advisory` without restricting anything where the kernel has no Landlock;
-/// an error where it has Landlock but the restriction failed. Only the calling thread is
-/// restricted on kernels before Landlock ABI 8: call it single-threaded, before `exec`.
+/// an error where it has Landlock but the restriction failed. Only the calling thread (and what
+/// it executes) is restricted: call it single-threaded, right before `exec`.
 pub fn restrict_writes(write_paths: &[PathBuf]) -> Result<Support, SandboxError> {
     imp::restrict_writes(write_paths)
 }
 
 /// The command line of the trampoline that runs `argv` sandboxed: `exe` is this program
-/// (`std::env::current_exe()`), `writes` the sandbox directory and the agent's declared
+/// (on Linux `/proc/self/exe`, resolved in the forked child, still names the daemon's own
+/// binary after an upgrade replaced the file; elsewhere `std::env::current_exe()`), `writes` the sandbox directory and the agent's declared
 /// writable paths, `reads` its declared readable paths (accepted, not enforced yet).
 pub fn trampoline_args(
     exe: &Path,
