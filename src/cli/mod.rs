@@ -7,6 +7,7 @@ mod init;
 mod logs;
 mod reconcile;
 mod run;
+mod sandbox_exec;
 mod status;
 mod validate;
 
@@ -102,6 +103,9 @@ pub enum Command {
     /// Check the truth store's receipts
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Run a program with writes restricted to the given paths (the supervisor's trampoline)
+    #[command(name = "__sandbox-exec", hide = true)]
+    SandboxExec(sandbox_exec::SandboxExecArgs),
 }
 
 impl GlobalArgs {
@@ -177,6 +181,7 @@ pub fn main() -> ExitCode {
         Command::Logs(args) => logs::run(&cli.global, args),
         Command::Drift(command) => drift::run(&cli.global, command),
         Command::Audit(command) => audit::run(&cli.global, command),
+        Command::SandboxExec(args) => sandbox_exec::run(args),
     };
     ExitCode::from(code)
 }

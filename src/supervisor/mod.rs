@@ -26,6 +26,7 @@
 pub mod job;
 pub mod probe;
 pub mod process;
+pub mod sandbox;
 pub mod watch;
 
 pub use process::{

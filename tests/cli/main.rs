@@ -12,6 +12,7 @@ mod init;
 mod invalid_corpus;
 mod real_llm;
 mod reconcile;
+mod sandbox;
 mod store_cli;
 mod store_contract;
 mod validate;

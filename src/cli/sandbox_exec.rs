@@ -1,0 +1,84 @@
+//! `mirrorctl __sandbox-exec` (hidden): the trampoline the supervisor starts an agent through.
+//! It restricts itself with Landlock (writes only beneath the `--write` paths) and then
+//! `exec`s the program in place: same pid, environment, working directory and descriptors.
+//! See `supervisor::sandbox`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::supervisor::sandbox::{self, SandboxError, Support};
+
+/// Exit code when the sandbox cannot be set up as asked (`--require` without Landlock, or a
+/// Landlock restriction that failed).
+pub const SANDBOX_FAILED: u8 = 126;
+/// Exit code when the program cannot be executed.
+pub const CANNOT_EXECUTE: u8 = 127;
+
+#[derive(Debug, Args)]
+pub struct SandboxExecArgs {
+    /// A directory (or file) the program may write beneath; repeatable. Missing paths are
+    /// skipped with a warning
+    #[arg(long = "write", value_name = "PATH")]
+    pub writes: Vec<PathBuf>,
+    /// A path the program reads; repeatable. Accepted for forward compatibility: reads are
+    /// not restricted yet
+    #[arg(long = "read", value_name = "PATH")]
+    pub reads: Vec<PathBuf>,
+    /// Refuse to run (exit 126) where the kernel cannot enforce the sandbox
+    #[arg(long)]
+    pub require: bool,
+    /// The program and its arguments, after `--`
+    #[arg(last = true, required = true, value_name = "PROGRAM")]
+    pub argv: Vec<OsString>,
+}
+
+/// Never returns on success: the process becomes the program.
+pub fn run(args: &SandboxExecArgs) -> u8 {
+    let Some((program, rest)) = args.argv.split_first() else {
+        eprintln!("mirrorctl: error: __sandbox-exec: no program given after --");
+        return crate::cli::exit::ERROR;
+    };
+
+    match sandbox::restrict_writes(&args.writes) {
+        Ok(Support::Enforced { .. }) => {}
+        Ok(Support::Advisory { reason }) => {
+            if args.require {
+                eprintln!("mirrorctl: error: {}", SandboxError::Unsupported { reason });
+                return SANDBOX_FAILED;
+            }
+            eprintln!(
+                "mirrorctl: sandbox advisory: Landlock not available on this kernel ({reason}); writes are not restricted"
+            );
+        }
+        Err(e) => {
+            // The kernel offers Landlock and it failed: never run unsandboxed silently.
+            eprintln!("mirrorctl: error: {e}");
+            return SANDBOX_FAILED;
+        }
+    }
+
+    exec(program, rest)
+}
+
+#[cfg(unix)]
+fn exec(program: &OsString, rest: &[OsString]) -> u8 {
+    use std::os::unix::process::CommandExt;
+    let error = std::process::Command::new(program).args(rest).exec();
+    eprintln!(
+        "mirrorctl: error: cannot execute {}: {}",
+        PathBuf::from(program).display(),
+        error
+    );
+    CANNOT_EXECUTE
+}
+
+#[cfg(not(unix))]
+fn exec(program: &OsString, _rest: &[OsString]) -> u8 {
+    eprintln!(
+        "mirrorctl: error: cannot execute {}: sandboxed agents need a Unix host",
+        PathBuf::from(program).display()
+    );
+    CANNOT_EXECUTE
+}
