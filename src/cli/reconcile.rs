@@ -230,6 +230,14 @@ fn render_text(outcome: &PassOutcome, dry_run: bool, verbose: bool, color: bool)
             for line in change.diff.lines() {
                 w!(out, "      {}", colored(line, color));
             }
+            // What was done (failures are listed below).
+            let done = outcome
+                .applied
+                .iter()
+                .find(|a| a.ok && a.kind == change.kind && a.name == change.name && !a.detail.is_empty());
+            if let Some(done) = done {
+                w!(out, "    done: {}", done.detail);
+            }
         }
     }
     if !outcome.policies.is_empty() {

@@ -45,6 +45,7 @@ pub fn render(request: &Request, report: &StatusReport, daemon: Option<u32>) -> 
             "launch_agents": report.launch_agents,
             "providers": report.providers,
             "routes": report.routes,
+            "sandbox": report.sandbox,
         }))
     } else {
         let mut out = String::new();
@@ -149,7 +150,11 @@ pub fn render(request: &Request, report: &StatusReport, daemon: Option<u32>) -> 
             Some(pid) => format!("daemon pid {pid}"),
             None => "no daemon running".to_string(),
         };
-        let _ = writeln!(out, "\ncommit {commit}; liveness by {}; {supervisor}", report.mechanism);
+        let _ = writeln!(
+            out,
+            "\ncommit {commit}; liveness by {}; agent sandboxes {}; {supervisor}",
+            report.mechanism, report.sandbox
+        );
         out
     };
     Response {

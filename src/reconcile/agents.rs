@@ -84,6 +84,10 @@ pub fn enroll(
         path: sandbox.clone(),
         source,
     })?;
+    private_dir(&sandbox.join("tmp")).map_err(|source| EnrollError::Sandbox {
+        path: sandbox.clone(),
+        source,
+    })?;
     let token = token(key, name, now_ms);
     let enrollment = Enrollment {
         agent: name.to_string(),
@@ -111,7 +115,7 @@ pub fn ensure(
         let token = token(key, name, enrollment.enrolled_ms);
         if token_hash(&token) == enrollment.token_hash {
             // The sandbox may have been removed by hand: an agent always starts in one.
-            private_dir(&enrollment.sandbox).map_err(|source| EnrollError::Sandbox {
+            private_dir(&enrollment.sandbox.join("tmp")).map_err(|source| EnrollError::Sandbox {
                 path: enrollment.sandbox.clone(),
                 source,
             })?;
@@ -164,6 +168,8 @@ pub fn as_service(state_dir: &Path, name: &str, spec: &AgentSpec, bus_url: &str)
         ),
         ("MIRROR_MEMORY_READ", memory.read.join(",")),
         ("MIRROR_MEMORY_WRITE", memory.write.join(",")),
+        // Writes outside the sandbox are denied: temporary files go inside it.
+        ("TMPDIR", sandbox.join("tmp").display().to_string()),
     ];
     for (key, value) in injected {
         env.insert(key.to_string(), value);
@@ -193,6 +199,27 @@ pub fn write_policy(state_dir: &Path, name: &str, text: &str) -> Result<bool, En
     }
     write_private(&dir, "policy.json", text.as_bytes())?;
     Ok(true)
+}
+
+/// The agent's command line: through the `__sandbox-exec` trampoline of this very binary, which
+/// restricts writes (Landlock, where the kernel has it) to the sandbox and the declared write
+/// paths, then execs the agent's program in the same process.
+pub fn sandboxed_command(state_dir: &Path, name: &str, spec: &AgentSpec) -> Vec<String> {
+    let sandbox = spec.sandbox();
+    let resolve = |p: &PathBuf| if p.is_absolute() { p.clone() } else { state_dir.join(p) };
+    let mut writes = vec![sandbox_dir(state_dir, name, spec)];
+    writes.extend(sandbox.write_paths.iter().map(resolve));
+    let reads: Vec<PathBuf> = sandbox.read_paths.iter().map(resolve).collect();
+    // The binary the child is (the daemon's, even after an upgrade replaced the file).
+    let exe = if cfg!(target_os = "linux") {
+        PathBuf::from("/proc/self/exe")
+    } else {
+        std::env::current_exe().unwrap_or_else(|_| PathBuf::from("mirrorctl"))
+    };
+    crate::supervisor::sandbox::trampoline_args(&exe, &writes, &reads, false, &spec.command)
+        .into_iter()
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect()
 }
 
 fn private_dir(path: &Path) -> std::io::Result<()> {

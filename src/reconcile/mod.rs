@@ -828,6 +828,7 @@ fn apply_change(
                 let token;
                 (enrolled, token) = enroll_agent(context, key, &id.name, agent, policy.as_ref(), recorder)?;
                 run.env.insert("MIRROR_AGENT_TOKEN".into(), token);
+                run.command = agents::sandboxed_command(&context.state_dir, &id.name, agent);
                 // An agent and a service may share a name: their logs must not.
                 log_name = format!("agent-{}", id.name);
             }
@@ -1117,6 +1118,8 @@ pub struct StatusReport {
     pub providers: Value,
     /// Each agent's route (the daemon routes; null without a daemon).
     pub routes: Value,
+    /// Whether agents' sandboxes are enforced on this kernel (Landlock) or only advisory.
+    pub sandbox: String,
 }
 
 /// What runs against what is desired, without changing anything or writing to the store.
@@ -1230,5 +1233,6 @@ fn status_of(
         launch_agents: Vec::new(),
         providers: Value::Null,
         routes: Value::Null,
+        sandbox: crate::supervisor::sandbox::support().to_string(),
     }
 }

@@ -879,3 +879,115 @@ fn a_dry_run_lists_model_pulls_and_routes_and_an_apply_pulls_with_progress() {
     assert_eq!(again.code, 0, "{again:?}");
     assert!(!again.stdout.contains("pull "), "{}", again.stdout);
 }
+
+fn agent_files(policy_tools: &str, outside: &Path) -> String {
+    format!(
+        "apiVersion: mirror.os/v1\nkind: Policy\nmetadata: {{name: default}}\nspec:\n  tools: {policy_tools}\n---\napiVersion: mirror.os/v1\nkind: Agent\nmetadata: {{name: scribe}}\nspec:\n  policy: default\n  memory: {{read: [shared], write: [scribe]}}\n  command:\n    - sh\n    - -c\n    - |\n      env > \"$MIRROR_SANDBOX/env\"\n      echo inside > \"$MIRROR_SANDBOX/inside\"\n      (echo outside > {outside:?}) 2> \"$MIRROR_SANDBOX/denied\"\n      trap 'echo reloaded >> \"$MIRROR_SANDBOX/hup\"' HUP\n      while true; do sleep 0.2; done\n",
+    )
+}
+
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !condition() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_agent_is_enrolled_sandboxed_told_of_policy_changes_and_revoked_when_removed() {
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = Sandbox::new();
+    let _reaper = Reaper(&sandbox);
+    let outside = sandbox.root().join("outside.txt");
+    sandbox.write("agent.yaml", agent_files("[{name: fs.read, risk: low}]", &outside));
+    sandbox.commit("an agent");
+
+    let applied = sandbox.run(&["reconcile"]);
+    assert_eq!(applied.code, 0, "{applied:?}");
+    assert!(applied.stdout.contains("enrolled: sandbox"), "{}", applied.stdout);
+    let state = sandbox.root().join("state");
+    let home = state.join("sandboxes/scribe");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&home), 0o700, "the sandbox is private");
+    let token_file = state.join("agents/scribe/bus-token");
+    assert_eq!(mode(&token_file), 0o600);
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let enrollment = std::fs::read_to_string(state.join("agents/scribe/enrollment.json")).unwrap();
+    assert!(!enrollment.contains(&token), "only the token's hash is kept");
+
+    // The agent runs in its sandbox and learns who it is from its environment.
+    wait_until("the agent's first writes", || home.join("denied").exists());
+    let env = std::fs::read_to_string(home.join("env")).unwrap();
+    for expected in [
+        "MIRROR_AGENT=scribe".to_string(),
+        format!("MIRROR_AGENT_TOKEN={token}"),
+        "MIRROR_BUS_URL=http://127.0.0.1:11500".to_string(),
+        format!("MIRROR_SANDBOX={}", home.display()),
+        "MIRROR_MEMORY_READ=shared".to_string(),
+        "MIRROR_MEMORY_WRITE=scribe".to_string(),
+        format!("PWD={}", home.display()),
+    ] {
+        assert!(env.lines().any(|l| l == expected), "{expected} in:\n{env}");
+    }
+    assert!(home.join("inside").exists(), "writes inside the sandbox work");
+    let status = sandbox.run(&["status", "--output", "json"]).json();
+    let enforced = status["sandbox"].as_str().unwrap().starts_with("enforced");
+    if enforced {
+        assert!(!outside.exists(), "a write outside the sandbox is denied");
+        let denied = std::fs::read_to_string(home.join("denied")).unwrap();
+        assert!(denied.contains("Permission denied"), "{denied}");
+    } else {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "SKIPPED (Landlock): {}", status["sandbox"]);
+    }
+    let policy_file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("agents/scribe/policy.json")).unwrap()).unwrap();
+    assert_eq!(policy_file["policy"]["version"], 1, "{policy_file}");
+    let pid = owned(&sandbox).into_iter().find(|(n, _)| n == "scribe").unwrap().1;
+
+    // A policy change: a new version, reviewed as a diff, then reaching the running agent.
+    sandbox.write(
+        "agent.yaml",
+        agent_files("[{name: fs.read, risk: low}, {name: shell.exec, risk: high}]", &outside),
+    );
+    sandbox.commit("the agent may ask for a shell");
+    let plan = sandbox.run(&["reconcile", "--dry-run"]);
+    assert_eq!(plan.code, 2, "{plan:?}");
+    assert!(
+        plan.stdout.contains("~ Policy/default: version 1 -> 2"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("+") && plan.stdout.contains("shell.exec"),
+        "{}",
+        plan.stdout
+    );
+    let applied = sandbox.run(&["reconcile"]);
+    assert_eq!(applied.code, 0, "{applied:?}");
+    let policy_file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("agents/scribe/policy.json")).unwrap()).unwrap();
+    assert_eq!(policy_file["policy"]["version"], 2, "{policy_file}");
+    wait_until("the agent told by SIGHUP", || home.join("hup").exists());
+    let same_pid = owned(&sandbox).into_iter().find(|(n, _)| n == "scribe").unwrap().1;
+    assert_eq!(same_pid, pid, "a signalled agent keeps running");
+    assert_eq!(sandbox.run(&["reconcile", "--dry-run"]).code, 0, "nothing pending");
+
+    // Removed: stopped, token revoked, sandbox kept (and said so).
+    sandbox.remove("agent.yaml");
+    sandbox.write(
+        "keep.yaml",
+        "apiVersion: mirror.os/v1\nkind: Policy\nmetadata: {name: default}\nspec: {}\n",
+    );
+    sandbox.commit("the agent leaves");
+    let pruned = sandbox.run(&["reconcile", "--allow-mass-prune"]);
+    assert_eq!(pruned.code, 0, "{pruned:?}");
+    assert!(
+        pruned.stdout.contains("token revoked; sandbox kept at"),
+        "{}",
+        pruned.stdout
+    );
+    assert!(!token_file.exists());
+    assert!(home.join("inside").exists());
+}
