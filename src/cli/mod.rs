@@ -3,6 +3,7 @@
 mod audit;
 mod crds;
 mod drift;
+pub mod gate;
 mod init;
 mod logs;
 mod reconcile;
@@ -103,6 +104,9 @@ pub enum Command {
     /// Check the truth store's receipts
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Tool requests of agents that wait for a person: list, approve, deny (needs the daemon)
+    #[command(subcommand)]
+    Gate(gate::GateCommand),
     /// Run a program with writes restricted to the given paths (the supervisor's trampoline)
     #[command(name = "__sandbox-exec", hide = true)]
     SandboxExec(sandbox_exec::SandboxExecArgs),
@@ -181,6 +185,7 @@ pub fn main() -> ExitCode {
         Command::Logs(args) => logs::run(&cli.global, args),
         Command::Drift(command) => drift::run(&cli.global, command),
         Command::Audit(command) => audit::run(&cli.global, command),
+        Command::Gate(command) => gate::run(&cli.global, command),
         Command::SandboxExec(args) => sandbox_exec::run(args),
     };
     ExitCode::from(code)

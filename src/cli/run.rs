@@ -77,7 +77,11 @@ pub fn run(global: &GlobalArgs, args: &RunArgs) -> u8 {
 fn renderer() -> Renderer {
     Arc::new(|request: &Request, answer: Answer| {
         let json = match request {
-            Request::Reconcile { json, .. } | Request::Status { json, .. } | Request::DriftReport { json, .. } => *json,
+            Request::Reconcile { json, .. }
+            | Request::Status { json, .. }
+            | Request::DriftReport { json, .. }
+            | Request::GatePending { json }
+            | Request::GateDecide { json, .. } => *json,
         };
         match (request, answer) {
             (Request::Reconcile { .. }, Answer::Pass(outcome)) => super::reconcile::render(request, &outcome),

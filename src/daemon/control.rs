@@ -40,6 +40,17 @@ pub enum Request {
         json: bool,
         source: SourceRequest,
     },
+    /// Tool-gate requests waiting for a person.
+    GatePending {
+        json: bool,
+    },
+    /// A person's decision on one of them.
+    GateDecide {
+        id: String,
+        approve: bool,
+        by: String,
+        json: bool,
+    },
 }
 
 /// What the command prints, and its exit code: the daemon renders exactly what the command

@@ -329,6 +329,22 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
         recorder: reconciler_recorder,
         jobs: jobs.clone(),
     };
+    // Governance: every gate decision a receipt; today's usage survives a restart.
+    {
+        let governance = daemon.bus.governance().clone();
+        let recorder = daemon.recorder.clone();
+        governance.set_receipts(Arc::new(move |draft| recorder.receipt(draft)));
+        governance.persist_usage(daemon.config.context.state_dir.join("usage-today.json"));
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let governance = governance.clone();
+                let _ = tokio::task::spawn_blocking(move || governance.save_usage()).await;
+            }
+        });
+    }
     daemon.queue.push_back(Work::Full {
         trigger: "startup",
         reload: true,
@@ -376,7 +392,7 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
                 daemon.report_timer = None;
                 daemon.enqueue(Work::ScheduledReport);
             }
-            Event::Control(asked) => daemon.enqueue(Work::Asked(asked)),
+            Event::Control(asked) => daemon.control(asked),
             Event::ProviderProbed(probed) => daemon.provider_probed(probed),
             Event::RouteCheck => {
                 daemon.route_timer = None;
@@ -509,7 +525,8 @@ impl Daemon {
         let probes = Probes::Known(self.verdicts.clone());
         let trust = self.trust.clone();
         let events = self.events.clone();
-        let route_drift = self.routing.drift(self.current.as_deref());
+        let mut route_drift = self.routing.drift(self.current.as_deref());
+        route_drift.extend(self.bus.governance().budget_drift(now_ms()));
         let routing = self.routing.snapshot();
         tokio::task::spawn_blocking(move || {
             let begun = Instant::now();
@@ -819,6 +836,17 @@ impl Daemon {
             .collect();
         for gone in self.bus_agents.difference(&agents) {
             self.bus.remove_agent(gone);
+            self.bus.governance().remove_agent(gone);
+        }
+        // Each agent's effective rules: budgets and the tool gate.
+        let policies = crate::reconcile::policies::PolicyPlan::of(state, &self.config.context.state_dir);
+        for resource in &state.resources {
+            if let Spec::Agent(spec) = &resource.spec {
+                match policies.for_agent(&resource.metadata.name, spec) {
+                    Some(policy) => self.bus.governance().set_policy(&resource.metadata.name, policy.rules),
+                    None => self.bus.governance().remove_agent(&resource.metadata.name),
+                }
+            }
         }
         // Only enrolled agents have a token (enrollment happens when an agent first starts).
         let tokens = reconciler.agent_tokens();
@@ -917,6 +945,23 @@ impl Daemon {
         }
     }
 
+    /// A control request: gate approvals are answered at once (they touch no pass); the rest
+    /// waits for the reconciler.
+    fn control(&mut self, asked: Asked) {
+        let (request, reply) = asked;
+        match request {
+            Request::GatePending { json } => {
+                let pending = self.bus.governance().pending(now_ms());
+                let _ = reply.send(crate::cli::gate::render_pending(&pending, json));
+            }
+            Request::GateDecide { id, approve, by, json } => {
+                let decided = self.bus.governance().decide(&id, approve, &by, now_ms());
+                let _ = reply.send(crate::cli::gate::render_decided(&decided, json));
+            }
+            request => self.enqueue(Work::Asked((request, reply))),
+        }
+    }
+
     fn update_bus_routes(&self, state: &DesiredState) {
         for (agent, candidates) in self.routing.bus_routes(state) {
             self.bus.set_routes(&agent, candidates);
@@ -925,10 +970,11 @@ impl Daemon {
 
     /// Usage records (tokens, and cost from the provider's pricing) for every answered request.
     fn meter(&self) -> crate::router::bus::Meter {
-        let (recorder, host, pricing) = (
+        let (recorder, host, pricing, governance) = (
             self.recorder.clone(),
             self.config.context.host.clone(),
             self.pricing.clone(),
+            self.bus.governance().clone(),
         );
         Arc::new(move |m: crate::router::bus::Metered| {
             let cost = pricing
@@ -940,6 +986,8 @@ impl Daemon {
                         + m.completion_tokens as f64 * p.output_per_million_tokens_usd)
                         / 1e6
                 });
+            let now = now_ms();
+            governance.record_usage(&m.agent, m.prompt_tokens + m.completion_tokens, cost, now);
             recorder.record(crate::store::Record::Usage(crate::store::Usage {
                 id: crate::store::new_id(),
                 host: host.clone(),
@@ -949,7 +997,7 @@ impl Daemon {
                 prompt_tokens: m.prompt_tokens as i64,
                 completion_tokens: m.completion_tokens as i64,
                 cost_usd: cost,
-                at_ms: now_ms(),
+                at_ms: now,
             }));
         })
     }
@@ -1256,6 +1304,10 @@ fn perform(
                     ),
                     Err(e) => (Answer::Error(e), None),
                 }
+            }
+            // Answered by the event loop itself (see `Daemon::control`).
+            Request::GatePending { .. } | Request::GateDecide { .. } => {
+                (Answer::Error("gate requests are not passes".into()), None)
             }
             Request::Status { source, .. } => {
                 let asked = source_options(source, &own_source);

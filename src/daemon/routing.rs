@@ -259,6 +259,7 @@ impl Routing {
                     .as_ref()
                     .and_then(|name| std::env::var(name).ok())
                     .filter(|k| !k.is_empty()),
+                local: spec.is_local(),
             })
         };
         let mut out = Vec::new();

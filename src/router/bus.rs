@@ -46,6 +46,9 @@ pub struct Upstream {
     pub url: String,
     pub model: String,
     pub api_key: Option<String>,
+    /// On this host or the local network (`ModelProvider.local`): what an agent over its
+    /// budget with `onBudgetExceeded: local-only` may still use.
+    pub local: bool,
 }
 
 /// Shared, cheap to clone: agent tokens and routes. Routes: agent -> ordered candidates (the
@@ -56,6 +59,8 @@ pub struct BusState {
     /// Bumped whenever routes change, so a request waiting on a provider that has just left its
     /// agent's candidates (failed over) moves on at once.
     routes_changed: Arc<watch::Sender<u64>>,
+    /// Budgets and the tool gate.
+    governance: super::governance::Governance,
 }
 
 /// The SHA-256 digest of an agent token: tokens are looked up by digest, never compared as
@@ -95,11 +100,16 @@ impl Default for BusState {
                 ..Tables::default()
             })),
             routes_changed: Arc::new(watch::Sender::new(0)),
+            governance: super::governance::Governance::default(),
         }
     }
 }
 
 impl BusState {
+    pub fn governance(&self) -> &super::governance::Governance {
+        &self.governance
+    }
+
     /// The agent's token; replaces its previous one.
     pub fn set_token(&self, agent: &str, token: &str) {
         let mut tables = self.shared.write().unwrap_or_else(|e| e.into_inner());
@@ -261,6 +271,8 @@ fn routes(bus: Arc<Bus>) -> Router {
         .route("/v1/chat/completions", call(Openai, Endpoint::Chat))
         .route("/v1/embeddings", call(Openai, Endpoint::Embed))
         .route("/v1/models", list(Openai))
+        .route("/v1/gate", post(gate_ask))
+        .route("/v1/gate/{id}", get(gate_poll))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(bus)
 }
@@ -345,6 +357,61 @@ fn list_models(bus: Arc<Bus>, api: ProviderApi, headers: HeaderMap) -> Response 
     response
 }
 
+/// `POST /v1/gate {"tool": T, "args": {...}}`: allow or deny (200), or needs-approval (202, with
+/// the request's id to poll at `GET /v1/gate/{id}`).
+async fn gate_ask(State(bus): State<Arc<Bus>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(agent) = caller(&bus, &headers) else {
+        return unauthorized(ProviderApi::Openai);
+    };
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let Some(tool) = request["tool"].as_str().filter(|t| !t.is_empty()) else {
+        return error_response(
+            ProviderApi::Openai,
+            StatusCode::BAD_REQUEST,
+            "expected a JSON object {\"tool\": NAME, \"args\": {...}}",
+        );
+    };
+    let args = request.get("args").cloned().unwrap_or(json!({}));
+    use super::governance::GateAnswer;
+    match bus.state.governance.gate(&agent, tool, &args, crate::report::now_ms()) {
+        GateAnswer::Decided(decision) => json_response(
+            StatusCode::OK,
+            &json!({"decision": decision.outcome, "reason": decision.reason, "rule": decision.rule, "risk": decision.risk, "tool": decision.tool}),
+        ),
+        GateAnswer::Approval(pending) => json_response(StatusCode::ACCEPTED, &approval_json(&pending)),
+    }
+}
+
+/// `GET /v1/gate/{id}`: where the agent's approval request stands.
+async fn gate_poll(
+    State(bus): State<Arc<Bus>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(agent) = caller(&bus, &headers) else {
+        return unauthorized(ProviderApi::Openai);
+    };
+    match bus.state.governance.approval(&agent, &id) {
+        Some(request) => json_response(StatusCode::OK, &approval_json(&request)),
+        None => error_response(
+            ProviderApi::Openai,
+            StatusCode::NOT_FOUND,
+            &format!("no approval request {id} of agent `{agent}`"),
+        ),
+    }
+}
+
+fn approval_json(request: &crate::policy::ApprovalRequest) -> Value {
+    let mut answer = json!(request);
+    answer["decision"] = json!(match request.state {
+        crate::policy::ApprovalState::Pending => "needs-approval",
+        crate::policy::ApprovalState::Approved { .. } => "approved",
+        crate::policy::ApprovalState::Denied { .. } => "denied",
+        crate::policy::ApprovalState::Expired { .. } => "expired",
+    });
+    answer
+}
+
 /// Whether the agent asked for a stream (Ollama streams unless told not to, OpenAI only when told).
 fn wants_stream(api: ProviderApi, endpoint: Endpoint, request: &Value) -> bool {
     if endpoint == Endpoint::Embed {
@@ -365,9 +432,40 @@ async fn forward(bus: Arc<Bus>, api: ProviderApi, endpoint: Endpoint, headers: H
         _ => return error_response(api, StatusCode::BAD_REQUEST, "the request body is not a JSON object"),
     };
     let streamed = wants_stream(api, endpoint, &request);
+    // The budget, before anything is forwarded (usage includes every answer so far).
+    let local_only = match bus.state.governance.admission(&agent, crate::report::now_ms()) {
+        crate::policy::Admission::Serve => false,
+        crate::policy::Admission::ServeLocalOnly => true,
+        crate::policy::Admission::Refuse429 { body, retry_after_secs } => {
+            let message = body["error"]["message"].as_str().unwrap_or("over budget").to_string();
+            let mut response = match api {
+                ProviderApi::Openai => json_response(StatusCode::TOO_MANY_REQUESTS, &body),
+                ProviderApi::Ollama => json_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &json!({"error": message, "budget": body["error"]}),
+                ),
+            };
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            return response;
+        }
+    };
     // Subscribed before the candidates are read, so no route change in between goes unseen.
     let mut route_changes = bus.state.routes_changed.subscribe();
     let (mut candidates, timeouts) = bus.state.routes_of(&agent);
+    if local_only {
+        candidates.retain(|c| c.local);
+        if candidates.is_empty() {
+            return error_response(
+                api,
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!(
+                    "agent `{agent}` is over its budget and limited to local models, and no local model is routable"
+                ),
+            );
+        }
+    }
     if candidates.is_empty() {
         return error_response(
             api,
@@ -1426,6 +1524,7 @@ mod tests {
             url: url.into(),
             model: model.into(),
             api_key: None,
+            local: true,
         }
     }
 

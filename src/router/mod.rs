@@ -16,6 +16,7 @@
 //! for each agent and wakes up at [`route::failback_due_ms`].
 
 pub mod bus;
+pub mod governance;
 pub mod health;
 pub mod http;
 pub mod models;

@@ -804,3 +804,126 @@ fn a_dry_run_through_the_daemon_shows_a_failback_waiting_for_its_stable_window()
     // The route stays on the backup: the stable window holds it.
     assert_eq!(route_of(&sandbox, "scribe"), Some(("backup".into(), true)));
 }
+
+/// An HTTP/1.1 request to 127.0.0.1:`port`: (status, body).
+fn http(port: u16, method: &str, path: &str, token: &str, body: &str) -> (u16, String) {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    let status = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn the_gate_asks_a_person_for_risky_tools_and_a_budget_refuses_the_request_after_crossing() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    let fake = project_path("scripts/fake-llm").display().to_string();
+    let (llm, bus) = (free_port(), free_port());
+    sandbox.write(
+        "all.yaml",
+        format!(
+            "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {{name: llm}}\nspec:\n  command: [python3, {fake:?}, --port, \"{llm}\", --name, solo]\n---\napiVersion: mirror.os/v1\nkind: ModelProvider\nmetadata: {{name: solo}}\nspec:\n  api: ollama\n  url: http://127.0.0.1:{llm}\n---\napiVersion: mirror.os/v1\nkind: Policy\nmetadata: {{name: careful}}\nspec:\n  tools: [{{name: fs.read, risk: low}}, {{name: shell.exec, risk: high}}]\n  budget: {{tokensPerDay: 30}}\n---\napiVersion: mirror.os/v1\nkind: Agent\nmetadata: {{name: scribe}}\nspec:\n  command: [sleep, \"4600\"]\n  policy: careful\n  model: {{primary: {{provider: solo, model: \"llama3.2:1b\"}}}}\n---\napiVersion: mirror.os/v1\nkind: Controller\nmetadata: {{name: main}}\nspec:\n  bus: {{address: \"127.0.0.1:{bus}\"}}\n"
+        ),
+    );
+    sandbox.commit("an agent on a budget, with a risky tool");
+    let _daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
+    let token_path = sandbox.root().join("state/agents/scribe/bus-token");
+    wait_for("the agent enrolled", Duration::from_secs(15), || token_path.exists());
+    let token = std::fs::read_to_string(&token_path).unwrap();
+    wait_for("the bus and the model listening", Duration::from_secs(10), || {
+        [llm, bus]
+            .iter()
+            .all(|port| std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok())
+    });
+
+    // The gate: a low-risk tool is allowed, an unlisted one denied, a high-risk one waits.
+    let (status, body) = http(
+        bus,
+        "POST",
+        "/v1/gate",
+        &token,
+        r#"{"tool": "fs.read", "args": {"path": "notes"}}"#,
+    );
+    assert_eq!((status, body.contains("\"allow\"")), (200, true), "{body}");
+    let (status, body) = http(bus, "POST", "/v1/gate", &token, r#"{"tool": "net.fetch"}"#);
+    assert_eq!((status, body.contains("\"deny\"")), (200, true), "{body}");
+    let shell = r#"{"tool": "shell.exec", "args": {"cmd": "ls"}}"#;
+    let (status, body) = http(bus, "POST", "/v1/gate", &token, shell);
+    assert_eq!(status, 202, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(http(bus, "POST", "/v1/gate", "not-a-token", shell).0, 401);
+    let pending = sandbox.run(&["gate", "pending"]);
+    assert!(
+        pending.stdout.contains(&id) && pending.stdout.contains("shell.exec"),
+        "{pending:?}"
+    );
+    let approved = sandbox.run(&["gate", "approve", &id, "--by", "alice"]);
+    assert_eq!(approved.code, 0, "{approved:?}");
+    assert!(approved.stdout.contains("approved"), "{approved:?}");
+    let (_, polled) = http(bus, "GET", &format!("/v1/gate/{id}"), &token, "");
+    assert!(polled.contains("\"approved\""), "{polled}");
+    let (status, body) = http(bus, "POST", "/v1/gate", &token, shell);
+    assert_eq!(
+        (status, body.contains("\"allow\"")),
+        (200, true),
+        "the approved call: {body}"
+    );
+    assert_eq!(
+        sandbox.run(&["gate", "approve", &id]).code,
+        1,
+        "an approval is decided once"
+    );
+
+    // The budget: 30 tokens a day; each answer here costs more than 10.
+    let chat = r#"{"model": "x", "messages": [{"role": "user", "content": "hi"}], "stream": false}"#;
+    let mut answered = 0;
+    let refused = loop {
+        let (status, body) = http(bus, "POST", "/api/chat", &token, chat);
+        if status == 429 {
+            break body;
+        }
+        assert_eq!(status, 200, "{body}");
+        answered += 1;
+        assert!(answered < 10, "never refused");
+    };
+    assert!(refused.contains("budget"), "{refused}");
+    let report = sandbox.run(&["drift", "report", "--output", "json"]).json();
+    assert!(
+        report["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["drift"] == "over_budget" && i["name"] == "scribe"),
+        "{report:#}"
+    );
+
+    // Every decision is a receipt (written by the recorder in the background).
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let actions = || -> Vec<String> {
+        runtime.block_on(async {
+            let url = mirrorctl::store::StoreUrl::default_in(&sandbox.root().join("state"));
+            let store = mirrorctl::store::open(&url).await.unwrap();
+            store.receipts().await.unwrap().into_iter().map(|r| r.action).collect()
+        })
+    };
+    let wanted = ["enroll", "gate-allow", "gate-deny", "gate-needs-approval", "approve"];
+    wait_for("the receipts", Duration::from_secs(10), || {
+        let actions = actions();
+        wanted.iter().all(|w| actions.iter().any(|a| a == w))
+    });
+}

@@ -1,0 +1,413 @@
+//! What the bus enforces for each agent beyond routing: its budget (usage per UTC day against
+//! the tighter of its own and its policy's budget: a warning at `warnAtPercent`, then the
+//! policy's action: 429, local routes only, or an alert) and the tool gate (allow, deny or
+//! needs-approval by the tool's risk; approvals decided by a person through `mirrorctl gate`).
+//! Every gate decision and approval is a receipt, handed to the daemon's callback.
+//!
+//! Usage counts are kept in memory and saved to a file in the state dir (debounced), so a
+//! restarted daemon does not hand out a fresh budget in the middle of a day.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+
+use crate::policy::{
+    self, Admission, ApprovalRequest, ApprovalState, BudgetState, EffectivePolicy, GateDecision, GateOutcome,
+    UsageToday,
+};
+use crate::report::{Drift, DriftItem, Severity};
+use crate::spec::Kind;
+use crate::store::ReceiptDraft;
+
+/// Receives a receipt for every gate decision and approval.
+pub type Receipts = Arc<dyn Fn(ReceiptDraft) + Send + Sync>;
+
+/// Shared, cheap to clone.
+#[derive(Clone)]
+pub struct Governance {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    policies: HashMap<String, EffectivePolicy>,
+    usage: BTreeMap<String, UsageToday>,
+    approvals: BTreeMap<String, ApprovalRequest>,
+    receipts: Option<Receipts>,
+    /// Where usage is saved, and whether it changed since.
+    usage_file: Option<PathBuf>,
+    dirty: bool,
+}
+
+impl Default for Governance {
+    fn default() -> Self {
+        Governance {
+            inner: Arc::new(Mutex::new(Inner::default())),
+        }
+    }
+}
+
+/// The gate's answer to an agent.
+#[derive(Clone, Debug, PartialEq)]
+pub enum GateAnswer {
+    Decided(GateDecision),
+    /// Waiting for a person (or already decided, when the agent asks again).
+    Approval(ApprovalRequest),
+}
+
+impl Governance {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_receipts(&self, receipts: Receipts) {
+        self.lock().receipts = Some(receipts);
+    }
+
+    /// Loads saved usage (today's only matters) and keeps saving to `path`.
+    pub fn persist_usage(&self, path: PathBuf) {
+        let saved: BTreeMap<String, UsageToday> = std::fs::read(&path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        let mut inner = self.lock();
+        for (agent, usage) in saved {
+            inner.usage.entry(agent).or_insert(usage);
+        }
+        inner.usage_file = Some(path);
+    }
+
+    /// Writes the usage file if usage changed since the last save (the daemon calls this on a
+    /// timer: metering never waits on a disk write).
+    pub fn save_usage(&self) {
+        let (path, snapshot) = {
+            let mut inner = self.lock();
+            let Some(path) = inner.usage_file.clone().filter(|_| inner.dirty) else {
+                return;
+            };
+            inner.dirty = false;
+            (path, serde_json::to_vec(&inner.usage).unwrap_or_default())
+        };
+        let temporary = path.with_extension("tmp");
+        let written = std::fs::write(&temporary, snapshot).and_then(|_| std::fs::rename(&temporary, &path));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "saving today's usage failed");
+            self.lock().dirty = true;
+        }
+    }
+
+    /// The agent's effective rules (its policy, the budget narrowed by its own).
+    pub fn set_policy(&self, agent: &str, rules: EffectivePolicy) {
+        self.lock().policies.insert(agent.to_string(), rules);
+    }
+
+    pub fn remove_agent(&self, agent: &str) {
+        self.lock().policies.remove(agent);
+    }
+
+    /// Counts an answered request against the agent's budget of the day.
+    pub fn record_usage(&self, agent: &str, tokens: u64, spend_usd: f64, now_ms: i64) {
+        let mut inner = self.lock();
+        inner
+            .usage
+            .entry(agent.to_string())
+            .or_insert_with(|| UsageToday::start(now_ms))
+            .record(now_ms, tokens, spend_usd);
+        inner.dirty = true;
+    }
+
+    fn budget_of(inner: &Inner, agent: &str, now_ms: i64) -> BudgetState {
+        let Some(rules) = inner.policies.get(agent) else {
+            return BudgetState::Ok;
+        };
+        let usage = inner
+            .usage
+            .get(agent)
+            .cloned()
+            .unwrap_or_else(|| UsageToday::start(now_ms));
+        policy::budget_state(rules, &usage, now_ms)
+    }
+
+    /// Whether the bus serves the agent's next request (checked before forwarding, with the
+    /// usage of every answer so far: the request after the one that crossed is refused).
+    pub fn admission(&self, agent: &str, now_ms: i64) -> Admission {
+        let inner = self.lock();
+        policy::admit(agent, &Self::budget_of(&inner, agent, now_ms), now_ms)
+    }
+
+    /// `over_budget` drift items: a warning from `warnAtPercent`, an error once over.
+    pub fn budget_drift(&self, now_ms: i64) -> Vec<DriftItem> {
+        let inner = self.lock();
+        let mut items = Vec::new();
+        for agent in inner.policies.keys() {
+            let (severity, detail) = match Self::budget_of(&inner, agent, now_ms) {
+                BudgetState::Ok => continue,
+                BudgetState::Warning {
+                    dimension,
+                    percent,
+                    used,
+                    limit,
+                } => (
+                    Severity::Warning,
+                    format!("{percent}% of its {dimension} budget used today ({used} of {limit})"),
+                ),
+                BudgetState::Exceeded {
+                    dimension,
+                    used,
+                    limit,
+                    action,
+                } => (
+                    Severity::Error,
+                    format!(
+                        "over its {dimension} budget today ({used} of {limit}): {}",
+                        serde_json::to_value(action)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default()
+                    ),
+                ),
+            };
+            items.push(DriftItem {
+                kind: Kind::Agent.to_string(),
+                name: agent.clone(),
+                drift: Drift::OverBudget,
+                corrective: false,
+                severity,
+                detail,
+            });
+        }
+        items.sort_by(|a, b| a.name.cmp(&b.name));
+        items
+    }
+
+    /// The gate: may `agent` use `tool` with `args`? A tool that needs approval is allowed once
+    /// a person approved that very call (same tool, same arguments), then the approval is used up.
+    pub fn gate(&self, agent: &str, tool: &str, args: &Value, now_ms: i64) -> GateAnswer {
+        let mut inner = self.lock();
+        let Some(rules) = inner.policies.get(agent).cloned() else {
+            let decision = GateDecision {
+                outcome: GateOutcome::Deny,
+                rule: policy::GateRule::NotListed,
+                reason: format!("agent `{agent}` has no policy in force: every tool is denied"),
+                tool: tool.to_string(),
+                risk: None,
+                args: args.clone(),
+                args_fingerprint: policy::args_fingerprint(args),
+            };
+            receipt(&inner, agent, "gate-deny", &decision.reason, json!(decision));
+            return GateAnswer::Decided(decision);
+        };
+        let decision = policy::gate(&rules, tool, args);
+        if decision.outcome != GateOutcome::NeedsApproval {
+            let action = match decision.outcome {
+                GateOutcome::Allow => "gate-allow",
+                _ => "gate-deny",
+            };
+            receipt(&inner, agent, action, &decision.reason, json!(decision));
+            return GateAnswer::Decided(decision);
+        }
+        // Expired requests are closed first, so an old approval never authorizes.
+        for request in inner.approvals.values_mut() {
+            if request.is_pending() && now_ms >= request.expires_ms {
+                let _ = request.expire(now_ms);
+            }
+        }
+        let fingerprint = decision.args_fingerprint.clone();
+        let approved = inner
+            .approvals
+            .iter()
+            .find(|(_, r)| r.authorizes(agent, tool, &fingerprint))
+            .map(|(id, _)| id.clone());
+        if let Some(id) = approved {
+            let request = inner.approvals.remove(&id).expect("found above");
+            let reason = format!("{}; approved as request {id}", decision.reason);
+            receipt(
+                &inner,
+                agent,
+                "gate-allow",
+                &reason,
+                json!({"decision": decision, "approval": request}),
+            );
+            return GateAnswer::Decided(GateDecision {
+                outcome: GateOutcome::Allow,
+                reason,
+                ..decision
+            });
+        }
+        let open = inner
+            .approvals
+            .values()
+            .find(|r| r.matches(agent, tool, &fingerprint) && !matches!(r.state, ApprovalState::Expired { .. }))
+            .cloned();
+        if let Some(request) = open {
+            return GateAnswer::Approval(request); // asked again: the same request, no new receipt
+        }
+        let id = crate::store::new_id();
+        let request = ApprovalRequest::new(id.clone(), agent, &decision, now_ms, policy::DEFAULT_APPROVAL_TTL_MS)
+            .expect("a needs-approval decision");
+        receipt(&inner, agent, "gate-needs-approval", &decision.reason, json!(request));
+        inner.approvals.insert(id, request.clone());
+        GateAnswer::Approval(request)
+    }
+
+    /// A request by id (the agent polls it).
+    pub fn approval(&self, agent: &str, id: &str) -> Option<ApprovalRequest> {
+        self.lock().approvals.get(id).filter(|r| r.agent == agent).cloned()
+    }
+
+    /// Requests waiting for a decision, oldest first.
+    pub fn pending(&self, now_ms: i64) -> Vec<ApprovalRequest> {
+        let mut pending: Vec<ApprovalRequest> = self
+            .lock()
+            .approvals
+            .values()
+            .filter(|r| r.is_pending() && now_ms < r.expires_ms)
+            .cloned()
+            .collect();
+        pending.sort_by_key(|r| r.requested_ms);
+        pending
+    }
+
+    /// A person's decision on a pending request; a receipt either way.
+    pub fn decide(&self, id: &str, approve: bool, by: &str, now_ms: i64) -> Result<ApprovalRequest, String> {
+        let mut inner = self.lock();
+        let Some(request) = inner.approvals.get_mut(id) else {
+            return Err(format!(
+                "no approval request {id} (expired ones are kept only until the agent asks again)"
+            ));
+        };
+        let decided = if approve {
+            request.approve(by, now_ms)
+        } else {
+            request.deny(by, now_ms)
+        };
+        decided.map_err(|e| e.to_string())?;
+        let request = request.clone();
+        let action = if approve { "approve" } else { "deny" };
+        let reason = format!("{action}d by {by}: {} for {}", request.tool, request.agent);
+        receipt(&inner, &request.agent, action, &reason, json!(request));
+        Ok(request)
+    }
+}
+
+fn receipt(inner: &Inner, agent: &str, action: &str, reason: &str, detail: Value) {
+    if let Some(receipts) = &inner.receipts {
+        receipts(ReceiptDraft {
+            run_id: None,
+            commit: None,
+            kind: Kind::Agent.to_string(),
+            name: agent.to_string(),
+            action: action.to_string(),
+            reason: reason.to_string(),
+            detail: detail.to_string(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::policy::PolicySpec;
+
+    fn rules(yaml_tools: &str, budget_tokens: Option<u64>) -> EffectivePolicy {
+        let mut spec: PolicySpec =
+            serde_json::from_value(serde_json::json!({"tools": serde_json::from_str::<Value>(yaml_tools).unwrap()}))
+                .unwrap();
+        spec.budget = budget_tokens.map(|t| crate::spec::common::Budget {
+            tokens_per_day: Some(t),
+            spend_per_day_usd: None,
+        });
+        EffectivePolicy::from_spec(&spec)
+    }
+
+    fn with_receipts() -> (Governance, Arc<Mutex<Vec<ReceiptDraft>>>) {
+        let governance = Governance::default();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        governance.set_receipts(Arc::new(move |r| sink.lock().unwrap().push(r)));
+        (governance, seen)
+    }
+
+    #[test]
+    fn a_high_risk_tool_waits_for_an_approval_that_is_a_receipt_and_is_used_once() {
+        let (governance, receipts) = with_receipts();
+        governance.set_policy(
+            "scribe",
+            rules(
+                r#"[{"name": "fs.read", "risk": "low"}, {"name": "shell.exec", "risk": "high"}]"#,
+                None,
+            ),
+        );
+        let args = json!({"cmd": "ls"});
+        assert!(
+            matches!(governance.gate("scribe", "fs.read", &args, 0), GateAnswer::Decided(d) if d.outcome == GateOutcome::Allow)
+        );
+        assert!(
+            matches!(governance.gate("scribe", "net.fetch", &args, 0), GateAnswer::Decided(d) if d.outcome == GateOutcome::Deny)
+        );
+        let GateAnswer::Approval(request) = governance.gate("scribe", "shell.exec", &args, 1_000) else {
+            panic!("needs approval")
+        };
+        assert_eq!(governance.pending(2_000), vec![request.clone()]);
+        // Asking again is the same request.
+        assert!(
+            matches!(governance.gate("scribe", "shell.exec", &args, 2_000), GateAnswer::Approval(r) if r.id == request.id)
+        );
+        governance.decide(&request.id, true, "alice", 3_000).unwrap();
+        assert!(governance.pending(3_000).is_empty());
+        assert!(
+            matches!(governance.gate("scribe", "shell.exec", &args, 4_000), GateAnswer::Decided(d) if d.outcome == GateOutcome::Allow)
+        );
+        // Used up: the next call needs a new approval; other arguments never rode on it.
+        assert!(
+            matches!(governance.gate("scribe", "shell.exec", &args, 5_000), GateAnswer::Approval(r) if r.id != request.id)
+        );
+        let actions: Vec<String> = receipts.lock().unwrap().iter().map(|r| r.action.clone()).collect();
+        assert_eq!(
+            actions,
+            [
+                "gate-allow",
+                "gate-deny",
+                "gate-needs-approval",
+                "approve",
+                "gate-allow",
+                "gate-needs-approval"
+            ]
+        );
+    }
+
+    #[test]
+    fn crossing_the_budget_refuses_the_next_request_and_is_drift() {
+        let governance = Governance::default();
+        governance.set_policy("scribe", rules("[]", Some(1_000)));
+        assert_eq!(governance.admission("scribe", 0), Admission::Serve);
+        governance.record_usage("scribe", 850, 0.0, 10);
+        assert_eq!(governance.admission("scribe", 20), Admission::Serve);
+        let drift = governance.budget_drift(20);
+        assert_eq!((drift.len(), drift[0].severity), (1, Severity::Warning), "{drift:?}");
+        governance.record_usage("scribe", 200, 0.0, 30);
+        let Admission::Refuse429 { body, .. } = governance.admission("scribe", 40) else {
+            panic!("over budget: refused")
+        };
+        assert!(body.to_string().contains("budget"), "{body}");
+        assert_eq!(governance.budget_drift(40)[0].severity, Severity::Error);
+        // A new UTC day: served again.
+        assert_eq!(governance.admission("scribe", policy::DAY_MS + 1), Admission::Serve);
+    }
+
+    #[test]
+    fn usage_survives_a_restart_through_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.json");
+        let first = Governance::default();
+        first.persist_usage(path.clone());
+        first.record_usage("scribe", 500, 0.5, 1_000);
+        first.save_usage();
+        let second = Governance::default();
+        second.persist_usage(path);
+        second.set_policy("scribe", rules("[]", Some(400)));
+        assert!(matches!(second.admission("scribe", 2_000), Admission::Refuse429 { .. }));
+    }
+}
