@@ -837,6 +837,10 @@ fn the_gate_asks_a_person_for_risky_tools_and_a_budget_refuses_the_request_after
             "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {{name: llm}}\nspec:\n  command: [python3, {fake:?}, --port, \"{llm}\", --name, solo]\n---\napiVersion: mirror.os/v1\nkind: ModelProvider\nmetadata: {{name: solo}}\nspec:\n  api: ollama\n  url: http://127.0.0.1:{llm}\n---\napiVersion: mirror.os/v1\nkind: Policy\nmetadata: {{name: careful}}\nspec:\n  tools: [{{name: fs.read, risk: low}}, {{name: shell.exec, risk: high}}]\n  budget: {{tokensPerDay: 30}}\n---\napiVersion: mirror.os/v1\nkind: Agent\nmetadata: {{name: scribe}}\nspec:\n  command: [sleep, \"4600\"]\n  policy: careful\n  model: {{primary: {{provider: solo, model: \"llama3.2:1b\"}}}}\n---\napiVersion: mirror.os/v1\nkind: Controller\nmetadata: {{name: main}}\nspec:\n  bus: {{address: \"127.0.0.1:{bus}\"}}\n"
         ),
     );
+    sandbox.write(
+        "other.yaml",
+        "apiVersion: mirror.os/v1\nkind: Agent\nmetadata: {name: other}\nspec:\n  command: [sleep, \"4601\"]\n  policy: careful\n",
+    );
     sandbox.commit("an agent on a budget, with a risky tool");
     let _daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
     let token_path = sandbox.root().join("state/agents/scribe/bus-token");
@@ -926,4 +930,14 @@ fn the_gate_asks_a_person_for_risky_tools_and_a_budget_refuses_the_request_after
         let actions = actions();
         wanted.iter().all(|w| actions.iter().any(|a| a == w))
     });
+
+    // The agent leaves: its token is revoked, the bus refuses it (the other agent keeps the bus).
+    let all = std::fs::read_to_string(sandbox.repo().join("all.yaml")).unwrap();
+    let without: Vec<&str> = all.split("---\n").filter(|doc| !doc.contains("kind: Agent")).collect();
+    sandbox.write("all.yaml", without.join("---\n"));
+    sandbox.commit("scribe leaves");
+    wait_for("the token revoked", Duration::from_secs(15), || {
+        http(bus, "GET", "/v1/models", &token, "").0 == 401
+    });
+    assert!(!token_path.exists());
 }
