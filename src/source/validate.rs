@@ -261,7 +261,83 @@ pub fn validate(parsed: &[Parsed]) -> Vec<Finding> {
         check_dependencies(&mut report, resource, &index);
     }
     check_cycles(parsed, &index, &mut out);
+    check_memory_bounces(parsed, &controller_tiers, &mut out);
     out
+}
+
+/// Memory rules whose moves form a cycle of tiers (a: working -> long-term, b: long-term ->
+/// working) and whose conditions one item can meet together would move that item back and forth
+/// on every pass. Each such cycle is reported once, at its rule with the smallest name.
+fn check_memory_bounces(parsed: &[Parsed], tiers: &[String], out: &mut Vec<Finding>) {
+    use crate::spec::memory_rule::jointly_satisfiable;
+    let known = |t: &str| tiers.iter().any(|x| x == t) || t == ARCHIVED_TIER;
+    let rules: Vec<(&Parsed, &crate::spec::MemoryRuleSpec, &str, &str)> = parsed
+        .iter()
+        .filter_map(|p| match &p.resource.spec {
+            Spec::MemoryRule(rule) if !rule.suspend => {
+                let from = rule.matches.tier.as_deref().filter(|t| known(t))?;
+                let to = rule.target_tier(tiers).filter(|t| known(t) && *t != from)?;
+                Some((p, rule, from, to))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut reported: HashSet<Vec<usize>> = HashSet::new();
+    // Depth-first from each rule along rules that move on from where the last one moved to.
+    fn walk(
+        rules: &[(&Parsed, &crate::spec::MemoryRuleSpec, &str, &str)],
+        path: &mut Vec<usize>,
+        cycles: &mut Vec<Vec<usize>>,
+    ) {
+        let start = rules[path[0]].2;
+        let at = rules[*path.last().expect("a path")].3;
+        if at == start {
+            cycles.push(path.clone());
+            return;
+        }
+        for (i, rule) in rules.iter().enumerate() {
+            let visited_tier = path.iter().any(|&j| rules[j].2 == rule.2);
+            if rule.2 == at && !visited_tier && i > path[0] {
+                path.push(i);
+                walk(rules, path, cycles);
+                path.pop();
+            }
+        }
+    }
+    let mut cycles = Vec::new();
+    for start in 0..rules.len() {
+        walk(&rules, &mut vec![start], &mut cycles);
+    }
+    for cycle in cycles {
+        let mut key = cycle.clone();
+        key.sort_unstable();
+        if !reported.insert(key) {
+            continue;
+        }
+        let matches: Vec<&crate::spec::memory_rule::MemoryMatch> = cycle.iter().map(|&i| &rules[i].1.matches).collect();
+        if !jointly_satisfiable(&matches) {
+            continue;
+        }
+        let lead = *cycle
+            .iter()
+            .min_by_key(|&&i| &rules[i].0.resource.metadata.name)
+            .expect("a cycle has rules");
+        let moves: Vec<String> = cycle
+            .iter()
+            .map(|&i| format!("{} ({} -> {})", rules[i].0.resource.id(), rules[i].2, rules[i].3))
+            .collect();
+        Report {
+            parsed: rules[lead].0,
+            out,
+        }
+        .error(
+            FieldPath::from("spec.match"),
+            format!(
+                "these rules would move an item back and forth on every pass: {}; one item can match them all: make their conditions exclusive (e.g. `usedWithin` against `idleFor`, `minUses` against `maxUses`) or suspend one",
+                moves.join(", ")
+            ),
+        );
+    }
 }
 
 /// Indexes resources by kind and name; a second declaration is an error naming both places.

@@ -103,3 +103,103 @@ impl MemoryRuleSpec {
         }
     }
 }
+
+/// Whether one item can match every one of `matches` at once, tiers aside: what makes rules
+/// that move items around a cycle of tiers move some item back and forth forever. Conservative
+/// where exactness is costly (two namespace globs are taken to overlap).
+pub fn jointly_satisfiable(matches: &[&MemoryMatch]) -> bool {
+    let max_of =
+        |f: &dyn Fn(&MemoryMatch) -> Option<f64>| matches.iter().filter_map(|m| f(m)).fold(f64::NEG_INFINITY, f64::max);
+    let min_of =
+        |f: &dyn Fn(&MemoryMatch) -> Option<f64>| matches.iter().filter_map(|m| f(m)).fold(f64::INFINITY, f64::min);
+    // Uses and confidence: the ranges must meet.
+    if max_of(&|m| m.min_uses.map(|v| v as f64)) > min_of(&|m| m.max_uses.map(|v| v as f64)) {
+        return false;
+    }
+    if max_of(&|m| m.min_confidence) > min_of(&|m| m.max_confidence) {
+        return false;
+    }
+    // Verified: one value for all that say.
+    let verified: Vec<bool> = matches.iter().filter_map(|m| m.verified).collect();
+    if verified.windows(2).any(|w| w[0] != w[1]) {
+        return false;
+    }
+    // Last use: idle for at least d (last used <= now - d) and used within w (>= now - w).
+    let seconds = |d: &Option<Duration>| d.map(|d| d.as_std().as_secs_f64());
+    if max_of(&|m| seconds(&m.idle_for)) > min_of(&|m| seconds(&m.used_within)) {
+        return false;
+    }
+    // Namespaces: literal names must agree with each other and with every glob.
+    let patterns: Vec<&str> = matches.iter().map(|m| m.namespace()).collect();
+    let literals: Vec<&str> = patterns.iter().copied().filter(|p| !p.contains(['*', '?'])).collect();
+    if let Some(first) = literals.first() {
+        if !patterns.iter().all(|p| glob_matches(p, first)) {
+            return false;
+        }
+    }
+    // Tags: a tag required by one rule must not be excluded by another, and every `any` must
+    // leave one tag that is not excluded.
+    let none: Vec<&String> = matches
+        .iter()
+        .filter_map(|m| m.tags.as_ref())
+        .flat_map(|t| &t.none)
+        .collect();
+    let tags = matches.iter().filter_map(|m| m.tags.as_ref());
+    for t in tags {
+        if t.all.iter().any(|tag| none.contains(&tag)) {
+            return false;
+        }
+        if !t.any.is_empty() && t.any.iter().all(|tag| none.contains(&tag)) {
+            return false;
+        }
+    }
+    true
+}
+
+/// `*` any run of characters, `?` one character (namespaces are ASCII).
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    fn matches(p: &[u8], t: &[u8]) -> bool {
+        match (p.first(), t.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => matches(&p[1..], t) || (!t.is_empty() && matches(p, &t[1..])),
+            (Some(b'?'), Some(_)) => matches(&p[1..], &t[1..]),
+            (Some(a), Some(b)) if a == b => matches(&p[1..], &t[1..]),
+            _ => false,
+        }
+    }
+    matches(pattern.as_bytes(), text.as_bytes())
+}
+
+#[cfg(test)]
+mod bounce_tests {
+    use super::*;
+
+    fn m(yaml: serde_json::Value) -> MemoryMatch {
+        serde_json::from_value(yaml).unwrap()
+    }
+
+    #[test]
+    fn contradictory_conditions_cannot_hold_together() {
+        let promote = m(serde_json::json!({"tier": "working", "minUses": 3, "usedWithin": "7d"}));
+        let demote_idle = m(serde_json::json!({"tier": "long-term", "idleFor": "30d"}));
+        let demote_rare = m(serde_json::json!({"tier": "long-term", "maxUses": 2}));
+        let demote_any = m(serde_json::json!({"tier": "long-term"}));
+        assert!(
+            !jointly_satisfiable(&[&promote, &demote_idle]),
+            "idle 30d vs used within 7d"
+        );
+        assert!(!jointly_satisfiable(&[&promote, &demote_rare]), "uses >= 3 vs <= 2");
+        assert!(jointly_satisfiable(&[&promote, &demote_any]));
+        let verified = m(serde_json::json!({"verified": true}));
+        let unverified = m(serde_json::json!({"verified": false}));
+        assert!(!jointly_satisfiable(&[&verified, &unverified]));
+        let team = m(serde_json::json!({"namespace": "team-*"}));
+        let ops = m(serde_json::json!({"namespace": "ops"}));
+        let team_a = m(serde_json::json!({"namespace": "team-a"}));
+        assert!(!jointly_satisfiable(&[&team, &ops]));
+        assert!(jointly_satisfiable(&[&team, &team_a]));
+        let pinned = m(serde_json::json!({"tags": {"all": ["pinned"]}}));
+        let not_pinned = m(serde_json::json!({"tags": {"none": ["pinned"]}}));
+        assert!(!jointly_satisfiable(&[&pinned, &not_pinned]));
+    }
+}
