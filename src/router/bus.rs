@@ -79,10 +79,14 @@ struct Tables {
     routes: HashMap<String, Vec<Upstream>>,
     /// How long to wait for an upstream's response headers before trying the next candidate.
     header_timeout: Duration,
+    /// The same for a non-streamed generation, whose headers come with the whole answer.
+    answer_timeout: Duration,
     /// How long a relayed answer may send nothing before the bus gives up on it.
     idle_timeout: Duration,
 }
 
+/// How long a non-streamed generation may take to answer (its headers come with the answer).
+pub const NON_STREAMED_ANSWER_TIMEOUT: Duration = Duration::from_secs(600);
 /// Ollama may load a model before answering; 30 s covers a cold load of a small model.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// A provider that sends nothing for this long in the middle of an answer is taken for hung:
@@ -96,6 +100,7 @@ impl Default for BusState {
         BusState {
             shared: Arc::new(RwLock::new(Tables {
                 header_timeout: DEFAULT_HEADER_TIMEOUT,
+                answer_timeout: NON_STREAMED_ANSWER_TIMEOUT,
                 idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
                 ..Tables::default()
             })),
@@ -136,9 +141,17 @@ impl BusState {
         self.routes_changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// How long to wait for an upstream's response headers (default 30 s).
+    /// How long to wait for an upstream's response headers (default 30 s), also for a
+    /// non-streamed generation (default 10 min) unless set apart with `set_answer_timeout`.
     pub fn set_header_timeout(&self, timeout: Duration) {
-        self.shared.write().unwrap_or_else(|e| e.into_inner()).header_timeout = timeout;
+        let mut tables = self.shared.write().unwrap_or_else(|e| e.into_inner());
+        tables.header_timeout = timeout;
+        tables.answer_timeout = timeout;
+    }
+
+    /// How long a non-streamed generation may take to answer (default 10 min).
+    pub fn set_answer_timeout(&self, timeout: Duration) {
+        self.shared.write().unwrap_or_else(|e| e.into_inner()).answer_timeout = timeout;
     }
 
     /// How long a relayed answer (a stream, or the body of a non-streamed one) may send nothing
@@ -159,6 +172,7 @@ impl BusState {
             tables.routes.get(agent).cloned().unwrap_or_default(),
             Timeouts {
                 header: tables.header_timeout,
+                answer: tables.answer_timeout,
                 idle: tables.idle_timeout,
             },
         )
@@ -179,6 +193,8 @@ impl BusState {
 struct Timeouts {
     /// For the upstream's response headers.
     header: Duration,
+    /// For a non-streamed generation's answer.
+    answer: Duration,
     /// Between two pieces of the upstream's answer.
     idle: Duration,
 }
@@ -473,6 +489,14 @@ async fn forward(bus: Arc<Bus>, api: ProviderApi, endpoint: Endpoint, headers: H
             &format!("no healthy model route for agent `{agent}`"),
         );
     }
+    // A non-streamed generation sends nothing until it is done: a long answer from a model on a
+    // CPU takes minutes. A hung provider is caught by its probes, and a request waiting on it
+    // moves on when it leaves the agent's routes, so the wait can be long.
+    let answer_within = if streamed || endpoint == Endpoint::Embed {
+        timeouts.header
+    } else {
+        timeouts.answer
+    };
     let mut failures = Vec::new();
     let mut tried = 0;
     loop {
@@ -500,7 +524,7 @@ async fn forward(bus: Arc<Bus>, api: ProviderApi, endpoint: Endpoint, headers: H
             ));
             continue;
         };
-        let sending = send(&bus, upstream, path, &upstream_request, timeouts.header);
+        let sending = send(&bus, upstream, path, &upstream_request, answer_within);
         let answer = match until_unrouted(&bus.state, &agent, upstream, &mut route_changes, sending).await {
             Ok(answer) => answer,
             Err(why) => {
@@ -545,7 +569,7 @@ async fn forward(bus: Arc<Bus>, api: ProviderApi, endpoint: Endpoint, headers: H
         // sent its headers and then died or hung (killed between its headers and its first
         // token) has still sent nothing that reached the agent, so the next candidate is tried.
         let (parts, mut body) = answer.into_parts();
-        let waiting = first_data(&mut body, timeouts.header);
+        let waiting = first_data(&mut body, answer_within);
         let first = match until_unrouted(&bus.state, &agent, upstream, &mut route_changes, waiting).await {
             Ok(first) => first,
             Err(why) => {
