@@ -5,6 +5,7 @@ mod crds;
 mod drift;
 mod init;
 mod logs;
+mod memory;
 mod reconcile;
 mod run;
 mod sandbox_exec;
@@ -103,6 +104,9 @@ pub enum Command {
     /// Check the truth store's receipts
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Memory items in the truth store: add, list, search, show, touch, verify, history
+    #[command(subcommand)]
+    Memory(memory::MemoryCommand),
     /// Run a program with writes restricted to the given paths (the supervisor's trampoline)
     #[command(name = "__sandbox-exec", hide = true)]
     SandboxExec(sandbox_exec::SandboxExecArgs),
@@ -181,6 +185,7 @@ pub fn main() -> ExitCode {
         Command::Logs(args) => logs::run(&cli.global, args),
         Command::Drift(command) => drift::run(&cli.global, command),
         Command::Audit(command) => audit::run(&cli.global, command),
+        Command::Memory(command) => memory::run(&cli.global, command),
         Command::SandboxExec(args) => sandbox_exec::run(args),
     };
     ExitCode::from(code)
