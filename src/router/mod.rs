@@ -18,6 +18,7 @@
 pub mod bus;
 pub mod health;
 pub mod http;
+pub mod memory_api;
 pub mod models;
 pub mod preview;
 pub mod route;
