@@ -677,6 +677,41 @@ async fn memory_items_merge_duplicates_per_namespace(db: TestDb) {
     assert!(refused.to_string().contains("empty"), "{refused}");
 }
 
+/// Agents adding the same memory at once: one item, every add but one merged into it.
+async fn memory_concurrent_duplicates_make_one_item(db: TestDb) {
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::from(db.open().await);
+    let adds: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let tag = format!("t{i}");
+                store
+                    .memory_add(&memory(
+                        "notes",
+                        "said by everyone",
+                        &[&tag],
+                        Some(0.1 * i as f64),
+                        1_000 + i,
+                    ))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for add in adds {
+        results.push(add.await.unwrap());
+    }
+    let id = &results[0].id;
+    assert!(results.iter().all(|r| &r.id == id), "{results:?}");
+    assert_eq!(results.iter().filter(|r| !r.merged).count(), 1, "{results:?}");
+    let item = store.memory_get(id).await.unwrap().unwrap();
+    assert_eq!(item.uses, 7);
+    assert_eq!(item.tags.len(), 8);
+    assert!((item.confidence - 0.7).abs() < 1e-9, "{}", item.confidence);
+    assert_eq!(count(&*store, "memory_items").await, 1);
+}
+
 async fn memory_list_search_touch_verify_and_move(db: TestDb) {
     let store = db.open().await;
     let add = |ns: &'static str, content: &'static str, tags: &'static [&'static str], at: i64| {
@@ -801,6 +836,7 @@ async fn memory_list_search_touch_verify_and_move(db: TestDb) {
 
 on_both_backends!(
     memory_items_merge_duplicates_per_namespace,
+    memory_concurrent_duplicates_make_one_item,
     memory_list_search_touch_verify_and_move,
     migrations_from_empty,
     records_round_trip_and_replay_once,
