@@ -38,6 +38,17 @@ pub struct Caller {
     pub write: Vec<String>,
 }
 
+impl Caller {
+    /// An agent with its `spec.memory` scope.
+    pub fn new(agent: impl Into<String>, scope: &crate::spec::agent::MemoryScope) -> Caller {
+        Caller {
+            agent: agent.into(),
+            read: scope.read.clone(),
+            write: scope.write.clone(),
+        }
+    }
+}
+
 /// Finds the caller of a request (its bearer token, in the bus), or None: 401.
 pub type CallerResolver = Arc<dyn Fn(&HeaderMap) -> Option<Caller> + Send + Sync>;
 

@@ -4,6 +4,8 @@
 //!
 //! Writes go through the `Recorder` (a journal in the state dir, then the database), so nothing
 //! waits on the database and nothing is lost while it is away. Reads go to the `Store` directly.
+//! One exception: memory items (`memory`) are written directly, because an agent adding one
+//! needs its id back (and whether it merged into an existing item) in the same request.
 
 pub mod chain;
 pub mod inventory;
