@@ -6,6 +6,7 @@ mod drift;
 pub mod gate;
 mod init;
 mod logs;
+mod memory;
 mod reconcile;
 mod run;
 mod sandbox_exec;
@@ -107,6 +108,9 @@ pub enum Command {
     /// Tool requests of agents that wait for a person: list, approve, deny (needs the daemon)
     #[command(subcommand)]
     Gate(gate::GateCommand),
+    /// Memory items in the truth store: add, list, search, show, touch, verify, history
+    #[command(subcommand)]
+    Memory(memory::MemoryCommand),
     /// Run a program with writes restricted to the given paths (the supervisor's trampoline)
     #[command(name = "__sandbox-exec", hide = true)]
     SandboxExec(sandbox_exec::SandboxExecArgs),
@@ -186,6 +190,7 @@ pub fn main() -> ExitCode {
         Command::Drift(command) => drift::run(&cli.global, command),
         Command::Audit(command) => audit::run(&cli.global, command),
         Command::Gate(command) => gate::run(&cli.global, command),
+        Command::Memory(command) => memory::run(&cli.global, command),
         Command::SandboxExec(args) => sandbox_exec::run(args),
     };
     ExitCode::from(code)

@@ -19,6 +19,7 @@ pub mod bus;
 pub mod governance;
 pub mod health;
 pub mod http;
+pub mod memory_api;
 pub mod models;
 pub mod preview;
 pub mod route;

@@ -4,10 +4,13 @@
 //!
 //! Writes go through the `Recorder` (a journal in the state dir, then the database), so nothing
 //! waits on the database and nothing is lost while it is away. Reads go to the `Store` directly.
+//! One exception: memory items (`memory`) are written directly, because an agent adding one
+//! needs its id back (and whether it merged into an existing item) in the same request.
 
 pub mod chain;
 pub mod inventory;
 pub mod journal;
+pub mod memory;
 mod postgres;
 pub mod recorder;
 mod sql;
@@ -23,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::report::{DriftItem, DriftReport, ReportSummary};
 pub use chain::{verify_chain, ChainBreak, Receipt, ReceiptDraft};
+pub use memory::{MemoryAdded, MemoryFilter, MemoryItem, MemoryQuery, MemoryTransition, NewMemory};
 pub use recorder::Recorder;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -137,6 +141,9 @@ pub enum StoreError {
     Query { operation: &'static str, message: String },
     #[error("{path}: {message}")]
     Local { path: PathBuf, message: String },
+    /// The caller asked for something the store does not accept (an empty namespace, ...).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl StoreError {
@@ -327,6 +334,34 @@ pub trait Store: Send + Sync {
     fn counts(&self) -> BoxFuture<'_, Result<BTreeMap<String, i64>, StoreError>>;
     /// Schema version (the newest migration applied).
     fn schema_version(&self) -> BoxFuture<'_, Result<i64, StoreError>>;
+
+    // Memory items: written directly, not through the recorder (see `memory`), because an
+    // agent needs its item's id back. Nothing is hard-deleted.
+
+    /// Adds an item (content trimmed, hashed with SHA-256), or merges it into the item with the
+    /// same content in the same namespace: that item's id, tags unioned, uses + 1, last used
+    /// now, the higher confidence.
+    fn memory_add<'a>(&'a self, item: &'a NewMemory) -> BoxFuture<'a, Result<MemoryAdded, StoreError>>;
+    /// One item with its tags.
+    fn memory_get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<MemoryItem>, StoreError>>;
+    /// Items by namespace patterns, tier and tag, newest first.
+    fn memory_list<'a>(&'a self, filter: &'a MemoryFilter) -> BoxFuture<'a, Result<Vec<MemoryItem>, StoreError>>;
+    /// Items in the given namespace patterns whose content contains the text (case-insensitive),
+    /// most recently used first.
+    fn memory_search<'a>(&'a self, query: &'a MemoryQuery) -> BoxFuture<'a, Result<Vec<MemoryItem>, StoreError>>;
+    /// Marks an item used: uses + 1, last used `at_ms`. The item after it, or None if unknown.
+    fn memory_touch<'a>(&'a self, id: &'a str, at_ms: i64) -> BoxFuture<'a, Result<Option<MemoryItem>, StoreError>>;
+    /// Marks an item verified, optionally setting its confidence. The item after it, or None.
+    fn memory_verify<'a>(
+        &'a self,
+        id: &'a str,
+        confidence: Option<f64>,
+    ) -> BoxFuture<'a, Result<Option<MemoryItem>, StoreError>>;
+    /// Moves an item to `transition.to_tier` if it is in `transition.from_tier`, and records the
+    /// transition; idempotent by the transition's id. Returns whether it moved.
+    fn memory_move<'a>(&'a self, transition: &'a MemoryTransition) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// The tier transitions of an item, oldest first.
+    fn memory_history<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<MemoryTransition>, StoreError>>;
 }
 
 /// Opens the store, creating and migrating it as needed; refuses a newer schema.

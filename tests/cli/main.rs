@@ -10,6 +10,7 @@ mod fake_llm;
 mod git_source;
 mod init;
 mod invalid_corpus;
+mod memory;
 mod real_llm;
 mod reconcile;
 mod sandbox;

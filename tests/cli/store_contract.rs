@@ -13,8 +13,9 @@ use mirrorctl::store::chain::{verify_chain, ChainBreak, ChainHead};
 use mirrorctl::store::inventory::LocalInventory;
 use mirrorctl::store::recorder::{FlushReport, RecorderConfig};
 use mirrorctl::store::{
-    self, known_schema_version, new_id, Enrollment, InventoryEntry, JobRun, PolicyVersion, Receipt, ReceiptDraft,
-    Record, Recorder, RouteChange, RunFinished, RunStarted, StatusChange, Store, StoreError, StoreUrl, Usage,
+    self, known_schema_version, new_id, Enrollment, InventoryEntry, JobRun, MemoryFilter, MemoryQuery,
+    MemoryTransition, NewMemory, PolicyVersion, Receipt, ReceiptDraft, Record, Recorder, RouteChange, RunFinished,
+    RunStarted, StatusChange, Store, StoreError, StoreUrl, Usage,
 };
 use sqlx::Connection;
 
@@ -591,7 +592,252 @@ async fn sqlite_outage_and_replay(db: TestDb) {
     assert_eq!(verify_chain(&store.receipts().await.unwrap()), Ok(300));
 }
 
+pub fn memory(namespace: &str, content: &str, tags: &[&str], confidence: Option<f64>, at_ms: i64) -> NewMemory {
+    NewMemory {
+        namespace: namespace.into(),
+        content: content.into(),
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        confidence,
+        source_agent: Some("scribe".into()),
+        tier: "working".into(),
+        at_ms,
+    }
+}
+
+async fn memory_items_merge_duplicates_per_namespace(db: TestDb) {
+    let store = db.open().await;
+    let first = store
+        .memory_add(&memory("notes", "The sky is blue", &["sky"], Some(0.4), 1_000))
+        .await
+        .unwrap();
+    assert!(!first.merged);
+    let item = store.memory_get(&first.id).await.unwrap().unwrap();
+    assert_eq!(item.namespace, "notes");
+    assert_eq!(item.tier, "working");
+    assert_eq!(item.content, "The sky is blue");
+    assert_eq!(
+        item.content_hash,
+        mirrorctl::store::memory::content_hash("The sky is blue")
+    );
+    assert_eq!(item.source_agent.as_deref(), Some("scribe"));
+    assert_eq!((item.created_ms, item.last_used_ms, item.uses), (1_000, 1_000, 0));
+    assert_eq!(item.confidence, 0.4);
+    assert!(!item.verified);
+    assert_eq!(item.tags, vec!["sky"]);
+
+    // The same content (after trimming) in the same namespace: merged into the first item.
+    let mut again = memory("notes", "  The sky is blue\n", &["colour", "sky"], Some(0.9), 2_000);
+    again.source_agent = Some("other".into());
+    let second = store.memory_add(&again).await.unwrap();
+    assert_eq!(second.id, first.id);
+    assert!(second.merged);
+    let merged = store.memory_get(&first.id).await.unwrap().unwrap();
+    assert_eq!((merged.created_ms, merged.last_used_ms, merged.uses), (1_000, 2_000, 1));
+    assert_eq!(merged.confidence, 0.9, "the higher confidence wins");
+    assert_eq!(merged.tags, vec!["colour", "sky"]);
+    assert_eq!(
+        merged.source_agent.as_deref(),
+        Some("scribe"),
+        "the first source is kept"
+    );
+
+    // A lower confidence does not lower it; no confidence leaves it alone.
+    store
+        .memory_add(&memory("notes", "The sky is blue", &[], Some(0.1), 3_000))
+        .await
+        .unwrap();
+    store
+        .memory_add(&memory("notes", "The sky is blue", &[], None, 4_000))
+        .await
+        .unwrap();
+    let merged = store.memory_get(&first.id).await.unwrap().unwrap();
+    assert_eq!((merged.uses, merged.confidence), (3, 0.9));
+
+    // The same content in another namespace is another item.
+    let elsewhere = store
+        .memory_add(&memory("team-a", "The sky is blue", &[], None, 5_000))
+        .await
+        .unwrap();
+    assert!(!elsewhere.merged);
+    assert_ne!(elsewhere.id, first.id);
+    assert_eq!(
+        store.memory_get(&elsewhere.id).await.unwrap().unwrap().confidence,
+        mirrorctl::store::memory::DEFAULT_CONFIDENCE
+    );
+    assert_eq!(count(&*store, "memory_items").await, 2);
+    assert_eq!(count(&*store, "memory_item_tags").await, 2);
+    assert!(store.memory_get("no-such-item").await.unwrap().is_none());
+
+    let refused = store
+        .memory_add(&memory("team-*", "x", &[], None, 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, StoreError::Invalid(_)), "{refused}");
+    let refused = store.memory_add(&memory("notes", " ", &[], None, 1)).await.unwrap_err();
+    assert!(refused.to_string().contains("empty"), "{refused}");
+}
+
+/// Agents adding the same memory at once: one item, every add but one merged into it.
+async fn memory_concurrent_duplicates_make_one_item(db: TestDb) {
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::from(db.open().await);
+    let adds: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let tag = format!("t{i}");
+                store
+                    .memory_add(&memory(
+                        "notes",
+                        "said by everyone",
+                        &[&tag],
+                        Some(0.1 * i as f64),
+                        1_000 + i,
+                    ))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for add in adds {
+        results.push(add.await.unwrap());
+    }
+    let id = &results[0].id;
+    assert!(results.iter().all(|r| &r.id == id), "{results:?}");
+    assert_eq!(results.iter().filter(|r| !r.merged).count(), 1, "{results:?}");
+    let item = store.memory_get(id).await.unwrap().unwrap();
+    assert_eq!(item.uses, 7);
+    assert_eq!(item.tags.len(), 8);
+    assert!((item.confidence - 0.7).abs() < 1e-9, "{}", item.confidence);
+    assert_eq!(count(&*store, "memory_items").await, 1);
+}
+
+async fn memory_list_search_touch_verify_and_move(db: TestDb) {
+    let store = db.open().await;
+    let add = |ns: &'static str, content: &'static str, tags: &'static [&'static str], at: i64| {
+        let store = &store;
+        async move { store.memory_add(&memory(ns, content, tags, None, at)).await.unwrap().id }
+    };
+    let a = add("notes", "Ollama listens on 11434", &["ops"], 1_000).await;
+    let b = add("team-a", "The 50% rule_of thumb", &["ops", "math"], 2_000).await;
+    let c = add("team-b", "OLLAMA models live in ~/.ollama", &[], 3_000).await;
+    let d = add("teams", "ollama is not here", &[], 4_000).await;
+
+    let ids = |items: &[mirrorctl::store::MemoryItem]| items.iter().map(|i| i.id.clone()).collect::<Vec<_>>();
+    let all = store
+        .memory_list(&MemoryFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&all),
+        vec![d.clone(), c.clone(), b.clone(), a.clone()],
+        "newest first"
+    );
+    assert_eq!(all[2].tags, vec!["math", "ops"]);
+    let filter = |namespaces: &[&str], tier: Option<&str>, tag: Option<&str>, limit: u32| MemoryFilter {
+        namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
+        tier: tier.map(Into::into),
+        tag: tag.map(Into::into),
+        limit,
+    };
+    let listed = store.memory_list(&filter(&["team-*"], None, None, 100)).await.unwrap();
+    assert_eq!(
+        ids(&listed),
+        vec![c.clone(), b.clone()],
+        "a glob is a prefix, not a LIKE"
+    );
+    let listed = store.memory_list(&filter(&[], None, Some("ops"), 100)).await.unwrap();
+    assert_eq!(ids(&listed), vec![b.clone(), a.clone()]);
+    let listed = store
+        .memory_list(&filter(&["notes", "teams"], None, None, 1))
+        .await
+        .unwrap();
+    assert_eq!(ids(&listed), vec![d.clone()]);
+    assert!(store
+        .memory_list(&filter(&[], Some("core"), None, 100))
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Search: case-insensitive substring, only within the given namespaces, most recently used first.
+    let search = |namespaces: &[&str], text: &str| MemoryQuery {
+        namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
+        text: text.into(),
+        limit: 10,
+    };
+    let found = store
+        .memory_search(&search(&["notes", "team-*"], "ollama"))
+        .await
+        .unwrap();
+    assert_eq!(ids(&found), vec![c.clone(), a.clone()]);
+    let found = store.memory_search(&search(&["*"], "50%")).await.unwrap();
+    assert_eq!(ids(&found), vec![b.clone()], "% is literal");
+    assert!(
+        store.memory_search(&search(&["*"], "50_")).await.unwrap().is_empty(),
+        "_ is literal"
+    );
+    assert!(store.memory_search(&search(&[], "ollama")).await.unwrap().is_empty());
+    assert_eq!(store.memory_search(&search(&["team-a"], "")).await.unwrap().len(), 1);
+
+    // Touch: uses + 1, last used now; it comes first in a search.
+    let touched = store.memory_touch(&a, 10_000).await.unwrap().unwrap();
+    assert_eq!((touched.uses, touched.last_used_ms), (1, 10_000));
+    let found = store
+        .memory_search(&search(&["notes", "team-*"], "OLLAMA"))
+        .await
+        .unwrap();
+    assert_eq!(ids(&found), vec![a.clone(), c.clone()]);
+    assert!(store.memory_touch("no-such-item", 1).await.unwrap().is_none());
+
+    // Verify, with and without a confidence.
+    let verified = store.memory_verify(&b, None).await.unwrap().unwrap();
+    assert!(verified.verified);
+    assert_eq!(verified.confidence, mirrorctl::store::memory::DEFAULT_CONFIDENCE);
+    let verified = store.memory_verify(&b, Some(0.95)).await.unwrap().unwrap();
+    assert_eq!((verified.verified, verified.confidence), (true, 0.95));
+    assert!(store.memory_verify("no-such-item", None).await.unwrap().is_none());
+    assert!(store.memory_verify(&b, Some(2.0)).await.is_err());
+
+    // Moves: recorded once, only from the tier the item is in.
+    let transition = |id: &str, from: &str, to: &str, at_ms: i64| MemoryTransition {
+        id: new_id(),
+        item_id: id.into(),
+        from_tier: from.into(),
+        to_tier: to.into(),
+        rule: Some("promote-used".into()),
+        run_id: Some("run-1".into()),
+        at_ms,
+    };
+    let up = transition(&a, "working", "long-term", 20_000);
+    assert!(store.memory_move(&up).await.unwrap());
+    assert!(
+        !store.memory_move(&up).await.unwrap(),
+        "a replayed transition moves nothing"
+    );
+    assert!(!store
+        .memory_move(&transition(&a, "working", "core", 21_000))
+        .await
+        .unwrap());
+    let archive = transition(&a, "long-term", "archived", 30_000);
+    assert!(store.memory_move(&archive).await.unwrap());
+    assert_eq!(store.memory_get(&a).await.unwrap().unwrap().tier, "archived");
+    assert_eq!(store.memory_history(&a).await.unwrap(), vec![up, archive]);
+    assert!(store.memory_history(&b).await.unwrap().is_empty());
+    let archived = store
+        .memory_list(&filter(&[], Some("archived"), None, 100))
+        .await
+        .unwrap();
+    assert_eq!(ids(&archived), vec![a.clone()]);
+    assert_eq!(count(&*store, "memory_items").await, 4, "nothing is deleted");
+}
+
 on_both_backends!(
+    memory_items_merge_duplicates_per_namespace,
+    memory_concurrent_duplicates_make_one_item,
+    memory_list_search_touch_verify_and_move,
     migrations_from_empty,
     records_round_trip_and_replay_once,
     concurrent_writers,
