@@ -842,6 +842,7 @@ impl Daemon {
         let policies = crate::reconcile::policies::PolicyPlan::of(state, &self.config.context.state_dir);
         for resource in &state.resources {
             if let Spec::Agent(spec) = &resource.spec {
+                self.bus.set_memory_scope(&resource.metadata.name, spec.memory());
                 match policies.for_agent(&resource.metadata.name, spec) {
                     Some(policy) => self.bus.governance().set_policy(&resource.metadata.name, policy.rules),
                     None => self.bus.governance().remove_agent(&resource.metadata.name),
@@ -875,8 +876,30 @@ impl Daemon {
             if let Some(addr) = wanted {
                 let (stop_tx, stop_rx) = oneshot::channel::<()>();
                 let (bus, meter) = (self.bus.clone(), self.meter());
+                let store_url = self.config.context.store.clone();
+                let first_tier = state
+                    .controller()
+                    .memory_tiers()
+                    .into_iter()
+                    .next()
+                    .unwrap_or_else(|| "working".into());
                 tokio::spawn(async move {
-                    match crate::router::bus::serve(addr, bus, meter, async {
+                    // The memory API answers from the store itself (an agent needs its item's id).
+                    let memory = match crate::store::open(&store_url).await {
+                        Ok(store) => {
+                            let callers = bus.clone();
+                            Some(crate::router::memory_api::router(
+                                Arc::from(store),
+                                Arc::new(move |headers: &axum::http::HeaderMap| callers.memory_caller(headers)),
+                                first_tier,
+                            ))
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the memory API is off: the truth store cannot be opened");
+                            None
+                        }
+                    };
+                    match crate::router::bus::serve(addr, bus, meter, memory, async {
                         let _ = stop_rx.await;
                     })
                     .await

@@ -77,6 +77,8 @@ struct Tables {
     agents_by_token: HashMap<TokenDigest, String>,
     /// agent -> candidates, current route first.
     routes: HashMap<String, Vec<Upstream>>,
+    /// agent -> the memory namespaces it may read and write.
+    memory_scopes: HashMap<String, crate::spec::agent::MemoryScope>,
     /// How long to wait for an upstream's response headers before trying the next candidate.
     header_timeout: Duration,
     /// The same for a non-streamed generation, whose headers come with the whole answer.
@@ -122,14 +124,29 @@ impl BusState {
         tables.agents_by_token.insert(token_digest(token), agent.to_string());
     }
 
-    /// Forgets the agent's token and routes.
+    /// Forgets the agent's token, routes and memory scope.
     pub fn remove_agent(&self, agent: &str) {
         {
             let mut tables = self.shared.write().unwrap_or_else(|e| e.into_inner());
             tables.agents_by_token.retain(|_, owner| owner != agent);
             tables.routes.remove(agent);
+            tables.memory_scopes.remove(agent);
         }
         self.routes_changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// The memory namespaces the agent may read and write (the memory API's scope).
+    pub fn set_memory_scope(&self, agent: &str, scope: crate::spec::agent::MemoryScope) {
+        let mut tables = self.shared.write().unwrap_or_else(|e| e.into_inner());
+        tables.memory_scopes.insert(agent.to_string(), scope);
+    }
+
+    /// The memory API's caller behind `Authorization: Bearer <token>`: the agent and its scope.
+    pub fn memory_caller(&self, headers: &HeaderMap) -> Option<super::memory_api::Caller> {
+        let agent = self.agent_of(bearer(headers)?)?;
+        let tables = self.shared.read().unwrap_or_else(|e| e.into_inner());
+        let scope = tables.memory_scopes.get(&agent).cloned().unwrap_or_default();
+        Some(super::memory_api::Caller::new(agent, &scope))
     }
 
     /// The agent's candidates, current route first.
@@ -232,6 +249,7 @@ pub async fn serve(
     addr: SocketAddr,
     state: BusState,
     meter: Meter,
+    extra: Option<Router>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -242,7 +260,10 @@ pub async fn serve(
         client: super::http::client(true),
         next_id: AtomicU64::new(1),
     });
-    let router = routes(bus);
+    let mut router = routes(bus);
+    if let Some(extra) = extra {
+        router = router.merge(extra);
+    }
     let task = tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
             tracing::error!(%error, "the model bus stopped");
@@ -295,12 +316,13 @@ fn routes(bus: Arc<Bus>) -> Router {
 
 /// The agent behind `Authorization: Bearer <token>`.
 fn caller(bus: &Bus, headers: &HeaderMap) -> Option<String> {
+    bus.state.agent_of(bearer(headers)?)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    bus.state.agent_of(token.trim())
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// An error in the shape of the API the agent called.
@@ -1575,9 +1597,15 @@ mod tests {
         let metered = Arc::new(Mutex::new(Vec::new()));
         let sink = metered.clone();
         let meter: Meter = Arc::new(move |m| sink.lock().unwrap().push(m));
-        let (address, _task) = serve("127.0.0.1:0".parse().unwrap(), state, meter, std::future::pending())
-            .await
-            .unwrap();
+        let (address, _task) = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            state,
+            meter,
+            None,
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
         (address, metered)
     }
 

@@ -834,7 +834,7 @@ fn the_gate_asks_a_person_for_risky_tools_and_a_budget_refuses_the_request_after
     sandbox.write(
         "all.yaml",
         format!(
-            "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {{name: llm}}\nspec:\n  command: [python3, {fake:?}, --port, \"{llm}\", --name, solo]\n---\napiVersion: mirror.os/v1\nkind: ModelProvider\nmetadata: {{name: solo}}\nspec:\n  api: ollama\n  url: http://127.0.0.1:{llm}\n---\napiVersion: mirror.os/v1\nkind: Policy\nmetadata: {{name: careful}}\nspec:\n  tools: [{{name: fs.read, risk: low}}, {{name: shell.exec, risk: high}}]\n  budget: {{tokensPerDay: 30}}\n---\napiVersion: mirror.os/v1\nkind: Agent\nmetadata: {{name: scribe}}\nspec:\n  command: [sleep, \"4600\"]\n  policy: careful\n  model: {{primary: {{provider: solo, model: \"llama3.2:1b\"}}}}\n---\napiVersion: mirror.os/v1\nkind: Controller\nmetadata: {{name: main}}\nspec:\n  bus: {{address: \"127.0.0.1:{bus}\"}}\n"
+            "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {{name: llm}}\nspec:\n  command: [python3, {fake:?}, --port, \"{llm}\", --name, solo]\n---\napiVersion: mirror.os/v1\nkind: ModelProvider\nmetadata: {{name: solo}}\nspec:\n  api: ollama\n  url: http://127.0.0.1:{llm}\n---\napiVersion: mirror.os/v1\nkind: Policy\nmetadata: {{name: careful}}\nspec:\n  tools: [{{name: fs.read, risk: low}}, {{name: shell.exec, risk: high}}]\n  budget: {{tokensPerDay: 30}}\n---\napiVersion: mirror.os/v1\nkind: Agent\nmetadata: {{name: scribe}}\nspec:\n  command: [sleep, \"4600\"]\n  policy: careful\n  memory: {{read: [shared, notes], write: [notes]}}\n  model: {{primary: {{provider: solo, model: \"llama3.2:1b\"}}}}\n---\napiVersion: mirror.os/v1\nkind: Controller\nmetadata: {{name: main}}\nspec:\n  bus: {{address: \"127.0.0.1:{bus}\"}}\n"
         ),
     );
     sandbox.write(
@@ -892,6 +892,33 @@ fn the_gate_asks_a_person_for_risky_tools_and_a_budget_refuses_the_request_after
         1,
         "an approval is decided once"
     );
+
+    // The memory API: within the agent's scope only.
+    let (status, body) = http(
+        bus,
+        "POST",
+        "/v1/memory",
+        &token,
+        r#"{"namespace": "notes", "content": "the backup model is smollm2", "tags": ["models"]}"#,
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = http(
+        bus,
+        "POST",
+        "/v1/memory",
+        &token,
+        r#"{"namespace": "ops", "content": "not mine"}"#,
+    );
+    assert_eq!(status, 403, "outside the writable scope: {body}");
+    let (status, body) = http(bus, "GET", "/v1/memory/search?q=smollm2", &token, "");
+    assert!(
+        status == 200 && body.contains("the backup model is smollm2"),
+        "{status} {body}"
+    );
+    let (status, _) = http(bus, "GET", "/v1/memory/search?q=x&namespace=ops", &token, "");
+    assert_eq!(status, 403, "outside the readable scope");
+    let listed = sandbox.run(&["memory", "list", "--output", "json"]);
+    assert!(listed.stdout.contains("\"source_agent\": \"scribe\""), "{listed:?}");
 
     // The budget: 30 tokens a day; each answer here costs more than 10.
     let chat = r#"{"model": "x", "messages": [{"role": "user", "content": "hi"}], "stream": false}"#;
