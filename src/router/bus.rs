@@ -264,6 +264,11 @@ pub async fn serve(
     if let Some(extra) = extra {
         router = router.merge(extra);
     }
+    // No Nagle: a response's last small write would otherwise wait for the agent's delayed ACK
+    // (~40 ms per request on a keep-alive connection).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
+        let _ = tcp.set_nodelay(true);
+    });
     let task = tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
             tracing::error!(%error, "the model bus stopped");
