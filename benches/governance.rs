@@ -14,6 +14,13 @@
 //!    (target 0). Then 8 concurrent clients, on an instant upstream and on a 20 ms one: the
 //!    worst overshoot (requests already admitted when the crossing answer is metered are served).
 //!
+//! The chat latency is shown two ways: the whole answer as an HTTP client gets it (keep-alive),
+//! and the time to the answer's data on a fresh raw connection (the bus's own work). On a
+//! keep-alive connection the bus's chunked answer is held back by Nagle's algorithm until the
+//! client's delayed ACK (~40 ms on Linux): the bus's listener does not set TCP_NODELAY, and the
+//! response head goes out before the body. A raw keep-alive probe shows when head, data and
+//! terminator arrive.
+//!
 //! Run: `cargo bench --bench governance` (release build). `-- --quick` does fewer requests.
 
 use std::collections::{BTreeMap, HashMap};
