@@ -551,9 +551,15 @@ async fn run(settings: Settings, machine_before: String, started: Instant) {
     let meter_calls = Arc::new(AtomicU64::new(0));
     let meter = meter(recorder.clone(), governance.clone(), meter_calls.clone());
     let (stop_bus, bus_stopped) = tokio::sync::oneshot::channel::<()>();
-    let (bus_addr, bus_task) = bus::serve("127.0.0.1:0".parse().unwrap(), state.clone(), meter.clone(), async {
-        let _ = bus_stopped.await;
-    })
+    let (bus_addr, bus_task) = bus::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        state.clone(),
+        meter.clone(),
+        None,
+        async {
+            let _ = bus_stopped.await;
+        },
+    )
     .await
     .expect("the bus");
     let bench = Bench {
