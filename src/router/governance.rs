@@ -208,10 +208,28 @@ impl Governance {
             receipt(&inner, agent, action, &decision.reason, json!(decision));
             return GateAnswer::Decided(decision);
         }
-        // Expired requests are closed first, so an old approval never authorizes.
+        // Expired requests are closed first, so an old approval never authorizes; closed ones
+        // are forgotten a TTL after they closed (their receipts stay), so the table stays small.
         for request in inner.approvals.values_mut() {
             if request.is_pending() && now_ms >= request.expires_ms {
                 let _ = request.expire(now_ms);
+            }
+        }
+        inner.approvals.retain(|_, r| {
+            r.is_pending() || closed_at(r).is_none_or(|at| now_ms - at < policy::DEFAULT_APPROVAL_TTL_MS)
+        });
+        // An agent varying its arguments cannot grow it without bound either: the oldest go.
+        while inner.approvals.len() >= MAX_APPROVALS {
+            let oldest = inner
+                .approvals
+                .iter()
+                .min_by_key(|(_, r)| r.requested_ms)
+                .map(|(id, _)| id.clone());
+            match oldest {
+                Some(id) => {
+                    inner.approvals.remove(&id);
+                }
+                None => break,
             }
         }
         let fingerprint = decision.args_fingerprint.clone();
@@ -289,6 +307,19 @@ impl Governance {
         let reason = format!("{action}d by {by}: {} for {}", request.tool, request.agent);
         receipt(&inner, &request.agent, action, &reason, json!(request));
         Ok(request)
+    }
+}
+
+/// Approval requests kept at most (pending and recently closed).
+const MAX_APPROVALS: usize = 10_000;
+
+/// When a request was decided or expired.
+fn closed_at(request: &ApprovalRequest) -> Option<i64> {
+    match request.state {
+        ApprovalState::Pending => None,
+        ApprovalState::Approved { at_ms, .. }
+        | ApprovalState::Denied { at_ms, .. }
+        | ApprovalState::Expired { at_ms } => Some(at_ms),
     }
 }
 
