@@ -99,7 +99,8 @@ struct Rounds {
     keepalive_warmup: usize,
     keepalive_samples: usize,
     concurrent: usize,
-    peer_faults: usize,
+    peer_kills: usize,
+    peer_hangs: usize,
     peer_samples: usize,
 }
 
@@ -1107,25 +1108,19 @@ struct Latencies {
     errors: usize,
 }
 
-/// Bus and direct interleaved (which goes first alternates), each over its own keep-alive
-/// connection, or over a new connection per request (`fresh`).
-fn overhead(
-    rt: &tokio::runtime::Runtime,
-    paths: &[&Target],
-    warmup: usize,
-    samples: usize,
-    fresh: bool,
-) -> Vec<Latencies> {
+/// The paths interleaved (which goes first rotates), each with its own client: over one
+/// keep-alive connection, or over a new connection per request (`true`).
+fn overhead(rt: &tokio::runtime::Runtime, paths: &[(&Target, bool)], warmup: usize, samples: usize) -> Vec<Latencies> {
     rt.block_on(async {
         let clients: Vec<HttpClient> = paths
             .iter()
-            .map(|_| if fresh { http_client_fresh() } else { http_client() })
+            .map(|(_, fresh)| if *fresh { http_client_fresh() } else { http_client() })
             .collect();
         let mut out: Vec<Latencies> = paths.iter().map(|_| Latencies::default()).collect();
         for i in 0..warmup + samples {
             for k in 0..paths.len() {
                 let k = (k + i) % paths.len();
-                let (target, client) = (paths[k], &clients[k]);
+                let (target, client) = (paths[k].0, &clients[k]);
                 let whole = chat(client, target, false, REQUEST_LIMIT).await;
                 let streamed = chat(client, target, true, REQUEST_LIMIT).await;
                 if i < warmup {
@@ -1187,10 +1182,15 @@ fn concurrent(target: &Target, n: usize) -> (Duration, Vec<Duration>, usize, Opt
 // The peer: LiteLLM's proxy
 
 struct Peer {
+    /// `fallbacks` (two model groups) or `ordered` (one group, two deployments with `order`).
+    config: &'static str,
+    dir: PathBuf,
+    pid: i32,
+    log: PathBuf,
     port: u16,
     a: u16,
     a_pid: i32,
-    version: String,
+    spawned: Instant,
 }
 
 fn litellm_executable() -> Result<PathBuf, String> {
@@ -1211,32 +1211,51 @@ fn litellm_executable() -> Result<PathBuf, String> {
     Ok(path)
 }
 
-fn start_peer(guard: &mut Guard, work: &Path, litellm: &Path) -> Result<Peer, String> {
-    let dir = work.join("litellm");
-    fs::create_dir_all(&dir).unwrap();
-    let (a, a_pid) = spawn_fake(guard, &dir, "A", 0, TOKEN_DELAY_MS);
-    let (b, _) = spawn_fake(guard, &dir, "B", 0, TOKEN_DELAY_MS);
-    eprintln!("LiteLLM's upstreams: fake-llm A on port {a}, B on port {b}");
-    let port = free_port();
-    let config = dir.join("config.yaml");
-    fs::write(
-        &config,
-        format!(
-            "model_list:\n  - model_name: agent\n    litellm_params: {{model: \"ollama_chat/{MODEL}\", api_base: \"http://127.0.0.1:{a}\", timeout: 2, stream_timeout: 2}}\n  - model_name: agent-backup\n    litellm_params: {{model: \"ollama_chat/{MODEL}\", api_base: \"http://127.0.0.1:{b}\", timeout: 2, stream_timeout: 2}}\nrouter_settings:\n  fallbacks: [{{agent: [agent-backup]}}]\nlitellm_settings:\n  telemetry: false\ngeneral_settings:\n  master_key: {LITELLM_KEY}\n"
-        ),
-    )
-    .unwrap();
-    let version = Command::new(litellm.parent().unwrap_or(Path::new(".")).join("python"))
+fn litellm_version(litellm: &Path) -> String {
+    Command::new(litellm.parent().unwrap_or(Path::new(".")).join("python"))
         .args(["-c", "import importlib.metadata as m; print(m.version('litellm'))"])
         .output()
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "?".into());
+        .unwrap_or_else(|| "?".into())
+}
+
+/// Starts a LiteLLM proxy in front of two new fake-llm instances A and B (not waiting for it).
+fn spawn_peer(guard: &mut Guard, work: &Path, litellm: &Path, config: &'static str) -> Result<Peer, String> {
+    let dir = work.join(format!("litellm-{config}"));
+    fs::create_dir_all(&dir).unwrap();
+    let (a, a_pid) = spawn_fake(guard, &dir, "A", 0, TOKEN_DELAY_MS);
+    let (b, _) = spawn_fake(guard, &dir, "B", 0, TOKEN_DELAY_MS);
+    let port = free_port();
+    let params = |upstream: u16, extra: &str| {
+        format!(
+            "{{model: \"ollama_chat/{MODEL}\", api_base: \"http://127.0.0.1:{upstream}\", timeout: 2, stream_timeout: 2{extra}}}"
+        )
+    };
+    let models = if config == "ordered" {
+        format!(
+            "model_list:\n  - model_name: agent\n    litellm_params: {}\n  - model_name: agent\n    litellm_params: {}\n",
+            params(a, ", order: 1"),
+            params(b, ", order: 2")
+        )
+    } else {
+        format!(
+            "model_list:\n  - model_name: agent\n    litellm_params: {}\n  - model_name: agent-backup\n    litellm_params: {}\nrouter_settings:\n  fallbacks: [{{agent: [agent-backup]}}]\n",
+            params(a, ""),
+            params(b, "")
+        )
+    };
+    let config_file = dir.join("config.yaml");
+    fs::write(
+        &config_file,
+        format!("{models}litellm_settings:\n  telemetry: false\ngeneral_settings:\n  master_key: {LITELLM_KEY}\n"),
+    )
+    .unwrap();
     let log = dir.join("litellm.log");
     let child = Command::new(litellm)
         .arg("--config")
-        .arg(&config)
+        .arg(&config_file)
         .args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .current_dir(&dir)
         // Offline: the bundled model price map, not a fetch from GitHub.
@@ -1250,25 +1269,39 @@ fn start_peer(guard: &mut Guard, work: &Path, litellm: &Path) -> Result<Peer, St
         .map_err(|e| format!("{}: {e}", litellm.display()))?;
     let pid = child.id() as i32;
     guard.adopt(child);
-    let begun = Instant::now();
-    wait_for("the LiteLLM proxy listening", Duration::from_secs(180), || {
-        listening(port) || stat(pid).is_none_or(|(state, ..)| state == b'Z')
-    })?;
-    if !listening(port) {
-        let text = fs::read_to_string(&log).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(15).collect();
-        return Err(format!(
-            "the LiteLLM proxy exited:\n{}",
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        ));
-    }
-    eprintln!("LiteLLM {version} proxy listening after {}", ms(begun.elapsed()));
+    eprintln!("LiteLLM ({config}): proxy on port {port}, fake-llm A on {a}, B on {b}");
     Ok(Peer {
+        config,
+        dir,
+        pid,
+        log,
         port,
         a,
         a_pid,
-        version,
+        spawned: Instant::now(),
     })
+}
+
+/// Waits until the proxy listens.
+fn peer_ready(peer: &Peer) -> Result<(), String> {
+    wait_for("the LiteLLM proxy listening", Duration::from_secs(180), || {
+        listening(peer.port) || stat(peer.pid).is_none_or(|(state, ..)| state == b'Z')
+    })?;
+    if !listening(peer.port) {
+        let text = fs::read_to_string(&peer.log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(15).collect();
+        return Err(format!(
+            "the LiteLLM proxy ({}) exited:\n{}",
+            peer.config,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        ));
+    }
+    eprintln!(
+        "LiteLLM ({}) listening {} after it was spawned",
+        peer.config,
+        ms(peer.spawned.elapsed())
+    );
+    Ok(())
 }
 
 impl Peer {
@@ -1280,6 +1313,17 @@ impl Peer {
             model: "agent".into(),
         }
     }
+}
+
+/// One LiteLLM configuration's results.
+struct PeerRun {
+    config: &'static str,
+    /// Direct to A, and through the proxy (keep-alive).
+    lat: Vec<Latencies>,
+    kills: Vec<PeerFault>,
+    kill_outcomes: Vec<Outcome>,
+    hangs: Vec<PeerFault>,
+    hang_outcomes: Vec<Outcome>,
 }
 
 /// One fault of the peer's primary: fault -> the next request's answer (and by whom), and the
@@ -1297,7 +1341,6 @@ struct PeerFault {
 fn peer_series(
     rt: &tokio::runtime::Runtime,
     guard: &mut Guard,
-    work: &Path,
     peer: &mut Peer,
     rounds: usize,
     hang: bool,
@@ -1326,15 +1369,16 @@ fn peer_series(
         let next = rt.block_on(chat(&client, &target, false, REQUEST_LIMIT));
         let next_took = next.sent.duration_since(at) + next.took;
         eprintln!(
-            "LiteLLM {} {}: next request answered after {} by {} ({})",
+            "LiteLLM ({}) {} {}: next request answered after {} by {} ({})",
+            peer.config,
             if hang { "hang" } else { "kill" },
             round + 1,
             ms(next_took),
             next.by.as_deref().unwrap_or("?"),
             next.error.as_deref().unwrap_or("ok")
         );
-        // The fault lasts 8 s, then A is restored (LiteLLM restarts nothing itself).
-        let until = at + Duration::from_secs(8);
+        // The fault lasts 7 s, then A is restored (LiteLLM restarts nothing itself).
+        let until = at + Duration::from_secs(7);
         while Instant::now() < until {
             pause(Duration::from_millis(50));
         }
@@ -1342,8 +1386,7 @@ fn peer_series(
             fault(rt, peer.a, json!({"mode": "none"}));
         } else {
             guard.stop_group(peer.a_pid);
-            let dir = work.join("litellm");
-            let (_, pid) = spawn_fake(guard, &dir, "A", peer.a, TOKEN_DELAY_MS);
+            let (_, pid) = spawn_fake(guard, &peer.dir, "A", peer.a, TOKEN_DELAY_MS);
             peer.a_pid = pid;
         }
         marks.push(at_us);
@@ -1457,7 +1500,8 @@ fn main() {
             keepalive_warmup: 20,
             keepalive_samples: 100,
             concurrent: 200,
-            peer_faults: 1,
+            peer_kills: 1,
+            peer_hangs: 1,
             peer_samples: 50,
         }
     } else {
@@ -1467,11 +1511,12 @@ fn main() {
             hangs_threshold_one: 3,
             warmup: 200,
             samples: 2000,
-            keepalive_warmup: 50,
-            keepalive_samples: 500,
+            keepalive_warmup: 30,
+            keepalive_samples: 300,
             concurrent: 200,
-            peer_faults: 3,
-            peer_samples: 300,
+            peer_kills: 3,
+            peer_hangs: 2,
+            peer_samples: 200,
         }
     };
     let bench_started = Instant::now();
@@ -1518,19 +1563,23 @@ fn main() {
 
     // --- overhead: sequential, direct and through the bus
     eprintln!(
-        "overhead: {} + {} samples of each path over keep-alive connections, {} + {} over new connections",
+        "overhead: {} + {} samples of direct and bus over keep-alive connections; {} + {} of direct (keep-alive), bus (new connections), direct (new connections)",
         rounds.keepalive_warmup, rounds.keepalive_samples, rounds.warmup, rounds.samples
     );
     let lat_keep = overhead(
         &single,
-        &[&direct, &meter],
+        &[(&direct, false), (&meter, false)],
         rounds.keepalive_warmup,
         rounds.keepalive_samples,
-        false,
     );
-    let lat_fresh = overhead(&single, &[&direct, &meter], rounds.warmup, rounds.samples, true);
+    let lat_fresh = overhead(
+        &single,
+        &[(&direct, false), (&meter, true), (&direct, true)],
+        rounds.warmup,
+        rounds.samples,
+    );
     let (direct_lat, bus_lat) = (&lat_keep[0], &lat_keep[1]);
-    let (direct_fresh, bus_fresh) = (&lat_fresh[0], &lat_fresh[1]);
+    let (direct_keep2, bus_fresh, direct_fresh) = (&lat_fresh[0], &lat_fresh[1], &lat_fresh[2]);
 
     // --- 200 concurrent streams
     fault(&rt, direct_port, json!({"token_delay_ms": CONCURRENT_TOKEN_DELAY_MS}));
@@ -1568,16 +1617,43 @@ fn main() {
 
     // --- LiteLLM
     let peer_result = litellm_executable().and_then(|litellm| {
-        let mut peer = start_peer(&mut guard, w, &litellm)?;
-        let target = peer.target();
-        let direct_a = Target::ollama(peer.a, None, MODEL);
-        // Warm-up (its first requests load modules), then the overhead against A directly.
-        let lat = overhead(&single, &[&direct_a, &target], 20, rounds.peer_samples, false);
-        let (kills, kill_outcomes) = peer_series(&rt, &mut guard, w, &mut peer, rounds.peer_faults, false);
-        print_failures("LiteLLM kill", &kill_outcomes);
-        let (hangs, hang_outcomes) = peer_series(&rt, &mut guard, w, &mut peer, rounds.peer_faults, true);
-        print_failures("LiteLLM hang", &hang_outcomes);
-        Ok((peer.version.clone(), lat, kills, kill_outcomes, hangs, hang_outcomes))
+        let version = litellm_version(&litellm);
+        // Both proxies start together (their start-up is mostly Python imports).
+        let mut peers = vec![
+            spawn_peer(&mut guard, w, &litellm, "fallbacks")?,
+            spawn_peer(&mut guard, w, &litellm, "ordered")?,
+        ];
+        let mut runs = Vec::new();
+        for peer in &mut peers {
+            peer_ready(peer)?;
+            let target = peer.target();
+            let direct_a = Target::ollama(peer.a, None, MODEL);
+            // Warm-up (its first requests load modules), then the overhead against A directly.
+            let lat = overhead(
+                &single,
+                &[(&direct_a, false), (&target, false)],
+                20,
+                if peer.config == "ordered" {
+                    rounds.peer_samples
+                } else {
+                    0
+                },
+            );
+            let (kills, kill_outcomes) = peer_series(&rt, &mut guard, peer, rounds.peer_kills, false);
+            print_failures(&format!("LiteLLM ({}) kill", peer.config), &kill_outcomes);
+            let (hangs, hang_outcomes) = peer_series(&rt, &mut guard, peer, rounds.peer_hangs, true);
+            print_failures(&format!("LiteLLM ({}) hang", peer.config), &hang_outcomes);
+            guard.stop_group(peer.pid);
+            runs.push(PeerRun {
+                config: peer.config,
+                lat,
+                kills,
+                kill_outcomes,
+                hangs,
+                hang_outcomes,
+            });
+        }
+        Ok((version, runs))
     });
     let leftovers = guard.stop_all();
 
@@ -1590,6 +1666,7 @@ fn main() {
     all.add(hang_losses);
     all.add(hang_one_losses);
     let next: Vec<Duration> = kills.iter().map(|k| k.next).collect();
+    let next_ours = next.clone();
     let next_max = next.iter().max().copied().unwrap_or_default();
     let kill_pass = kills.iter().all(|k| k.next_ok) && next_max <= KILL_TARGET;
     let hang_target = Duration::from_millis(PROBE_TIMEOUT_MS + PROBE_INTERVAL_MS);
@@ -1729,18 +1806,26 @@ fn main() {
         &bus_lat.first_token,
     );
     println!(
-        "| overhead samples, a new connection per request (sequential, after {} warm-up) | {} per path; errors: direct {}, bus {} | | |",
-        rounds.warmup, rounds.samples, direct_fresh.errors, bus_fresh.errors
+        "| overhead samples, bus over a new connection per request vs direct over keep-alive (sequential, after {} warm-up) | {} per path; errors: direct {}, bus {} | | |",
+        rounds.warmup, rounds.samples, direct_keep2.errors, bus_fresh.errors
     );
     overhead_rows(
-        "new connection, non-streamed request",
-        &direct_fresh.whole,
+        "bus new connection vs direct keep-alive, non-streamed request",
+        &direct_keep2.whole,
         &bus_fresh.whole,
     );
     overhead_rows(
-        "new connection, streamed, time to first token",
-        &direct_fresh.first_token,
+        "bus new connection vs direct keep-alive, streamed, time to first token",
+        &direct_keep2.first_token,
         &bus_fresh.first_token,
+    );
+    let (d, f) = (pcts(&direct_fresh.whole), pcts(&direct_fresh.first_token));
+    println!(
+        "| (for reference) direct over a new connection per request: non-streamed p50 / p99; first token p50 / p99 | {} / {}; {} / {} | | |",
+        msf(d[0]),
+        msf(d[2]),
+        msf(f[0]),
+        msf(f[2])
     );
     for (label, c) in [("direct", &conc_direct), ("through the bus", &conc_bus)] {
         let firsts = if c.1.is_empty() {
@@ -1760,90 +1845,112 @@ fn main() {
     println!();
     match &peer_result {
         Err(why) => println!("LiteLLM: {why}"),
-        Ok((version, lat, kills, kill_outcomes, hangs, hang_outcomes)) => {
-            let ours_hangs = &hangs_main;
-            println!("LiteLLM {version} proxy (ollama_chat deployments, fallbacks, timeout 2 s, otherwise defaults):");
+        Ok((version, runs)) => {
+            println!("LiteLLM {version} proxy, ollama_chat deployments with timeout 2 s, otherwise defaults; \"fallbacks\": two model groups and `fallbacks`; \"ordered\": one model group, two deployments with `order: 1` / `order: 2`:");
             println!();
-            println!("| measure | LiteLLM proxy | mirrorctl bus |");
-            println!("|---|---|---|");
-            let kill_next: Vec<Duration> = kills.iter().map(|k| k.next).collect();
-            println!(
-                "| kill -9 of the primary -> next request answered, p50 / max | {} (by: {}; ok: {}/{}) | {} |",
-                p50_max(&kill_next),
-                who(&kills.iter().map(|k| k.next_by.clone()).collect::<Vec<_>>()),
-                kills.iter().filter(|k| k.next_ok).count(),
-                kills.len(),
-                p50_max(&next)
-            );
-            println!(
-                "| kill: requests sent 2-6 s after the kill, p50 latency (answered by the backup) | {} | |",
-                kills
+            let mut header = "| measure |".to_string();
+            for run in runs {
+                header.push_str(&format!(" LiteLLM {} |", run.config));
+            }
+            println!("{header} mirrorctl bus |");
+            println!("|---|{}---|", "---|".repeat(runs.len()));
+            let row = |label: &str, cell: &dyn Fn(&PeerRun) -> String, ours: String| {
+                let cells: Vec<String> = runs.iter().map(cell).collect();
+                println!("| {label} | {} | {ours} |", cells.join(" | "));
+            };
+            let next = |faults: &[PeerFault]| {
+                format!(
+                    "{} (by: {}; ok: {}/{})",
+                    p50_max(&faults.iter().map(|k| k.next).collect::<Vec<_>>()),
+                    who(&faults.iter().map(|k| k.next_by.clone()).collect::<Vec<_>>()),
+                    faults.iter().filter(|k| k.next_ok).count(),
+                    faults.len()
+                )
+            };
+            let later = |faults: &[PeerFault]| {
+                faults
                     .iter()
-                    .map(|k| format!(
-                        "{} ({}/{})",
-                        k.later_p50.map_or("n/a".into(), ms),
-                        k.later_by_backup,
-                        k.later
-                    ))
+                    .map(|k| {
+                        format!(
+                            "{} ({}/{})",
+                            k.later_p50.map_or("n/a".into(), ms),
+                            k.later_by_backup,
+                            k.later
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join(", ")
+            };
+            row(
+                "kill -9 of the primary -> next request answered, p50 / max",
+                &|r| next(&r.kills),
+                p50_max(&next_ours),
             );
-            let hang_next: Vec<Duration> = hangs.iter().map(|k| k.next).collect();
-            println!(
-                "| hang -> next request answered, p50 / max | {} (by: {}; ok: {}/{}) | first answer by the backup: {} (threshold 2), {} (threshold 1) |",
-                p50_max(&hang_next),
-                who(&hangs.iter().map(|k| k.next_by.clone()).collect::<Vec<_>>()),
-                hangs.iter().filter(|k| k.next_ok).count(),
-                hangs.len(),
-                opt_p50_max(&ours_hangs.iter().map(|h| h.first_backup).collect::<Vec<_>>()),
-                opt_p50_max(&hangs_one.iter().map(|h| h.first_backup).collect::<Vec<_>>())
-            );
-            println!(
-                "| hang: requests sent 2-6 s after the hang, p50 latency (answered by the backup) | {} | |",
-                hangs
-                    .iter()
-                    .map(|k| format!(
-                        "{} ({}/{})",
-                        k.later_p50.map_or("n/a".into(), ms),
-                        k.later_by_backup,
-                        k.later
-                    ))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            println!(
-                "| steady client across kills | {} | {} |",
-                Losses::of(kill_outcomes).text(),
-                kill_losses.text()
-            );
-            println!(
-                "| steady client across hangs | {} | {} |",
-                Losses::of(hang_outcomes).text(),
-                hang_losses.text()
-            );
-            let (d, p) = (&lat[0], &lat[1]);
-            for (label, dd, pp, ours_d, ours_b) in [
-                ("non-streamed", &d.whole, &p.whole, &direct_lat.whole, &bus_lat.whole),
-                (
-                    "time to first token",
-                    &d.first_token,
-                    &p.first_token,
-                    &direct_lat.first_token,
-                    &bus_lat.first_token,
+            row(
+                "kill: requests sent 2-6 s after the kill: p50 latency per kill (answered by the backup / sent)",
+                &|r| later(&r.kills),
+                format!(
+                    "(the primary answers again after {}: restarted by the daemon)",
+                    opt_p50_max(&kills.iter().map(|k| k.primary_back).collect::<Vec<_>>())
                 ),
+            );
+            row(
+                "hang -> next request answered, p50 / max",
+                &|r| next(&r.hangs),
+                format!(
+                    "first answer by the backup: {} (threshold 2), {} (threshold 1)",
+                    opt_p50_max(&hangs.iter().map(|h| h.first_backup).collect::<Vec<_>>()),
+                    opt_p50_max(&hangs_one.iter().map(|h| h.first_backup).collect::<Vec<_>>())
+                ),
+            );
+            row(
+                "hang: requests sent 2-6 s after the hang: p50 latency per hang (answered by the backup / sent)",
+                &|r| later(&r.hangs),
+                format!(
+                    "(route switched after {} (threshold 2), {} (threshold 1))",
+                    opt_p50_max(&hangs.iter().map(|h| h.failover).collect::<Vec<_>>()),
+                    opt_p50_max(&hangs_one.iter().map(|h| h.failover).collect::<Vec<_>>())
+                ),
+            );
+            row(
+                "steady client (20 req/s) across kills",
+                &|r| Losses::of(&r.kill_outcomes).text(),
+                kill_losses.text(),
+            );
+            row(
+                "steady client across hangs",
+                &|r| Losses::of(&r.hang_outcomes).text(),
+                hang_losses.text(),
+            );
+            for (label, pick) in [
+                (
+                    "non-streamed",
+                    (|l: &Latencies| &l.whole) as fn(&Latencies) -> &Vec<Duration>,
+                ),
+                ("time to first token", |l: &Latencies| &l.first_token),
             ] {
-                if dd.is_empty() || pp.is_empty() {
-                    continue;
-                }
-                let (a, b) = (pcts(dd), pcts(pp));
-                let (oa, ob) = (pcts(ours_d), pcts(ours_b));
-                println!(
-                    "| overhead {label}, keep-alive, p50 / p99 ({} samples) | {} / {} | {} / {} |",
-                    pp.len(),
-                    msf(b[0] - a[0]),
-                    msf(b[2] - a[2]),
-                    msf(ob[0] - oa[0]),
-                    msf(ob[2] - oa[2])
+                let ours = {
+                    let (ka, kb) = (pcts(pick(direct_lat)), pcts(pick(bus_lat)));
+                    let (fa, fb) = (pcts(pick(direct_keep2)), pcts(pick(bus_fresh)));
+                    format!(
+                        "{} / {} (keep-alive); {} / {} (bus over new connections)",
+                        msf(kb[0] - ka[0]),
+                        msf(kb[2] - ka[2]),
+                        msf(fb[0] - fa[0]),
+                        msf(fb[2] - fa[2])
+                    )
+                };
+                row(
+                    &format!("overhead {label}, keep-alive, p50 / p99"),
+                    &|r| {
+                        let (d, p) = (pick(&r.lat[0]), pick(&r.lat[1]));
+                        if d.is_empty() || p.is_empty() {
+                            return "(not measured)".into();
+                        }
+                        let (a, b) = (pcts(d), pcts(p));
+                        format!("{} / {} (n={})", msf(b[0] - a[0]), msf(b[2] - a[2]), p.len())
+                    },
+                    ours,
                 );
             }
         }
