@@ -10,13 +10,16 @@
 //!   first streamed token;
 //! - 200 concurrent streaming clients without errors.
 //!
-//! Run: `cargo bench --bench bus` (about 4-5 minutes with LiteLLM); `-- --quick` for fewer rounds.
+//! Run: `cargo bench --bench bus` (about 5 minutes with LiteLLM, 3.5 without); `-- --quick` for
+//! fewer rounds (about 2 minutes); `MIRROR_BENCH_KEEP=1` keeps the work dir (logs, repos, state).
 //! The LiteLLM part runs when `MIRROR_BENCH_LITELLM` names its `litellm` executable, e.g.
 //! `python3 -m venv /work/.venvs/litellm && /work/.venvs/litellm/bin/pip install 'litellm[proxy]'`
 //! then `MIRROR_BENCH_LITELLM=/work/.venvs/litellm/bin/litellm cargo bench --bench bus`.
 //!
 //! Setup: the real release binary, `mirrorctl run`, against a git repository in a temp dir: two
-//! Services running `scripts/fake-llm` (an Ollama stand-in; 8 tokens, 5 ms before each) with
+//! Services running `scripts/fake-llm` (an Ollama stand-in; 8 tokens, 5 ms before each; each
+//! Service with a TCP health probe: without one a hung provider's Service is never restarted,
+//! see BENCHMARKS.md) with
 //! their ModelProviders `primary` and `backup` (health: interval 1s, timeout 2s,
 //! failureThreshold 2; the generation probe on), an Agent `scribe` routed primary -> backup
 //! (failbackAfter 3s instead of the default 30 s, to keep the run short), and an Agent `meter`
@@ -26,7 +29,8 @@
 //!
 //! - Kill: a steady client (20 requests/s, streamed and non-streamed alternately) runs while the
 //!   primary's Service process gets SIGKILL; right after kill(2) returns the benchmark sends one
-//!   more request (the "next request") and times kill -> its answer, and who answered. The daemon
+//!   more request (the "next request", non-streamed, on a new connection; the same request just
+//!   before the kill is the baseline) and times kill -> its answer, and who answered. The daemon
 //!   restarts the Service at once (a first crash; the Services have `backoff.resetAfter: 5s`
 //!   and each kill waits for 6 s of uptime, so each is a first crash).
 //! - Hang: `POST /_fault {"mode": "hang-generate"}` on the primary (its `/api/version` keeps
@@ -39,15 +43,21 @@
 //! - Losses: every steady-client request's outcome, across kills, hangs and failbacks: failed
 //!   before its first byte (lost), or cut after bytes reached the client (a stream broken by the
 //!   kill: ends with an error event by design, cannot be retried).
-//! - Overhead: sequential requests after a warm-up, bus and direct interleaved, each over its own
-//!   keep-alive connection; non-streamed total time and streamed time to the first body bytes.
+//! - Overhead: sequential requests after a warm-up, bus and direct interleaved (the order
+//!   rotates), each path with its own client; non-streamed total time and streamed time to the
+//!   first body bytes. Two runs: both over keep-alive connections (what an agent's pooled client
+//!   does), and the bus over a new connection per request against direct over keep-alive (the
+//!   bus's own cost plus a loopback connect, without the delayed-ACK stall the first run shows).
 //! - Concurrency: 200 streams at once (token delay 20 ms, so all are open together), directly
 //!   and through the bus.
-//! - LiteLLM: the proxy with two deployments of `ollama_chat/llama3.2:1b` in front of two
-//!   fake-llm instances (the same token delay), `fallbacks: [{agent: [agent-backup]}]` and a
-//!   per-deployment `timeout: 2` (its default, 600 s, would make a hang last 10 minutes);
-//!   everything else at its defaults. Nobody restarts its killed fake-llm: the benchmark does, a
-//!   few seconds later. Clients call it with the OpenAI API and its master key.
+//! - LiteLLM: two proxies, each with two deployments of `ollama_chat/llama3.2:1b` in front of
+//!   its own two fake-llm instances A and B (the same token delay), a per-deployment `timeout: 2`
+//!   (its default, 600 s, would make a hang last 10 minutes), everything else at its defaults:
+//!   "fallbacks" (model groups `agent` and `agent-backup`, `fallbacks: [{agent: [agent-backup]}]`)
+//!   and "ordered" (one group `agent`, deployments with `order: 1` and `order: 2`). The same
+//!   steady client and "next request"; a fault lasts 7 s, then the benchmark restores A (a new
+//!   process on the same port, or the fault mode reset): LiteLLM restarts nothing itself.
+//!   Clients call it with the OpenAI API and its master key.
 //!
 //! Cleanup: the benchmark is a child subreaper; a guard (also on panic and on SIGINT/SIGTERM/
 //! SIGHUP) stops the daemon (SIGTERM, SIGKILL after 5 s), SIGKILLs every process group it
@@ -944,7 +954,10 @@ struct Kill {
 fn kill_series(rt: &tokio::runtime::Runtime, daemon: &Daemon, rounds: usize) -> (Vec<Kill>, Vec<Outcome>) {
     let target = daemon.target("scribe");
     let steady = Steady::start(rt, target.clone());
-    let client = http_client();
+    // A new connection for each of these two requests: on a reused connection to the bus the
+    // answer can wait for the client's delayed ACK (see the overhead measure), which is not
+    // what is measured here.
+    let client = http_client_fresh();
     let mut kills = Vec::new();
     for round in 0..rounds {
         let pid = wait_steady_state(daemon, RESET_AFTER_S + 1);
