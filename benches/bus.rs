@@ -1525,9 +1525,9 @@ fn main() {
             warmup: 200,
             samples: 2000,
             keepalive_warmup: 30,
-            keepalive_samples: 300,
+            keepalive_samples: 200,
             concurrent: 200,
-            peer_kills: 3,
+            peer_kills: 2,
             peer_hangs: 2,
             peer_samples: 200,
         }
