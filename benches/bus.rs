@@ -936,6 +936,17 @@ fn us(d_us: i64) -> Duration {
 // ---------------------------------------------------------------------------------------------
 // The measurements
 
+/// p50 latency of the steady client's requests sent 2-6 s after a fault at `at_us`, and how
+/// many of them there were.
+fn later_p50(outcomes: &[Outcome], at_us: i64) -> (Option<Duration>, usize) {
+    let took: Vec<Duration> = outcomes
+        .iter()
+        .filter(|o| o.sent_us >= at_us + 2_000_000 && o.sent_us < at_us + 6_000_000)
+        .map(|o| o.took)
+        .collect();
+    ((!took.is_empty()).then(|| percentile(&took, 50.0)), took.len())
+}
+
 /// One kill -9 of the primary's process.
 struct Kill {
     at_us: i64,
@@ -949,6 +960,8 @@ struct Kill {
     primary_back: Option<Duration>,
     /// Whether the daemon moved the agent (only when probes saw the primary down twice).
     failover: Option<Duration>,
+    /// Requests sent 2-6 s after the kill: p50 latency.
+    later: Option<Duration>,
 }
 
 fn kill_series(rt: &tokio::runtime::Runtime, daemon: &Daemon, rounds: usize) -> (Vec<Kill>, Vec<Outcome>) {
@@ -991,13 +1004,20 @@ fn kill_series(rt: &tokio::runtime::Runtime, daemon: &Daemon, rounds: usize) -> 
             next_ok: next.ok(),
             primary_back,
             failover: None,
+            later: None,
         });
     }
     wait_steady_state(daemon, 0);
-    pause(Duration::from_millis(500));
+    // The steady client covers 6 s after the last kill too (the 2-6 s window of `later_p50`).
+    if let Some(last) = kills.last() {
+        while epoch_us() < last.at_us + 6_500_000 {
+            pause(Duration::from_millis(50));
+        }
+    }
     let outcomes = steady.finish(rt);
     let lines = read_log(&daemon.log);
     for kill in &mut kills {
+        kill.later = later_p50(&outcomes, kill.at_us).0;
         kill.failover = logged_after(
             &lines,
             kill.at_us,
@@ -1022,6 +1042,8 @@ struct Hang {
     slowest: Option<Duration>,
     /// hang -> failback (route back on the primary).
     failback: Option<Duration>,
+    /// Requests sent 2-6 s after the hang: p50 latency.
+    later: Option<Duration>,
 }
 
 fn hang_series(rt: &tokio::runtime::Runtime, daemon: &Daemon, rounds: usize) -> (Vec<Hang>, Vec<Outcome>) {
@@ -1107,6 +1129,7 @@ fn hang_series(rt: &tokio::runtime::Runtime, daemon: &Daemon, rounds: usize) -> 
                 first_backup: first_backup.map(|t| us(t - at_us)),
                 slowest,
                 failback: failback.map(|t| us(t - at_us)),
+                later: later_p50(&outcomes, at_us).0,
             }
         })
         .collect();
@@ -1903,7 +1926,12 @@ fn main() {
                 "kill: requests sent 2-6 s after the kill: p50 latency per kill (answered by the backup / sent)",
                 &|r| later(&r.kills),
                 format!(
-                    "(the primary answers again after {}: restarted by the daemon)",
+                    "{} (the primary answers again after {}: restarted by the daemon)",
+                    kills
+                        .iter()
+                        .map(|k| k.later.map_or("n/a".into(), ms))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     opt_p50_max(&kills.iter().map(|k| k.primary_back).collect::<Vec<_>>())
                 ),
             );
@@ -1920,7 +1948,17 @@ fn main() {
                 "hang: requests sent 2-6 s after the hang: p50 latency per hang (answered by the backup / sent)",
                 &|r| later(&r.hangs),
                 format!(
-                    "(route switched after {} (threshold 2), {} (threshold 1))",
+                    "{} (threshold 2); {} (threshold 1); route switched after {} (threshold 2), {} (threshold 1)",
+                    hangs
+                        .iter()
+                        .map(|h| h.later.map_or("n/a".into(), ms))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    hangs_one
+                        .iter()
+                        .map(|h| h.later.map_or("n/a".into(), ms))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     opt_p50_max(&hangs.iter().map(|h| h.failover).collect::<Vec<_>>()),
                     opt_p50_max(&hangs_one.iter().map(|h| h.failover).collect::<Vec<_>>())
                 ),
