@@ -920,6 +920,12 @@ fn read_log(path: &Path) -> Vec<LogLine> {
         .collect()
 }
 
+impl LogLine {
+    fn field_str(&self, key: &str) -> Option<&str> {
+        self.fields.get(key)?.as_str()
+    }
+}
+
 /// The first log line after `after_us` with this message whose fields match: its time.
 fn logged_after(lines: &[LogLine], after_us: i64, message: &str, matches: &[(&str, Value)]) -> Option<i64> {
     lines
@@ -1095,13 +1101,13 @@ fn hang_series(rt: &tokio::runtime::Runtime, daemon: &Daemon, rounds: usize) -> 
                 &[("agent", json!("scribe")), ("change", json!("Failover"))],
             )
             .filter(|t| within(*t));
-            let restart = logged_after(
-                &lines,
-                at_us,
-                "restarting the provider's service",
-                &[("service", json!("llm-primary"))],
-            )
-            .filter(|t| within(*t));
+            // The service is named `llm-primary` or `Service/llm-primary`, by version.
+            let restart = lines
+                .iter()
+                .filter(|l| l.at_us >= at_us && l.message == "restarting the provider's service")
+                .find(|l| l.field_str("service").is_some_and(|s| s.ends_with("llm-primary")))
+                .map(|l| l.at_us)
+                .filter(|t| within(*t));
             let failback = logged_after(
                 &lines,
                 at_us,
@@ -1766,7 +1772,7 @@ fn main() {
             }
         );
         println!(
-            "| hang (threshold {threshold}) -> provider unhealthy; -> service restart begun | {}; {} | | |",
+            "| hang (threshold {threshold}) -> provider unhealthy (threshold reached); -> service restart begun | {}; {} | | |",
             opt_p50_max(&hangs.iter().map(|h| h.unhealthy).collect::<Vec<_>>()),
             opt_p50_max(&hangs.iter().map(|h| h.restart).collect::<Vec<_>>())
         );
@@ -1775,7 +1781,7 @@ fn main() {
             opt_p50_max(&hangs.iter().map(|h| h.first_backup).collect::<Vec<_>>())
         );
         println!(
-            "| hang (threshold {threshold}): slowest request sent before the switch (held until the hung primary was stopped, then retried) | {} | | |",
+            "| hang (threshold {threshold}): slowest request sent before the switch (held on the hung primary, then retried on the backup) | {} | | |",
             opt_p50_max(&hangs.iter().map(|h| h.slowest).collect::<Vec<_>>())
         );
         println!(
