@@ -729,6 +729,13 @@ impl Daemon {
     /// and move agents.
     fn provider_probed(&mut self, probed: routing::Probed) {
         let now = now_ms();
+        // A provider that answers may now be listed: models not ensured yet (it was still
+        // starting, or a pull failed) are tried again at once, not at the next resync.
+        if probed.verdict.is_healthy() {
+            if let Some(state) = self.current.clone() {
+                self.ensure_models(&state);
+            }
+        }
         if !self.routing.observe(&probed, now) {
             return;
         }

@@ -100,7 +100,8 @@ impl Routing {
             }
             self.providers
                 .entry(name.clone())
-                .or_insert_with(|| ProviderState::new(threshold));
+                .or_insert_with(|| ProviderState::new(threshold))
+                .set_failure_threshold(threshold);
             let probed = probed.clone();
             let task = tokio::spawn(async move {
                 loop {

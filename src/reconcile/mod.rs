@@ -735,7 +735,9 @@ fn observe(
                 (Some(Liveness::Running), Some(probe), Some(record), Probes::RunNow) => {
                     probe_running(probe, record.started_ms)
                 }
-                (Some(Liveness::Running), Some(_), Some(record), Probes::Known(known)) => known
+                // The daemon's verdicts: the process's own probe, or its provider's (a hung model
+                // server restarts its Service even when the Service declares no probe).
+                (Some(Liveness::Running), _, Some(record), Probes::Known(known)) => known
                     .get(&id)
                     .filter(|(identity, _)| *identity == record.identity)
                     .map(|(_, verdict)| verdict.clone()),

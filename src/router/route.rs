@@ -121,6 +121,11 @@ impl ProviderState {
     pub fn failure_threshold(&self) -> u32 {
         self.failure_threshold
     }
+
+    /// A committed change of `failureThreshold` takes effect at the next probe (0 counts as 1).
+    pub fn set_failure_threshold(&mut self, failure_threshold: u32) {
+        self.failure_threshold = failure_threshold.max(1);
+    }
 }
 
 /// An agent's routing state, kept by the caller between decisions.
@@ -851,6 +856,19 @@ mod tests {
                 "from": {"provider": "ollama", "model": "llama3.2:3b"},
                 "to": {"provider": "backup", "model": "qwen2.5:0.5b"},
                 "reason": "ollama unhealthy (down: x): failover to backup/qwen2.5:0.5b",
+            })
+        );
+    }
+
+    #[test]
+    fn a_changed_failure_threshold_applies_at_the_next_probe() {
+        let mut state = ProviderState::new(5);
+        state.observe(&verdict(OK), 0);
+        state.set_failure_threshold(1);
+        assert_eq!(
+            state.observe(&verdict(DOWN), 100),
+            Some(Transition::BecameUnhealthy {
+                consecutive_failures: 1
             })
         );
     }

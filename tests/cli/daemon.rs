@@ -615,13 +615,14 @@ fn route_of(sandbox: &Sandbox, agent: &str) -> Option<(String, bool)> {
 
 #[test]
 fn a_hung_provider_fails_agents_over_restarts_its_service_and_fails_back() {
+    // The Services declare no probe of their own: the provider's verdict restarts them.
     let sandbox = Sandbox::new();
     let _cleanup = Cleanup(sandbox.root().to_path_buf());
     let fake = project_path("scripts/fake-llm").display().to_string();
     let (primary, backup) = (free_port(), free_port());
     let llm = |name: &str, port: u16| {
         format!(
-            "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {{name: llm-{name}}}\nspec:\n  command: [python3, {fake:?}, --port, \"{port}\", --name, {name}]\n  stop: {{grace: 1s}}\n  health: {{tcp: {{address: \"127.0.0.1:{port}\"}}, interval: 200ms}}\n---\napiVersion: mirror.os/v1\nkind: ModelProvider\nmetadata: {{name: {name}}}\nspec:\n  api: ollama\n  url: http://127.0.0.1:{port}\n  service: llm-{name}\n  models: [\"llama3.2:1b\", \"qwen2.5:0.5b\"]\n  health: {{interval: 200ms, timeout: 1s, failureThreshold: 2}}\n"
+            "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {{name: llm-{name}}}\nspec:\n  command: [python3, {fake:?}, --port, \"{port}\", --name, {name}]\n  stop: {{grace: 1s}}\n---\napiVersion: mirror.os/v1\nkind: ModelProvider\nmetadata: {{name: {name}}}\nspec:\n  api: ollama\n  url: http://127.0.0.1:{port}\n  service: llm-{name}\n  models: [\"llama3.2:1b\", \"qwen2.5:0.5b\"]\n  health: {{interval: 200ms, timeout: 1s, failureThreshold: 2}}\n"
         )
     };
     sandbox.write("primary.yaml", llm("primary", primary));
@@ -664,9 +665,15 @@ fn a_hung_provider_fails_agents_over_restarts_its_service_and_fails_back() {
         let _ = stream.read_to_string(&mut answer);
         answer
     };
-    wait_for("the bus listening", Duration::from_secs(5), || {
-        std::net::TcpStream::connect(("127.0.0.1", bus)).is_ok()
-    });
+    wait_for(
+        "the bus and both model servers listening",
+        Duration::from_secs(10),
+        || {
+            [bus, primary, backup]
+                .iter()
+                .all(|port| std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok())
+        },
+    );
     let answer = chat(&token);
     assert!(answer.contains("[primary]"), "{answer}");
     assert!(
