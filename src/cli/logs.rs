@@ -17,7 +17,14 @@ pub struct LogsArgs {
 }
 
 pub fn run(global: &GlobalArgs, args: &LogsArgs) -> u8 {
-    let path = global.state_dir().join("logs").join(format!("{}.log", args.name));
+    let logs = global.state_dir().join("logs");
+    // A service's log is NAME.log; an agent's agent-NAME.log (the two may share a name: a
+    // service wins, `agent-NAME` names the agent's).
+    let path = [format!("{}.log", args.name), format!("agent-{}.log", args.name)]
+        .into_iter()
+        .map(|file| logs.join(file))
+        .find(|path| path.exists())
+        .unwrap_or_else(|| logs.join(format!("{}.log", args.name)));
     let mut file = match std::fs::File::open(&path) {
         Ok(file) => file,
         Err(e) => {

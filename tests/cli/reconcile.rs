@@ -882,7 +882,7 @@ fn a_dry_run_lists_model_pulls_and_routes_and_an_apply_pulls_with_progress() {
 
 fn agent_files(policy_tools: &str, outside: &Path) -> String {
     format!(
-        "apiVersion: mirror.os/v1\nkind: Policy\nmetadata: {{name: default}}\nspec:\n  tools: {policy_tools}\n---\napiVersion: mirror.os/v1\nkind: Agent\nmetadata: {{name: scribe}}\nspec:\n  policy: default\n  memory: {{read: [shared], write: [scribe]}}\n  command:\n    - sh\n    - -c\n    - |\n      env > \"$MIRROR_SANDBOX/env\"\n      echo inside > \"$MIRROR_SANDBOX/inside\"\n      (echo outside > {outside:?}) 2> \"$MIRROR_SANDBOX/denied\"\n      trap 'echo reloaded >> \"$MIRROR_SANDBOX/hup\"' HUP\n      while true; do sleep 0.2; done\n",
+        "apiVersion: mirror.os/v1\nkind: Policy\nmetadata: {{name: default}}\nspec:\n  tools: {policy_tools}\n---\napiVersion: mirror.os/v1\nkind: Agent\nmetadata: {{name: scribe}}\nspec:\n  policy: default\n  memory: {{read: [shared], write: [scribe]}}\n  command:\n    - sh\n    - -c\n    - |\n      echo agent scribe up\n      env > \"$MIRROR_SANDBOX/env\"\n      echo inside > \"$MIRROR_SANDBOX/inside\"\n      (echo outside > {outside:?}) 2> \"$MIRROR_SANDBOX/denied\"\n      trap 'echo reloaded >> \"$MIRROR_SANDBOX/hup\"' HUP\n      while true; do sleep 0.2; done\n",
     )
 }
 
@@ -931,6 +931,11 @@ fn an_agent_is_enrolled_sandboxed_told_of_policy_changes_and_revoked_when_remove
         assert!(env.lines().any(|l| l == expected), "{expected} in:\n{env}");
     }
     assert!(home.join("inside").exists(), "writes inside the sandbox work");
+    let logs = sandbox.run(&["logs", "scribe"]);
+    assert!(
+        logs.stdout.contains("agent scribe up"),
+        "the agent's log by its name: {logs:?}"
+    );
     let status = sandbox.run(&["status", "--output", "json"]).json();
     let enforced = status["sandbox"].as_str().unwrap().starts_with("enforced");
     if enforced {
