@@ -1,7 +1,8 @@
 //! This host's identity and its state directory (platform conventions: XDG on Linux,
 //! `~/Library/Application Support` on macOS).
 
-use std::path::PathBuf;
+use std::io;
+use std::path::{Path, PathBuf};
 
 /// The state directory when none is given: `$XDG_STATE_HOME/mirrorctl`, else
 /// `~/.local/state/mirrorctl` (Linux) or `~/Library/Application Support/mirrorctl` (macOS).
@@ -108,4 +109,42 @@ pub fn lock_state_dir_for_daemon(state_dir: &std::path::Path) -> Result<StateLoc
     write!(file, "{} daemon", std::process::id())?;
     file.sync_all()?;
     Ok(StateLock { _file: file })
+}
+
+/// Writes `path` with mode 0600 from creation (never wider), atomically and durably: a reader
+/// sees the old or the new content; errors name the file.
+pub fn write_private_file(path: &Path, content: &[u8]) -> io::Result<()> {
+    use std::fs::{self, File, OpenOptions};
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let at = |path: &Path, error: io::Error| io::Error::new(error.kind(), format!("{}: {error}", path.display()));
+    // Unique per call: two writers of the same report must not share a temporary file.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+    let temp = dir.join(format!(
+        ".{file_name}.{}-{}.tmp",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)?;
+        file.write_all(content)?;
+        file.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&temp);
+        return Err(at(&temp, e));
+    }
+    if let Err(e) = fs::rename(&temp, path) {
+        let _ = fs::remove_file(&temp);
+        return Err(at(path, e));
+    }
+    // The rename is durable only once the directory entry is.
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| at(dir, e))
 }

@@ -228,26 +228,12 @@ fn private_dir(path: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
 }
 
-/// Writes `dir/file` with mode 0600 (created so, never wider), atomically.
+/// Writes `dir/file` (the dir private) with mode 0600, atomically.
 fn write_private(dir: &Path, file: &str, content: &[u8]) -> Result<(), EnrollError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(file);
-    let error = |source| EnrollError::Write {
-        path: path.clone(),
-        source,
-    };
-    private_dir(dir).map_err(error)?;
-    let temporary = dir.join(format!(".{file}.tmp"));
-    let _ = std::fs::remove_file(&temporary);
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&temporary)
-        .map_err(error)?;
-    out.write_all(content).and_then(|_| out.sync_all()).map_err(error)?;
-    std::fs::rename(&temporary, &path).map_err(error)
+    private_dir(dir)
+        .and_then(|_| crate::state::write_private_file(&path, content))
+        .map_err(|source| EnrollError::Write { path, source })
 }
 
 #[cfg(test)]

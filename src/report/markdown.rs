@@ -2,11 +2,10 @@
 //! item, most severe first. `write` keeps a bounded directory of them, one file per report.
 
 use std::fmt::Write as _;
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, Write as _};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::{self, DirBuilder};
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{parse_rfc3339, short, DriftItem, DriftReport, Severity};
 
@@ -121,7 +120,7 @@ pub fn write(dir: &Path, report: &DriftReport, keep: usize) -> io::Result<PathBu
         .create(dir)
         .map_err(|e| at(dir, e))?;
     let path = dir.join(&name);
-    write_atomically(&path, render(report).as_bytes())?;
+    crate::state::write_private_file(&path, render(report).as_bytes())?;
     prune(dir, &name, keep)?;
     Ok(path)
 }
@@ -172,37 +171,6 @@ fn is_report_file_name(name: &str) -> bool {
         && bytes.get(16) == Some(&b'-')
         && (1..=8).contains(&id.chars().count())
         && id.chars().all(is_id_char)
-}
-
-fn write_atomically(path: &Path, content: &[u8]) -> io::Result<()> {
-    // Unique per call: two writers of the same report must not share a temporary file.
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
-    let temp = dir.join(format!(
-        ".{file_name}.{}-{}.tmp",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let written = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)?;
-        file.write_all(content)?;
-        file.sync_all()
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&temp);
-        return Err(at(&temp, e));
-    }
-    if let Err(e) = fs::rename(&temp, path) {
-        let _ = fs::remove_file(&temp);
-        return Err(at(path, e));
-    }
-    // The rename is durable only once the directory entry is.
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| at(dir, e))
 }
 
 /// Keeps the newest `keep` report files (names sort by start time), and `written` whatever its age.
