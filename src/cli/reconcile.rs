@@ -17,8 +17,10 @@ use serde_json::json;
 use super::{exit, json_text, pass_via_daemon_or_here, GlobalArgs, Output};
 use crate::daemon::control::{Request, Response};
 use crate::plan::{Action, Plan};
+use crate::reconcile::memory::{action_word, MemoryOutcome};
 use crate::reconcile::{PassOptions, PassOutcome};
 use crate::router::preview::{ModelAction, ModelActionKind};
+use crate::spec::memory_rule::MemoryAction;
 
 #[derive(Debug, Args)]
 pub struct ReconcileArgs {
@@ -51,6 +53,7 @@ pub fn run(global: &GlobalArgs, args: &ReconcileArgs) -> u8 {
     };
     let options = PassOptions {
         models: true,
+        memory: true,
         dry_run: args.dry_run,
         allow_mass_prune: args.allow_mass_prune,
         trigger: "cli".into(),
@@ -83,12 +86,14 @@ pub fn render(request: &Request, outcome: &PassOutcome) -> Response {
         );
     }
     let pulls_failed = outcome.models.iter().any(|m| matches!(m.result, Some(Err(_))));
+    let memory_failed = outcome.memory.error.is_some();
     let pending = outcome.plan.as_ref().map_or(0, |p| p.pending().count())
         + outcome.models.iter().filter(|m| m.pending).count()
-        + outcome.policies.len();
+        + outcome.policies.len()
+        + usize::try_from(outcome.memory.total()).unwrap_or(usize::MAX);
     let exit_code = match (&outcome.error, dry_run, pending) {
         (Some(_), _, _) => exit::ERROR,
-        (None, false, _) if pulls_failed => exit::ERROR,
+        (None, false, _) if pulls_failed || memory_failed => exit::ERROR,
         (None, true, pending) if pending > 0 => exit::CHANGES,
         _ => exit::OK,
     };
@@ -135,6 +140,7 @@ fn to_json(outcome: &PassOutcome, dry_run: bool) -> serde_json::Value {
         "changes": changes,
         "policies": policies,
         "models": models,
+        "memory": memory_json(&outcome.memory),
         "summary": outcome.plan.as_ref().map(Plan::summary),
         "applied": outcome.applied,
         "report_id": outcome.report.id,
@@ -162,6 +168,70 @@ fn colored(line: &str, color: bool) -> String {
         Some('@') => format!("\x1b[36m{line}\x1b[0m"),
         _ => line.to_string(),
     }
+}
+
+/// The memory step: per rule, what moved or would move, and the first items.
+fn render_memory(out: &mut String, memory: &MemoryOutcome, dry_run: bool) {
+    if memory.moves.is_empty() && memory.error.is_none() && memory.skipped.is_none() {
+        return;
+    }
+    w!(out, "\nmemory rules:");
+    if let Some(error) = &memory.error {
+        w!(out, "  ! {error}");
+    }
+    if let Some(why) = &memory.skipped {
+        w!(out, "  … skipped: {why}");
+    }
+    for m in memory.moves.iter().filter(|m| m.count > 0) {
+        let (mark, verb) = match (m.action, dry_run) {
+            (MemoryAction::Promote, true) => ("↑", "promote"),
+            (MemoryAction::Promote, false) => ("↑", "promoted"),
+            (MemoryAction::Demote, true) => ("↓", "demote"),
+            (MemoryAction::Demote, false) => ("↓", "demoted"),
+            (MemoryAction::Archive, true) => ("⤓", "archive"),
+            (MemoryAction::Archive, false) => ("⤓", "archived"),
+        };
+        w!(
+            out,
+            "  {mark} MemoryRule/{}: {verb} {} item(s) {} -> {}",
+            m.rule,
+            m.count,
+            m.from_tier,
+            m.to_tier
+        );
+        for item in &m.first {
+            w!(out, "      {} {}: {}", item.id, item.namespace, item.content);
+        }
+        if m.count > m.first.len() as u64 {
+            w!(out, "      … and {} more", m.count - m.first.len() as u64);
+        }
+    }
+    if memory.error.is_none() && memory.skipped.is_none() && memory.total() == 0 {
+        w!(out, "  = nothing to move ({} rule(s))", memory.moves.len());
+    }
+}
+
+fn memory_json(memory: &MemoryOutcome) -> serde_json::Value {
+    let rules: Vec<_> = memory
+        .moves
+        .iter()
+        .map(|m| {
+            json!({
+                "rule": m.rule,
+                "action": action_word(m.action),
+                "from": m.from_tier,
+                "to": m.to_tier,
+                "count": m.count,
+                "first": m.first.iter().map(|i| json!({"id": i.id, "namespace": i.namespace, "content": i.content})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "applied": memory.applied,
+        "skipped": memory.skipped,
+        "error": memory.error,
+        "rules": rules,
+    })
 }
 
 /// The models step: pulls (planned or done) and route decisions.
@@ -259,6 +329,7 @@ fn render_text(outcome: &PassOutcome, dry_run: bool, verbose: bool, color: bool)
         }
     }
     render_models(&mut out, &outcome.models, dry_run);
+    render_memory(&mut out, &outcome.memory, dry_run);
     if let Some(refused) = &plan.refused {
         w!(out, "\nrefused: {refused}");
     }
@@ -291,6 +362,11 @@ fn render_text(outcome: &PassOutcome, dry_run: bool, verbose: bool, color: bool)
     }
     if !outcome.policies.is_empty() {
         summary.push_str(&format!(", {} policy version(s)", outcome.policies.len()));
+    }
+    let memories = outcome.memory.total();
+    if memories > 0 {
+        let verb = if outcome.memory.applied { "moved" } else { "to move" };
+        summary.push_str(&format!(", {memories} memory item(s) {verb}"));
     }
     w!(
         out,

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
+use crate::reconcile::memory;
 use crate::reconcile::models::{self, RoutingSnapshot};
 use crate::reconcile::{
     load_source, Context, PassInput, PassOptions, PassOutcome, Probes, ReconcileError, Reconciler, StatusReport,
@@ -31,7 +32,7 @@ use crate::report::{now_ms, Drift, DriftItem, Severity};
 use crate::router::preview::ModelActionKind;
 use crate::source::trust::AllowedSigners;
 use crate::source::{DesiredState, LoadError, SourceOptions};
-use crate::spec::common::Probe;
+use crate::spec::common::{Probe, Schedule};
 use crate::spec::{Kind, ResourceId, Spec};
 use crate::supervisor::job::JobRunner;
 use crate::supervisor::process::ProcessIdentity;
@@ -103,6 +104,8 @@ enum Event {
     },
     /// The Controller's drift-report schedule fired.
     DriftReportDue,
+    /// The Controller's `memory.schedule` fired: MemoryRules run over the truth store.
+    MemoryRulesDue,
     /// A one-shot command asks (through the control socket).
     Control(Asked),
     /// A pass finished on its blocking thread.
@@ -168,6 +171,8 @@ struct Daemon {
     /// When the armed backoff timer fires (ms), and the timer.
     backoff_timer: Option<(i64, AbortHandle)>,
     report_timer: Option<(String, AbortHandle)>,
+    /// The memory-rules schedule armed (its description) and its timer.
+    memory_timer: Option<(String, AbortHandle)>,
     shutting_down: Option<&'static str>,
     /// Provider health and agent routes.
     routing: routing::Routing,
@@ -316,6 +321,7 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
         verdicts: BTreeMap::new(),
         backoff_timer: None,
         report_timer: None,
+        memory_timer: None,
         shutting_down: None,
         pending_exits: Vec::new(),
         routing: routing::Routing::default(),
@@ -392,6 +398,7 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
                 daemon.report_timer = None;
                 daemon.enqueue(Work::ScheduledReport);
             }
+            Event::MemoryRulesDue => daemon.memory_rules_due(),
             Event::Control(asked) => daemon.control(asked),
             Event::ProviderProbed(probed) => daemon.provider_probed(probed),
             Event::RouteCheck => {
@@ -1135,8 +1142,76 @@ impl Daemon {
         self.backoff_timer = Some((at, task.abort_handle()));
     }
 
+    /// Arms the memory-rules schedule of the state in force (an `every` schedule runs its first
+    /// pass at once), or disarms it when the state has no MemoryRule.
+    fn sync_memory_schedule(&mut self) {
+        let schedule = self
+            .current
+            .as_ref()
+            .filter(|s| memory::has_rules(s))
+            .map(|s| s.controller().memory_schedule());
+        let wanted = schedule.as_ref().map(|s| format!("{s:?}"));
+        if wanted == self.memory_timer.as_ref().map(|(armed, _)| armed.clone()) {
+            return;
+        }
+        if let Some((_, timer)) = self.memory_timer.take() {
+            timer.abort();
+        }
+        if let Some(schedule) = schedule {
+            self.arm_memory_timer(&schedule, true);
+        }
+    }
+
+    fn arm_memory_timer(&mut self, schedule: &Schedule, first: bool) {
+        let wait = match schedule {
+            Schedule::Every(_) if first => Duration::ZERO,
+            Schedule::Every(every) => every.as_std(),
+            Schedule::Cron(cron) => {
+                let now = chrono::Local::now();
+                let Ok(next) = cron.schedule().find_next_occurrence(&now, false) else {
+                    tracing::warn!(cron = cron.as_str(), "the memory-rules schedule never fires");
+                    return;
+                };
+                (next - now).to_std().unwrap_or_default()
+            }
+        };
+        let events = self.events.clone();
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let _ = events.send(Event::MemoryRulesDue);
+        });
+        self.memory_timer = Some((format!("{schedule:?}"), task.abort_handle()));
+    }
+
+    /// Runs the MemoryRules of the state in force over the truth store (beside the loop: a pass
+    /// over a million items takes seconds), then arms the next run.
+    fn memory_rules_due(&mut self) {
+        self.memory_timer = None;
+        let Some(state) = self.current.clone().filter(|s| memory::has_rules(s)) else {
+            return;
+        };
+        let store = self.config.context.store.clone();
+        let recorder = self.recorder.clone();
+        let next = state.controller().memory_schedule();
+        tokio::spawn(async move {
+            let run_id = crate::store::new_id();
+            let outcome = memory::apply(&state, &store, &recorder, &run_id).await;
+            match (&outcome.error, &outcome.skipped) {
+                (Some(error), _) => tracing::warn!(%error, "memory rules"),
+                (None, Some(why)) => tracing::info!(%why, "memory rules skipped"),
+                (None, None) => {
+                    for m in outcome.moves.iter().filter(|m| m.count > 0) {
+                        tracing::info!(rule = %m.rule, moved = m.count, from = %m.from_tier, to = %m.to_tier, run = %run_id, "memory rule applied");
+                    }
+                }
+            }
+        });
+        self.arm_memory_timer(&next, false);
+    }
+
     /// Arms the drift-report cron and notes the resync interval of the state in force.
     fn sync_schedules(&mut self) {
+        self.sync_memory_schedule();
         let cron = self
             .current
             .as_ref()
@@ -1317,6 +1392,14 @@ fn perform(
                                 actions.retain(|a| a.action == ModelActionKind::Pull);
                             }
                             outcome.models = actions;
+                            let store = reconciler.context().store.clone();
+                            let runtime = tokio::runtime::Handle::current();
+                            outcome.memory = if *dry_run {
+                                runtime.block_on(memory::preview(&state, &store))
+                            } else {
+                                let run_id = outcome.report.run_id.clone().unwrap_or_else(crate::store::new_id);
+                                runtime.block_on(memory::apply(&state, &store, reconciler.recorder(), &run_id))
+                            };
                         }
                         (Answer::Pass(Box::new(outcome)), if *dry_run { None } else { applied })
                     }
@@ -1354,6 +1437,7 @@ fn perform(
 fn pass_options(dry_run: bool, allow_mass_prune: bool, trigger: &str) -> PassOptions {
     PassOptions {
         models: false,
+        memory: false,
         dry_run,
         allow_mass_prune,
         trigger: trigger.to_string(),

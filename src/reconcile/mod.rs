@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod agents;
+pub mod memory;
 pub mod models;
 pub mod policies;
 
@@ -44,6 +45,9 @@ pub struct PassOptions {
     /// Also the models step (one-shot `reconcile`): a dry-run lists pulls and routes, an apply
     /// pulls missing models.
     pub models: bool,
+    /// Also the memory step (one-shot `reconcile`): a dry-run counts what MemoryRules would
+    /// move, an apply moves it.
+    pub memory: bool,
 }
 
 /// What apply did with one change.
@@ -71,6 +75,8 @@ pub struct PassOutcome {
     pub policies: Vec<crate::policy::NewVersion>,
     /// Model pulls and route decisions (see [`models`]); empty unless asked for.
     pub models: Vec<crate::router::preview::ModelAction>,
+    /// What MemoryRules moved or would move (see [`memory`]); empty unless asked for.
+    pub memory: memory::MemoryOutcome,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +121,16 @@ pub async fn run_pass(
             models::preview(state, None).await
         } else {
             models::ensure_all(state, reconciler.recorder(), progress).await
+        };
+    }
+    if let (true, true, Some(state)) = (options.memory, converging, &state) {
+        outcome.memory = if options.dry_run {
+            memory::preview(state, &context.store).await
+        } else {
+            {
+                let run_id = outcome.report.run_id.clone().unwrap_or_else(new_id);
+                memory::apply(state, &context.store, reconciler.recorder(), &run_id).await
+            }
         };
     }
     outcome.store = reconciler.flush().await;
@@ -315,6 +331,7 @@ impl Reconciler {
                     store: FlushReport::default(),
                     policies: Vec::new(),
                     models: Vec::new(),
+                    memory: memory::MemoryOutcome::default(),
                 };
             }
             Err(LoadError::Invalid {
@@ -346,6 +363,7 @@ impl Reconciler {
                     store: FlushReport::default(),
                     policies: Vec::new(),
                     models: Vec::new(),
+                    memory: memory::MemoryOutcome::default(),
                 };
             }
         };
@@ -478,6 +496,7 @@ impl Reconciler {
             store: FlushReport::default(),
             policies: policies.new_versions,
             models: Vec::new(),
+            memory: memory::MemoryOutcome::default(),
         }
     }
 

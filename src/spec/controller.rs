@@ -85,6 +85,13 @@ impl ControllerSpec {
             .and_then(|b| b.address)
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 11500)))
     }
+    /// When the daemon runs memory rules. Default every 1h.
+    pub fn memory_schedule(&self) -> Schedule {
+        self.memory
+            .as_ref()
+            .and_then(|m| m.schedule.clone())
+            .unwrap_or(Schedule::Every(Duration::from_secs(3600)))
+    }
     /// Ordered tiers, lowest first (without `archived`).
     pub fn memory_tiers(&self) -> Vec<String> {
         match self.memory.as_ref().map(|m| &m.tiers) {

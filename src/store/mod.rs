@@ -11,6 +11,7 @@ pub mod chain;
 pub mod inventory;
 pub mod journal;
 pub mod memory;
+pub mod memory_rules;
 mod postgres;
 pub mod recorder;
 mod sql;
@@ -362,6 +363,23 @@ pub trait Store: Send + Sync {
     fn memory_move<'a>(&'a self, transition: &'a MemoryTransition) -> BoxFuture<'a, Result<bool, StoreError>>;
     /// The tier transitions of an item, oldest first.
     fn memory_history<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<MemoryTransition>, StoreError>>;
+    /// How many items each rule (in [`memory_rules::ordered`] order) would move at `now_ms`,
+    /// with the first `sample` items of each; changes nothing.
+    fn memory_rules_preview<'a>(
+        &'a self,
+        rules: &'a [memory_rules::PassRule],
+        now_ms: i64,
+        sample: u32,
+    ) -> BoxFuture<'a, Result<Vec<memory_rules::RuleMoves>, StoreError>>;
+    /// Applies the rules (in [`memory_rules::ordered`] order) in one transaction: each item moves
+    /// at most once, with a transition record (`run_id`); on PostgreSQL under a fleet-wide lock.
+    fn memory_rules_apply<'a>(
+        &'a self,
+        rules: &'a [memory_rules::PassRule],
+        now_ms: i64,
+        run_id: &'a str,
+        sample: u32,
+    ) -> BoxFuture<'a, Result<memory_rules::MemoryPass, StoreError>>;
 }
 
 /// Opens the store, creating and migrating it as needed; refuses a newer schema.

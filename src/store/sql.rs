@@ -9,6 +9,7 @@ use sqlx::AnyPool;
 use sqlx::{Any, Row, Transaction};
 
 use super::memory::{self, MAX_LIMIT};
+use super::memory_rules::{MemoryPass, PassRule, RuleMoves};
 use super::{
     new_id, Backend, BoxFuture, DriftItem, DriftReport, InventoryEntry, JobRun, MemoryAdded, MemoryFilter, MemoryItem,
     MemoryQuery, MemoryTransition, NewMemory, Receipt, Record, ReportSummary, Store, StoreError, StoreUrl,
@@ -658,6 +659,25 @@ impl Store for SqlStore {
 
     fn memory_history<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<MemoryTransition>, StoreError>> {
         Box::pin(self.memory_history_of(id))
+    }
+
+    fn memory_rules_preview<'a>(
+        &'a self,
+        rules: &'a [PassRule],
+        now_ms: i64,
+        sample: u32,
+    ) -> BoxFuture<'a, Result<Vec<RuleMoves>, StoreError>> {
+        Box::pin(SqlStore::memory_rules_preview(self, rules, now_ms, sample))
+    }
+
+    fn memory_rules_apply<'a>(
+        &'a self,
+        rules: &'a [PassRule],
+        now_ms: i64,
+        run_id: &'a str,
+        sample: u32,
+    ) -> BoxFuture<'a, Result<MemoryPass, StoreError>> {
+        Box::pin(SqlStore::memory_rules_apply(self, rules, now_ms, run_id, sample))
     }
 }
 

@@ -11,6 +11,7 @@ mod git_source;
 mod init;
 mod invalid_corpus;
 mod memory;
+mod memory_rules;
 mod real_llm;
 mod reconcile;
 mod sandbox;

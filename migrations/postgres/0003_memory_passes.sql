@@ -1,0 +1,5 @@
+-- The truth store, version 3: memory rule passes. A pass writes its transitions with its run id
+-- and then moves the items they name (`UPDATE ... FROM memory_transitions WHERE run_id = ...`),
+-- and reports per rule from them: both look transitions up by run.
+
+CREATE INDEX memory_transitions_run ON memory_transitions (run_id);
