@@ -975,3 +975,49 @@ fn the_gate_asks_a_person_for_risky_tools_and_a_budget_refuses_the_request_after
     });
     assert!(!token_path.exists());
 }
+
+/// The daemon runs MemoryRules on the Controller's `memory.schedule`: an item that comes to
+/// match is moved by the schedule alone, once; a dry-run through the daemon
+/// then has nothing to move.
+#[test]
+fn the_memory_schedule_applies_rules() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    sandbox.write(
+        "memory.yaml",
+        "apiVersion: mirror.os/v1\nkind: MemoryRule\nmetadata: {name: promote-verified}\nspec:\n  match: {tier: working, minUses: 1, verified: true}\n  action: promote\n---\napiVersion: mirror.os/v1\nkind: Controller\nmetadata: {name: main}\nspec:\n  memory: {schedule: {every: 1s}}\n",
+    );
+    sandbox.commit("memory rules");
+    let daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
+    let added = sandbox.run(&[
+        "memory",
+        "add",
+        "--namespace",
+        "notes",
+        "--output",
+        "json",
+        "ports: 11434",
+    ]);
+    assert_eq!(added.code, 0, "{added:?}");
+    let id = added.json()["id"].as_str().unwrap().to_string();
+    let tier = || sandbox.run(&["memory", "show", &id, "--output", "json"]).json()["tier"].clone();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(tier(), "working", "not matching yet: {}", daemon.log());
+    for verb in ["touch", "verify"] {
+        assert_eq!(sandbox.run(&["memory", verb, &id]).code, 0);
+    }
+    wait_for("the schedule to promote the item", Duration::from_secs(10), || {
+        tier() == "long-term"
+    });
+    assert!(daemon.log().contains("memory rule applied"), "{}", daemon.log());
+    std::thread::sleep(Duration::from_millis(1500));
+    let history = sandbox.run(&["memory", "history", &id, "--output", "json"]).json();
+    assert_eq!(
+        history["transitions"].as_array().unwrap().len(),
+        1,
+        "moved once: {history}"
+    );
+    let dry = sandbox.run(&["reconcile", "--dry-run"]);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    assert!(dry.stdout.contains("= nothing to move (1 rule(s))"), "{}", dry.stdout);
+}

@@ -240,8 +240,143 @@ async fn errors_exit_1_and_say_why(db: TestDb) {
     assert_eq!(usage.code, 1, "a missing --namespace is a usage error: {usage:?}");
 }
 
+const RULES: &str = "apiVersion: mirror.os/v1
+kind: MemoryRule
+metadata: {name: promote-used}
+spec:
+  priority: 10
+  match: {tier: working, namespace: \"*\", minUses: 2, verified: true}
+  action: promote
+---
+apiVersion: mirror.os/v1
+kind: MemoryRule
+metadata: {name: archive-obsolete}
+spec:
+  priority: 20
+  match: {tier: working, namespace: \"team-*\", tags: {any: [obsolete]}}
+  action: archive
+";
+
+/// `reconcile --dry-run` counts what each rule would move (exit 2) and changes nothing; the
+/// apply moves it with a transition per item and a receipt per rule; then nothing is pending.
+async fn reconcile_dry_runs_and_applies_memory_rules(db: TestDb) {
+    let sandbox = Sandbox::new();
+    sandbox.write("rules.yaml", RULES).commit("memory rules");
+    let used = add(&sandbox, &db, &["--namespace", "notes", "Ollama listens on 11434"]);
+    for verb in ["touch", "touch", "verify"] {
+        assert_eq!(run(&sandbox, &db, &["memory", verb, &used]).code, 0);
+    }
+    let obsolete = add(
+        &sandbox,
+        &db,
+        &["--namespace", "team-a", "--tag", "obsolete", "the old VPN"],
+    );
+    let untouched = add(&sandbox, &db, &["--namespace", "notes", "nothing to see"]);
+
+    let dry = run(&sandbox, &db, &["reconcile", "--dry-run"]);
+    assert_eq!(dry.code, 2, "memory moves are pending changes: {dry:?}");
+    assert!(
+        dry.stdout
+            .contains("↑ MemoryRule/promote-used: promote 1 item(s) working -> long-term"),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        dry.stdout.contains(&format!("{used} notes: Ollama listens on 11434")),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        dry.stdout
+            .contains("⤓ MemoryRule/archive-obsolete: archive 1 item(s) working -> archived"),
+        "{}",
+        dry.stdout
+    );
+    assert!(
+        dry.stdout.contains("2 memory item(s) to move (dry-run"),
+        "{}",
+        dry.stdout
+    );
+    let json = run(&sandbox, &db, &["reconcile", "--dry-run", "--output", "json"]).json();
+    let rules = json["memory"]["rules"].as_array().unwrap();
+    assert_eq!(rules[0]["rule"], "archive-obsolete", "highest priority first");
+    assert_eq!(rules[0]["count"], 1);
+    assert_eq!(rules[0]["first"][0]["id"], obsolete.as_str());
+    assert_eq!(rules[1]["rule"], "promote-used");
+    assert_eq!(rules[1]["to"], "long-term");
+    assert_eq!(json["memory"]["applied"], false);
+    let shown = run(&sandbox, &db, &["memory", "show", &used, "--output", "json"]).json();
+    assert_eq!(shown["tier"], "working", "a dry-run moves nothing");
+
+    let apply = run(&sandbox, &db, &["reconcile"]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+    assert!(
+        apply
+            .stdout
+            .contains("↑ MemoryRule/promote-used: promoted 1 item(s) working -> long-term"),
+        "{}",
+        apply.stdout
+    );
+    for (id, tier) in [(&used, "long-term"), (&obsolete, "archived"), (&untouched, "working")] {
+        let shown = run(&sandbox, &db, &["memory", "show", id, "--output", "json"]).json();
+        assert_eq!(shown["tier"], tier, "{id}");
+    }
+    let history = run(&sandbox, &db, &["memory", "history", &obsolete]);
+    assert!(
+        history
+            .stdout
+            .contains("working -> archived  (rule archive-obsolete, run "),
+        "{}",
+        history.stdout
+    );
+    let store = db.open().await;
+    let receipts: Vec<_> = store
+        .receipts()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.kind == "MemoryRule")
+        .map(|r| (r.name, r.action, r.reason))
+        .collect();
+    assert_eq!(
+        receipts.len(),
+        2,
+        "one receipt per rule that moved something: {receipts:?}"
+    );
+    assert!(receipts.contains(&(
+        "promote-used".into(),
+        "promote".into(),
+        "1 item(s) matched: working -> long-term".into()
+    )));
+
+    let again = run(&sandbox, &db, &["reconcile", "--dry-run"]);
+    assert_eq!(again.code, 0, "nothing pending: {again:?}");
+    assert!(
+        again.stdout.contains("= nothing to move (2 rule(s))"),
+        "{}",
+        again.stdout
+    );
+}
+
+/// A memory pass that cannot reach its store fails the apply (exit 1) and says why.
+#[test]
+fn an_unreachable_store_fails_the_memory_step() {
+    let sandbox = Sandbox::new();
+    sandbox.write("rules.yaml", RULES).commit("memory rules");
+    let apply = sandbox.run(&["--store", "postgres://nobody@127.0.0.1:1/none", "reconcile"]);
+    assert_eq!(apply.code, 1, "{apply:?}");
+    assert!(
+        apply
+            .stdout
+            .contains("! memory rules not applied: cannot open the truth store"),
+        "{}",
+        apply.stdout
+    );
+}
+
 on_both_backends!(
     add_merges_and_show_lists_it,
     touch_verify_and_history,
-    errors_exit_1_and_say_why
+    errors_exit_1_and_say_why,
+    reconcile_dry_runs_and_applies_memory_rules
 );
