@@ -83,7 +83,7 @@ fn report_now(global: &GlobalArgs) -> u8 {
     };
     let options = PassOptions {
         models: false,
-        memory: false,
+        memory: true,
         dry_run: true,
         allow_mass_prune: false,
         trigger: "drift-report".into(),

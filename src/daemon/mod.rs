@@ -1307,6 +1307,14 @@ fn perform(
         input.extra_drift.extend(route_drift.iter().cloned());
         input
     };
+    // Observe-only passes count pending memory moves (drift items of their report) first.
+    let store = reconciler.context().store.clone();
+    let memory_preview = |input: &mut PassInput| {
+        let state = input.desired.as_ref().ok()?.clone();
+        let preview = tokio::runtime::Handle::current().block_on(memory::preview(&state, &store));
+        input.extra_drift.extend(memory::pending_drift(&preview));
+        Some(preview)
+    };
     let own_source = reconciler.context().source.clone();
     match work {
         Work::One { id, trigger } => {
@@ -1349,12 +1357,14 @@ fn perform(
             }
         }
         Work::ScheduledReport => match read_trusted(&own_source, current, trust, probes).0 {
-            Ok(input) => (
-                Answer::Pass(Box::new(
-                    reconciler.pass(with_routes(input), &pass_options(true, false, "schedule")),
-                )),
-                None,
-            ),
+            Ok(mut input) => {
+                memory_preview(&mut input);
+                let options = pass_options(true, false, "schedule");
+                (
+                    Answer::Pass(Box::new(reconciler.pass(with_routes(input), &options))),
+                    None,
+                )
+            }
             Err(e) => (Answer::Error(e), None),
         },
         Work::Asked((request, _)) => match request {
@@ -1379,8 +1389,9 @@ fn perform(
                 let (input, applied) = read_trusted(&asked, current, trust, probes);
                 let options = pass_options(*dry_run, *allow_mass_prune, "cli");
                 match input {
-                    Ok(input) => {
+                    Ok(mut input) => {
                         let state = input.desired.as_ref().ok().cloned();
+                        let preview = if *dry_run { memory_preview(&mut input) } else { None };
                         let mut outcome = reconciler.pass(with_routes(input), &options);
                         let converging = outcome.plan.as_ref().is_some_and(|p| p.refused.is_none());
                         if let (true, Some(state)) = (converging, state) {
@@ -1392,14 +1403,15 @@ fn perform(
                                 actions.retain(|a| a.action == ModelActionKind::Pull);
                             }
                             outcome.models = actions;
-                            let store = reconciler.context().store.clone();
-                            let runtime = tokio::runtime::Handle::current();
-                            outcome.memory = if *dry_run {
-                                runtime.block_on(memory::preview(&state, &store))
-                            } else {
+                            if !dry_run {
                                 let run_id = outcome.report.run_id.clone().unwrap_or_else(crate::store::new_id);
-                                runtime.block_on(memory::apply(&state, &store, reconciler.recorder(), &run_id))
-                            };
+                                let runtime = tokio::runtime::Handle::current();
+                                outcome.memory =
+                                    runtime.block_on(memory::apply(&state, &store, reconciler.recorder(), &run_id));
+                            }
+                        }
+                        if let Some(preview) = preview {
+                            outcome.memory = preview;
                         }
                         (Answer::Pass(Box::new(outcome)), if *dry_run { None } else { applied })
                     }
@@ -1409,12 +1421,14 @@ fn perform(
             Request::DriftReport { source, .. } => {
                 let asked = source_options(source, &own_source);
                 match read_trusted(&asked, current, trust, probes).0 {
-                    Ok(input) => (
-                        Answer::Pass(Box::new(
-                            reconciler.pass(with_routes(input), &pass_options(true, false, "drift-report")),
-                        )),
-                        None,
-                    ),
+                    Ok(mut input) => {
+                        memory_preview(&mut input);
+                        let options = pass_options(true, false, "drift-report");
+                        (
+                            Answer::Pass(Box::new(reconciler.pass(with_routes(input), &options))),
+                            None,
+                        )
+                    }
                     Err(e) => (Answer::Error(e), None),
                 }
             }

@@ -5,7 +5,7 @@
 
 use serde_json::json;
 
-use crate::report::now_ms;
+use crate::report::{now_ms, Drift, DriftItem, Severity};
 use crate::source::DesiredState;
 use crate::spec::memory_rule::MemoryAction;
 use crate::spec::{Kind, Spec};
@@ -33,6 +33,32 @@ impl MemoryOutcome {
     pub fn total(&self) -> u64 {
         self.moves.iter().map(|m| m.count).sum()
     }
+}
+
+/// A `memory_pending` drift item per rule with items to move (dry-runs and observe-only reports).
+pub fn pending_drift(outcome: &MemoryOutcome) -> Vec<DriftItem> {
+    if outcome.applied {
+        return Vec::new();
+    }
+    outcome
+        .moves
+        .iter()
+        .filter(|m| m.count > 0)
+        .map(|m| DriftItem {
+            kind: Kind::MemoryRule.to_string(),
+            name: m.rule.clone(),
+            drift: Drift::MemoryPending,
+            corrective: false,
+            severity: Severity::Info,
+            detail: format!(
+                "{} item(s) to {}: {} -> {}",
+                m.count,
+                action_word(m.action),
+                m.from_tier,
+                m.to_tier
+            ),
+        })
+        .collect()
 }
 
 /// The state's active rules, in pass order; empty when it has none.

@@ -108,9 +108,14 @@ pub async fn run_pass(
     let mut reconciler = Reconciler::open(context.clone())?;
     let loaded = reconciler.load()?.map(Arc::new);
     let state = loaded.as_ref().ok().cloned();
+    // A dry-run counts memory moves first: they are drift items of its report.
+    let memory_preview = match (&state, options.memory && options.dry_run) {
+        (Some(state), true) => Some(memory::preview(state, &context.store).await),
+        _ => None,
+    };
     let input = PassInput {
         desired: loaded,
-        extra_drift: Vec::new(),
+        extra_drift: memory_preview.as_ref().map(memory::pending_drift).unwrap_or_default(),
         only: None,
         probes: Probes::RunNow,
     };
@@ -123,15 +128,11 @@ pub async fn run_pass(
             models::ensure_all(state, reconciler.recorder(), progress).await
         };
     }
-    if let (true, true, Some(state)) = (options.memory, converging, &state) {
-        outcome.memory = if options.dry_run {
-            memory::preview(state, &context.store).await
-        } else {
-            {
-                let run_id = outcome.report.run_id.clone().unwrap_or_else(new_id);
-                memory::apply(state, &context.store, reconciler.recorder(), &run_id).await
-            }
-        };
+    if let Some(preview) = memory_preview {
+        outcome.memory = preview;
+    } else if let (true, true, Some(state)) = (options.memory, converging, &state) {
+        let run_id = outcome.report.run_id.clone().unwrap_or_else(new_id);
+        outcome.memory = memory::apply(state, &context.store, reconciler.recorder(), &run_id).await;
     }
     outcome.store = reconciler.flush().await;
     Ok(outcome)

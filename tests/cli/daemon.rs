@@ -10,7 +10,7 @@ use crate::support::*;
 
 /// Kills every process working in this sandbox (the daemon runs in its repository, services in
 /// its state dir), whatever happens in the test.
-struct Cleanup(PathBuf);
+pub(crate) struct Cleanup(pub(crate) PathBuf);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
@@ -39,13 +39,13 @@ fn working_in(root: &std::path::Path) -> Vec<i32> {
 }
 
 /// A running `mirrorctl run`; SIGKILLed if the test did not stop it.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     log: PathBuf,
 }
 
 impl Daemon {
-    fn start(sandbox: &Sandbox, extra: &[&str]) -> Daemon {
+    pub(crate) fn start(sandbox: &Sandbox, extra: &[&str]) -> Daemon {
         let log = unique(sandbox.root().join("daemon"));
         let mut args = vec!["run"];
         args.extend_from_slice(extra);
@@ -61,7 +61,7 @@ impl Daemon {
     }
 
     /// Waits until the daemon answers on its socket.
-    fn ready(self, sandbox: &Sandbox) -> Daemon {
+    pub(crate) fn ready(self, sandbox: &Sandbox) -> Daemon {
         let socket = sandbox.root().join("state/control.sock");
         wait_for("the daemon's socket", Duration::from_secs(20), || {
             socket.exists() && status(sandbox).stdout.contains("\"daemon\"")
@@ -69,11 +69,11 @@ impl Daemon {
         self
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.child.id() as i32
     }
 
@@ -115,7 +115,7 @@ fn unique(path: PathBuf) -> PathBuf {
     }
 }
 
-fn wait_for(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !condition() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -123,13 +123,13 @@ fn wait_for(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
     }
 }
 
-fn service(name: &str, command: &str, extra: &str) -> String {
+pub(crate) fn service(name: &str, command: &str, extra: &str) -> String {
     format!(
         "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  command: [\"sh\", \"-c\", {command:?}]\n  stop: {{grace: 2s}}\n{extra}"
     )
 }
 
-fn status(sandbox: &Sandbox) -> Run {
+pub(crate) fn status(sandbox: &Sandbox) -> Run {
     sandbox.run(&["status", "--output", "json"])
 }
 
@@ -149,7 +149,7 @@ fn service_state(sandbox: &Sandbox, name: &str) -> Option<(Option<i64>, u64, Str
     ))
 }
 
-fn running_pid(sandbox: &Sandbox, name: &str) -> Option<i64> {
+pub(crate) fn running_pid(sandbox: &Sandbox, name: &str) -> Option<i64> {
     service_state(sandbox, name).and_then(|(pid, _, _)| pid)
 }
 
@@ -160,7 +160,7 @@ fn kill9(pid: i64) {
         .unwrap();
 }
 
-fn alive(pid: i64) -> bool {
+pub(crate) fn alive(pid: i64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|stat| stat.rsplit(')').next().unwrap_or("").split_whitespace().next() != Some("Z"))
         .unwrap_or(false)
@@ -582,7 +582,7 @@ fn launch_agents_run_on_schedule_and_a_timeout_kills_the_whole_run() {
 }
 
 /// A free TCP port on 127.0.0.1.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -607,7 +607,7 @@ fn post(port: u16, path: &str, body: &str) {
 }
 
 /// The route of an agent, as `status --output json` says: (provider, degraded).
-fn route_of(sandbox: &Sandbox, agent: &str) -> Option<(String, bool)> {
+pub(crate) fn route_of(sandbox: &Sandbox, agent: &str) -> Option<(String, bool)> {
     let json: serde_json::Value = serde_json::from_str(&status(sandbox).stdout).ok()?;
     let route = json["routes"].as_array()?.iter().find(|r| r["agent"] == agent)?.clone();
     Some((route["provider"].as_str()?.to_string(), route["degraded"].as_bool()?))

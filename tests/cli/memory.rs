@@ -307,6 +307,34 @@ async fn reconcile_dry_runs_and_applies_memory_rules(db: TestDb) {
     assert_eq!(json["memory"]["applied"], false);
     let shown = run(&sandbox, &db, &["memory", "show", &used, "--output", "json"]).json();
     assert_eq!(shown["tier"], "working", "a dry-run moves nothing");
+    // Pending moves are drift: the observe-only report lists them (exit 2).
+    let report = run(&sandbox, &db, &["drift", "report", "--output", "json"]);
+    assert_eq!(report.code, 2, "{report:?}");
+    let pending: Vec<(String, String)> = report.json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["drift"] == "memory_pending")
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap().to_string(),
+                i["detail"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        pending,
+        [
+            (
+                "archive-obsolete".to_string(),
+                "1 item(s) to archive: working -> archived".to_string()
+            ),
+            (
+                "promote-used".to_string(),
+                "1 item(s) to promote: working -> long-term".to_string()
+            )
+        ]
+    );
 
     let apply = run(&sandbox, &db, &["reconcile"]);
     assert_eq!(apply.code, 0, "{apply:?}");
