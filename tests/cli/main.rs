@@ -15,6 +15,7 @@ mod memory_rules;
 mod real_llm;
 mod reconcile;
 mod sandbox;
+mod scenario;
 mod store_cli;
 mod store_contract;
 mod validate;
