@@ -138,6 +138,14 @@ fn rule(name: &str, priority: i32, action: MemoryAction, to: &str, matches: serd
     }
 }
 
+fn id_of(ids: &[(&'static str, String)], name: &str) -> String {
+    ids.iter().find(|(n, _)| *n == name).unwrap().1.clone()
+}
+
+async fn tier_of(store: &dyn Store, ids: &[(&'static str, String)], name: &str) -> String {
+    store.memory_get(&id_of(ids, name)).await.unwrap().unwrap().tier
+}
+
 fn names(ids: &[(&'static str, String)], moves: &RuleMoves) -> String {
     let mut found: Vec<&str> = moves
         .first
@@ -199,7 +207,6 @@ async fn each_condition_selects_its_items(db: TestDb) {
 async fn actions_move_to_their_tiers_with_a_transition_each(db: TestDb) {
     let store = db.open().await;
     let ids = seed(&*store).await;
-    let id = |name: &str| ids.iter().find(|(n, _)| *n == name).unwrap().1.clone();
     let rules = ordered(vec![
         rule(
             "promote-used",
@@ -232,17 +239,12 @@ async fn actions_move_to_their_tiers_with_a_transition_each(db: TestDb) {
         counts,
         [("archive-idle", 1), ("demote-unverified", 1), ("promote-used", 2)]
     );
-    let tier = |name: &str| {
-        let store = &store;
-        let id = id(name);
-        async move { store.memory_get(&id).await.unwrap().unwrap().tier }
-    };
-    assert_eq!(tier("a").await, "long-term");
-    assert_eq!(tier("d").await, "long-term");
-    assert_eq!(tier("e").await, "archived");
-    assert_eq!(tier("f").await, "working");
-    assert_eq!(tier("b").await, "working");
-    let history = store.memory_history(&id("e")).await.unwrap();
+    assert_eq!(tier_of(&*store, &ids, "a").await, "long-term");
+    assert_eq!(tier_of(&*store, &ids, "d").await, "long-term");
+    assert_eq!(tier_of(&*store, &ids, "e").await, "archived");
+    assert_eq!(tier_of(&*store, &ids, "f").await, "working");
+    assert_eq!(tier_of(&*store, &ids, "b").await, "working");
+    let history = store.memory_history(&id_of(&ids, "e")).await.unwrap();
     assert_eq!(history.len(), 1);
     assert_eq!(
         (history[0].from_tier.as_str(), history[0].to_tier.as_str()),
@@ -291,7 +293,6 @@ async fn a_second_pass_moves_nothing(db: TestDb) {
 async fn the_higher_priority_wins_and_an_item_moves_once_per_pass(db: TestDb) {
     let store = db.open().await;
     let ids = seed(&*store).await;
-    let id = |name: &str| ids.iter().find(|(n, _)| *n == name).unwrap().1.clone();
     // a and d match both working rules; the archive rule has the higher priority. The chain
     // to core must wait for the next pass.
     let rules = ordered(vec![
@@ -333,18 +334,13 @@ async fn the_higher_priority_wins_and_an_item_moves_once_per_pass(db: TestDb) {
         panic!()
     };
     assert_eq!(applied, preview, "the apply moves what the dry-run showed");
-    let tier = |name: &str| {
-        let store = &store;
-        let id = id(name);
-        async move { store.memory_get(&id).await.unwrap().unwrap().tier }
-    };
-    assert_eq!(tier("a").await, "archived");
+    assert_eq!(tier_of(&*store, &ids, "a").await, "archived");
     assert_eq!(
-        tier("d").await,
+        tier_of(&*store, &ids, "d").await,
         "long-term",
         "promoted once, not on to core in the same pass"
     );
-    assert_eq!(tier("f").await, "core");
+    assert_eq!(tier_of(&*store, &ids, "f").await, "core");
     let MemoryPass::Moved(next) = store.memory_rules_apply(&rules, NOW, &new_id(), 10).await.unwrap() else {
         panic!()
     };
@@ -352,7 +348,7 @@ async fn the_higher_priority_wins_and_an_item_moves_once_per_pass(db: TestDb) {
         next.iter().map(|m| (m.rule.as_str(), m.count)).collect::<Vec<_>>(),
         [("archive-pinned", 0), ("promote", 0), ("to-core", 1)]
     );
-    assert_eq!(tier("d").await, "core");
+    assert_eq!(tier_of(&*store, &ids, "d").await, "core");
 }
 
 on_both_backends!(

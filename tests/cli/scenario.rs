@@ -73,6 +73,16 @@ fn worker(greeting: &str) -> String {
     )
 }
 
+/// A model server run as a Service, and its provider.
+fn local_llm(port: u16) -> String {
+    let fake = project_path("scripts/fake-llm").display().to_string();
+    format!(
+        "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {{name: llm}}\nspec:\n  command: [python3, {fake:?}, --port, \"{port}\", --name, local]\n  stop: {{grace: 1s}}\n---\napiVersion: mirror.os/v1\nkind: ModelProvider\nmetadata: {{name: local}}\nspec:\n  api: ollama\n  url: http://127.0.0.1:{port}\n  service: llm\n  models: [\"llama3.2:1b\"]\n  health: {{interval: 300ms, timeout: 1s, failureThreshold: 2}}\n"
+    )
+}
+
+const AGENT: &str = "apiVersion: mirror.os/v1\nkind: Agent\nmetadata: {name: helper}\nspec:\n  command: [sleep, \"4200\"]\n  policy: default\n  model: {primary: {provider: local, model: \"llama3.2:1b\"}}\n";
+
 #[test]
 fn a_host_lives_through_a_series_of_commits() {
     let sandbox = Sandbox::bare_dir();
@@ -140,13 +150,7 @@ fn a_host_lives_through_a_series_of_commits() {
 
     // 4. A provider (a model server run as a Service) and an agent routed to it.
     let llm = free_port();
-    let fake = project_path("scripts/fake-llm").display().to_string();
-    sandbox.write(
-        "desired/local-llm.yaml",
-        format!(
-            "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {{name: llm}}\nspec:\n  command: [python3, {fake:?}, --port, \"{llm}\", --name, local]\n  stop: {{grace: 1s}}\n---\napiVersion: mirror.os/v1\nkind: ModelProvider\nmetadata: {{name: local}}\nspec:\n  api: ollama\n  url: http://127.0.0.1:{llm}\n  service: llm\n  models: [\"llama3.2:1b\"]\n  health: {{interval: 300ms, timeout: 1s, failureThreshold: 2}}\n---\napiVersion: mirror.os/v1\nkind: Agent\nmetadata: {{name: helper}}\nspec:\n  command: [sleep, \"4200\"]\n  policy: default\n  model: {{primary: {{provider: local, model: \"llama3.2:1b\"}}}}\n"
-        ),
-    );
+    sandbox.write("desired/local-llm.yaml", format!("{}---\n{AGENT}", local_llm(llm)));
     sandbox.commit("a local model and an agent on it");
     wait_for("the agent routed to the new provider", Duration::from_secs(20), || {
         route(&sandbox, "helper").as_deref() == Some("local")
@@ -194,12 +198,7 @@ fn a_host_lives_through_a_series_of_commits() {
 
     // 7. Remove the worker and the agent: stopped, the agent's token revoked.
     sandbox.remove("desired/worker.yaml");
-    sandbox.write(
-        "desired/local-llm.yaml",
-        format!(
-            "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {{name: llm}}\nspec:\n  command: [python3, {fake:?}, --port, \"{llm}\", --name, local]\n  stop: {{grace: 1s}}\n---\napiVersion: mirror.os/v1\nkind: ModelProvider\nmetadata: {{name: local}}\nspec:\n  api: ollama\n  url: http://127.0.0.1:{llm}\n  service: llm\n  models: [\"llama3.2:1b\"]\n  health: {{interval: 300ms, timeout: 1s, failureThreshold: 2}}\n"
-        ),
-    );
+    sandbox.write("desired/local-llm.yaml", local_llm(llm));
     sandbox.commit("retire the worker and the helper");
     wait_for("the worker and the agent stopped", Duration::from_secs(10), || {
         !alive(fixed) && !alive(helper_pid)
