@@ -335,19 +335,20 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
         recorder: reconciler_recorder,
         jobs: jobs.clone(),
     };
-    // Governance: every gate decision a receipt; today's usage survives a restart.
+    // Governance: every gate decision a receipt; today's usage and approvals survive a restart.
     {
         let governance = daemon.bus.governance().clone();
         let recorder = daemon.recorder.clone();
         governance.set_receipts(Arc::new(move |draft| recorder.receipt(draft)));
-        governance.persist_usage(daemon.config.context.state_dir.join("usage-today.json"));
+        let state_dir = &daemon.config.context.state_dir;
+        governance.persist(state_dir.join("usage-today.json"), state_dir.join("approvals.json"));
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(1));
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 every.tick().await;
                 let governance = governance.clone();
-                let _ = tokio::task::spawn_blocking(move || governance.save_usage()).await;
+                let _ = tokio::task::spawn_blocking(move || governance.save()).await;
             }
         });
     }

@@ -4,8 +4,9 @@
 //! needs-approval by the tool's risk; approvals decided by a person through `mirrorctl gate`).
 //! Every gate decision and approval is a receipt, handed to the daemon's callback.
 //!
-//! Usage counts are kept in memory and saved to a file in the state dir (debounced), so a
-//! restarted daemon does not hand out a fresh budget in the middle of a day.
+//! Usage counts and approval requests are kept in memory and saved to files in the state dir
+//! (debounced), so a restarted daemon neither hands out a fresh budget in the middle of a day
+//! nor forgets a request a person is about to approve (or an approval an agent is about to use).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -39,6 +40,10 @@ struct Inner {
     /// Where usage is saved, and whether it changed since.
     usage_file: Option<PathBuf>,
     dirty: bool,
+    /// Where approval requests are saved (0600: they carry tool arguments), and whether they
+    /// changed since.
+    approvals_file: Option<PathBuf>,
+    approvals_dirty: bool,
 }
 
 impl Default for Governance {
@@ -66,35 +71,58 @@ impl Governance {
         self.lock().receipts = Some(receipts);
     }
 
-    /// Loads saved usage (today's only matters) and keeps saving to `path`.
-    pub fn persist_usage(&self, path: PathBuf) {
-        let saved: BTreeMap<String, UsageToday> = std::fs::read(&path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default();
-        let mut inner = self.lock();
-        for (agent, usage) in saved {
-            inner.usage.entry(agent).or_insert(usage);
+    /// Loads saved usage (today's only matters) and approval requests, and keeps saving them
+    /// to `usage` and `approvals`.
+    pub fn persist(&self, usage: PathBuf, approvals: PathBuf) {
+        fn read<T: serde::de::DeserializeOwned + Default>(path: &std::path::Path) -> T {
+            std::fs::read(path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                .unwrap_or_default()
         }
-        inner.usage_file = Some(path);
+        let saved_usage: BTreeMap<String, UsageToday> = read(&usage);
+        let saved_approvals: BTreeMap<String, ApprovalRequest> = read(&approvals);
+        let mut inner = self.lock();
+        for (agent, today) in saved_usage {
+            inner.usage.entry(agent).or_insert(today);
+        }
+        for (id, request) in saved_approvals {
+            inner.approvals.entry(id).or_insert(request);
+        }
+        inner.usage_file = Some(usage);
+        inner.approvals_file = Some(approvals);
     }
 
-    /// Writes the usage file if usage changed since the last save (the daemon calls this on a
-    /// timer: metering never waits on a disk write).
-    pub fn save_usage(&self) {
-        let (path, snapshot) = {
+    /// Writes the files whose content changed since the last save (the daemon calls this on a
+    /// timer: metering and the gate never wait on a disk write).
+    pub fn save(&self) {
+        let (usage, approvals) = {
             let mut inner = self.lock();
-            let Some(path) = inner.usage_file.clone().filter(|_| inner.dirty) else {
-                return;
-            };
+            let usage = inner
+                .usage_file
+                .clone()
+                .filter(|_| inner.dirty)
+                .map(|path| (path, serde_json::to_vec(&inner.usage).unwrap_or_default()));
+            let approvals = inner
+                .approvals_file
+                .clone()
+                .filter(|_| inner.approvals_dirty)
+                .map(|path| (path, serde_json::to_vec(&inner.approvals).unwrap_or_default()));
             inner.dirty = false;
-            (path, serde_json::to_vec(&inner.usage).unwrap_or_default())
+            inner.approvals_dirty = false;
+            (usage, approvals)
         };
-        let temporary = path.with_extension("tmp");
-        let written = std::fs::write(&temporary, snapshot).and_then(|_| std::fs::rename(&temporary, &path));
-        if let Err(e) = written {
-            tracing::warn!(path = %path.display(), error = %e, "saving today's usage failed");
-            self.lock().dirty = true;
+        if let Some((path, snapshot)) = usage {
+            if let Err(e) = crate::state::write_private_file(&path, &snapshot) {
+                tracing::warn!(error = %e, "saving today's usage failed");
+                self.lock().dirty = true;
+            }
+        }
+        if let Some((path, snapshot)) = approvals {
+            if let Err(e) = crate::state::write_private_file(&path, &snapshot) {
+                tracing::warn!(error = %e, "saving approval requests failed");
+                self.lock().approvals_dirty = true;
+            }
         }
     }
 
@@ -210,9 +238,11 @@ impl Governance {
         }
         // Expired requests are closed first, so an old approval never authorizes; closed ones
         // are forgotten a TTL after they closed (their receipts stay), so the table stays small.
+        let before = inner.approvals.len();
+        let mut expired = false;
         for request in inner.approvals.values_mut() {
             if request.is_pending() && now_ms >= request.expires_ms {
-                let _ = request.expire(now_ms);
+                expired |= request.expire(now_ms).is_ok();
             }
         }
         inner.approvals.retain(|_, r| {
@@ -232,6 +262,7 @@ impl Governance {
                 None => break,
             }
         }
+        inner.approvals_dirty |= expired || inner.approvals.len() != before;
         let fingerprint = decision.args_fingerprint.clone();
         let approved = inner
             .approvals
@@ -240,6 +271,7 @@ impl Governance {
             .map(|(id, _)| id.clone());
         if let Some(id) = approved {
             let request = inner.approvals.remove(&id).expect("found above");
+            inner.approvals_dirty = true;
             let reason = format!("{}; approved as request {id}", decision.reason);
             receipt(
                 &inner,
@@ -267,6 +299,7 @@ impl Governance {
             .expect("a needs-approval decision");
         receipt(&inner, agent, "gate-needs-approval", &decision.reason, json!(request));
         inner.approvals.insert(id, request.clone());
+        inner.approvals_dirty = true;
         GateAnswer::Approval(request)
     }
 
@@ -303,6 +336,7 @@ impl Governance {
         };
         decided.map_err(|e| e.to_string())?;
         let request = request.clone();
+        inner.approvals_dirty = true;
         let action = if approve { "approve" } else { "deny" };
         let reason = format!("{action}d by {by}: {} for {}", request.tool, request.agent);
         receipt(&inner, &request.agent, action, &reason, json!(request));
@@ -431,14 +465,53 @@ mod tests {
     #[test]
     fn usage_survives_a_restart_through_its_file() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("usage.json");
+        let (usage, approvals) = (dir.path().join("usage.json"), dir.path().join("approvals.json"));
         let first = Governance::default();
-        first.persist_usage(path.clone());
+        first.persist(usage.clone(), approvals.clone());
         first.record_usage("scribe", 500, 0.5, 1_000);
-        first.save_usage();
+        first.save();
         let second = Governance::default();
-        second.persist_usage(path);
+        second.persist(usage, approvals);
         second.set_policy("scribe", rules("[]", Some(400)));
         assert!(matches!(second.admission("scribe", 2_000), Admission::Refuse429 { .. }));
+    }
+
+    #[test]
+    fn approvals_survive_a_restart_through_their_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (usage, approvals) = (dir.path().join("usage.json"), dir.path().join("approvals.json"));
+        let tools = r#"[{"name": "shell.exec", "risk": "high"}]"#;
+        let args = json!({"cmd": "rm -rf /tmp/x"});
+        // Asked before the restart, approved after it: the call is allowed once.
+        let first = Governance::default();
+        first.persist(usage.clone(), approvals.clone());
+        first.set_policy("scribe", rules(tools, None));
+        let GateAnswer::Approval(asked) = first.gate("scribe", "shell.exec", &args, 10) else {
+            panic!("a high-risk tool waits for a person")
+        };
+        first.save();
+        assert_eq!(
+            std::fs::metadata(&approvals).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let second = Governance::default();
+        second.persist(usage.clone(), approvals.clone());
+        second.set_policy("scribe", rules(tools, None));
+        assert_eq!(second.pending(20).len(), 1, "the pending request is still there");
+        second.decide(&asked.id, true, "ops", 30).unwrap();
+        second.save();
+        // Approved before another restart: the approval is still usable, once.
+        let third = Governance::default();
+        third.persist(usage, approvals);
+        third.set_policy("scribe", rules(tools, None));
+        let GateAnswer::Decided(allowed) = third.gate("scribe", "shell.exec", &args, 40) else {
+            panic!("the approved call is allowed")
+        };
+        assert_eq!(allowed.outcome, GateOutcome::Allow);
+        assert!(
+            matches!(third.gate("scribe", "shell.exec", &args, 50), GateAnswer::Approval(_)),
+            "used up"
+        );
     }
 }
