@@ -141,6 +141,7 @@ fn to_json(outcome: &PassOutcome, dry_run: bool) -> serde_json::Value {
         "policies": policies,
         "models": models,
         "memory": memory_json(&outcome.memory),
+        "notes": outcome.notes,
         "summary": outcome.plan.as_ref().map(Plan::summary),
         "applied": outcome.applied,
         "report_id": outcome.report.id,
@@ -374,5 +375,8 @@ fn render_text(outcome: &PassOutcome, dry_run: bool, verbose: bool, color: bool)
         if dry_run { " (dry-run: nothing changed)" } else { "" }
     );
     w!(out, "drift report {} stored", outcome.report.id);
+    for note in &outcome.notes {
+        w!(out, "note: {note}");
+    }
     out
 }

@@ -77,6 +77,8 @@ pub struct PassOutcome {
     pub models: Vec<crate::router::preview::ModelAction>,
     /// What MemoryRules moved or would move (see [`memory`]); empty unless asked for.
     pub memory: memory::MemoryOutcome,
+    /// Things the user should know that are not changes (printed after the summary).
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +135,17 @@ pub async fn run_pass(
     } else if let (true, true, Some(state)) = (options.memory, converging, &state) {
         let run_id = outcome.report.run_id.clone().unwrap_or_else(new_id);
         outcome.memory = memory::apply(state, &context.store, reconciler.recorder(), &run_id).await;
+    }
+    // Agents were given the bus's address, but only the daemon serves it.
+    let has_agents = state
+        .as_ref()
+        .is_some_and(|s| s.resources.iter().any(|r| r.kind == Kind::Agent));
+    if has_agents && !options.dry_run && converging {
+        let address = state.as_ref().map(|s| s.controller().bus_address());
+        outcome.notes.push(format!(
+            "agents reach the model bus at {} only while `mirrorctl run` serves it; this one-shot pass does not",
+            address.map(|a| a.to_string()).unwrap_or_default()
+        ));
     }
     outcome.store = reconciler.flush().await;
     Ok(outcome)
@@ -333,6 +346,7 @@ impl Reconciler {
                     policies: Vec::new(),
                     models: Vec::new(),
                     memory: memory::MemoryOutcome::default(),
+                    notes: Vec::new(),
                 };
             }
             Err(LoadError::Invalid {
@@ -365,6 +379,7 @@ impl Reconciler {
                     policies: Vec::new(),
                     models: Vec::new(),
                     memory: memory::MemoryOutcome::default(),
+                    notes: Vec::new(),
                 };
             }
         };
@@ -498,6 +513,7 @@ impl Reconciler {
             policies: policies.new_versions,
             models: Vec::new(),
             memory: memory::MemoryOutcome::default(),
+            notes: Vec::new(),
         }
     }
 

@@ -906,6 +906,13 @@ fn an_agent_is_enrolled_sandboxed_told_of_policy_changes_and_revoked_when_remove
     let applied = sandbox.run(&["reconcile"]);
     assert_eq!(applied.code, 0, "{applied:?}");
     assert!(applied.stdout.contains("enrolled: sandbox"), "{}", applied.stdout);
+    assert!(
+        applied
+            .stdout
+            .contains("note: agents reach the model bus at 127.0.0.1:11500 only while `mirrorctl run` serves it"),
+        "{}",
+        applied.stdout
+    );
     let state = sandbox.root().join("state");
     let home = state.join("sandboxes/scribe");
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
