@@ -81,6 +81,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
+#[path = "common/results.rs"]
+mod results;
+use results::Measure;
+
 const PROBE_INTERVAL_MS: u64 = 1000;
 const PROBE_TIMEOUT_MS: u64 = 2000;
 const FAILURE_THRESHOLD: u32 = 2;
@@ -2012,6 +2016,35 @@ fn main() {
             }
         }
     }
+    record(
+        &Ours {
+            kills: &kills,
+            kill_pass,
+            hangs: [(FAILURE_THRESHOLD, hangs), (1, &hangs_one)],
+            hang_target,
+            lost: all.lost,
+            overhead: [
+                (
+                    "keep-alive, non-streamed",
+                    pcts(&bus_lat.whole)[0] - pcts(&direct_lat.whole)[0],
+                ),
+                (
+                    "keep-alive, first token",
+                    pcts(&bus_lat.first_token)[0] - pcts(&direct_lat.first_token)[0],
+                ),
+                (
+                    "bus new connection, non-streamed",
+                    pcts(&bus_fresh.whole)[0] - pcts(&direct_keep2.whole)[0],
+                ),
+                (
+                    "bus new connection, first token",
+                    pcts(&bus_fresh.first_token)[0] - pcts(&direct_keep2.first_token)[0],
+                ),
+            ],
+            concurrent: (rounds.concurrent, conc_bus.2),
+        },
+        &peer_result,
+    );
     println!();
     println!(
         "whole benchmark: {:.0} s{}",
@@ -2022,4 +2055,119 @@ fn main() {
             String::new()
         }
     );
+}
+
+/// What `record` needs of our side.
+struct Ours<'a> {
+    kills: &'a [Kill],
+    kill_pass: bool,
+    hangs: [(u32, &'a [Hang]); 2],
+    hang_target: Duration,
+    lost: usize,
+    /// The bus overhead p50 (ms) of each overhead run.
+    overhead: [(&'static str, f64); 4],
+    /// Concurrent streams through the bus, and how many failed.
+    concurrent: (usize, usize),
+}
+
+/// The machine-readable results (`MIRROR_BENCH_RESULTS`); LiteLLM's values where it measured
+/// the same thing.
+fn record(ours: &Ours, peer: &Result<(String, Vec<PeerRun>), String>) {
+    let millis = |d: Duration| d.as_secs_f64() * 1e3;
+    let p50 = |samples: &[Duration]| (!samples.is_empty()).then(|| millis(percentile(samples, 50.0)));
+    let runs: &[PeerRun] = peer.as_ref().map_or(&[], |(_, runs)| runs);
+    let litellm = |config: &str| match peer {
+        Ok((version, _)) => format!("LiteLLM {version} {config}"),
+        Err(_) => format!("LiteLLM {config}"),
+    };
+    let next: Vec<Duration> = ours.kills.iter().map(|k| k.next).collect();
+    Measure::new(
+        "bus",
+        "kill -9 of the primary -> next request answered: max",
+        next.iter().max().map_or(f64::NAN, |d| millis(*d)),
+        "ms",
+    )
+    .target("<= 2 s", ours.kill_pass)
+    .record();
+    for run in runs {
+        Measure::new(
+            "bus",
+            "kill -9 of the primary -> next request answered: p50",
+            p50(&next).unwrap_or(f64::NAN),
+            "ms",
+        )
+        .peer(
+            &litellm(run.config),
+            p50(&run.kills.iter().map(|k| k.next).collect::<Vec<_>>()),
+        )
+        .record();
+    }
+    for (threshold, hangs) in ours.hangs {
+        let failovers: Vec<Duration> = hangs.iter().filter_map(|h| h.failover).collect();
+        let worst = failovers.iter().max().copied();
+        Measure::new(
+            "bus",
+            &format!("hang (threshold {threshold}) -> route switched: max"),
+            worst.map_or(f64::NAN, millis),
+            "ms",
+        )
+        .target(
+            &format!("<= {:.0} ms (timeout + interval)", millis(ours.hang_target)),
+            failovers.len() == hangs.len() && worst.is_some_and(|w| w <= ours.hang_target),
+        )
+        .record();
+    }
+    let (threshold, hangs) = ours.hangs[0];
+    let first_backup: Vec<Duration> = hangs.iter().filter_map(|h| h.first_backup).collect();
+    for run in runs {
+        Measure::new(
+            "bus",
+            &format!("hang -> next request answered by the backup: p50 (ours: threshold {threshold})"),
+            p50(&first_backup).unwrap_or(f64::NAN),
+            "ms",
+        )
+        .peer(
+            &litellm(run.config),
+            p50(&run.hangs.iter().map(|h| h.next).collect::<Vec<_>>()),
+        )
+        .record();
+    }
+    Measure::new(
+        "bus",
+        "steady client across all kills and hangs: requests lost",
+        ours.lost as f64,
+        "requests",
+    )
+    .target("0 lost", ours.lost == 0)
+    .record();
+    // LiteLLM's overhead was measured over keep-alive, in the "ordered" configuration only.
+    let peer_overhead = |pick: fn(&Latencies) -> &Vec<Duration>| {
+        runs.iter().find(|r| r.config == "ordered").and_then(|r| {
+            let (direct, proxy) = (pick(&r.lat[0]), pick(&r.lat[1]));
+            (!direct.is_empty() && !proxy.is_empty()).then(|| pcts(proxy)[0] - pcts(direct)[0])
+        })
+    };
+    for (i, (label, overhead)) in ours.overhead.into_iter().enumerate() {
+        let peer = match i {
+            0 => peer_overhead(|l| &l.whole),
+            1 => peer_overhead(|l| &l.first_token),
+            _ => None,
+        };
+        Measure::new("bus", &format!("bus overhead p50, {label}"), overhead, "ms")
+            .peer(&litellm("ordered"), peer)
+            .target("p50 <= 1 ms", overhead <= OVERHEAD_TARGET_MS)
+            .record();
+    }
+    let (streams, errors) = ours.concurrent;
+    Measure::new(
+        "bus",
+        &format!("{streams} concurrent streams through the bus: errors"),
+        errors as f64,
+        "errors",
+    )
+    .target("0 errors", errors == 0)
+    .record();
+    if let Err(why) = peer {
+        results::note("bus", &format!("LiteLLM: {why}"));
+    }
 }

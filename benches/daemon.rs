@@ -60,6 +60,10 @@ use chrono::TimeZone;
 use git2::{Repository, RepositoryInitOptions, Signature};
 use serde_json::Value;
 
+#[path = "common/results.rs"]
+mod results;
+use results::Measure;
+
 const SERVICES: usize = 50;
 const LARGE: usize = 1000;
 const PEER_VERSION: &str = "4.3.0";
@@ -1722,6 +1726,77 @@ fn main() {
     if let Err(e) = &peer {
         println!("peer skipped: {e}");
     }
+    let millis = |d: Duration| d.as_secs_f64() * 1e3;
+    let p50_of = |latencies: Vec<Option<Duration>>| distribution(&latencies).0.map(millis);
+    let peer_name = format!("supervisord {PEER_VERSION}");
+    let measure = |what: &str, value: f64, unit: &str| Measure::new("daemon", what, value, unit);
+    measure(
+        "kill -9 -> replacement exists, 50 services: p50",
+        kill_p50.map_or(f64::NAN, millis),
+        "ms",
+    )
+    .peer(
+        &peer_name,
+        peer_kills
+            .as_ref()
+            .ok()
+            .and_then(|(k, _)| p50_of(k.iter().map(|k| k.latency).collect())),
+    )
+    .target("p50 <= 10 ms", kill_p50.is_some_and(|p| p <= RESTART_TARGET))
+    .record();
+    measure(
+        "git commit -> new service running: p50",
+        commit_p50.map_or(f64::NAN, millis),
+        "ms",
+    )
+    .peer(
+        &format!("{peer_name} (edit + `reread && update`)"),
+        peer_edits
+            .as_ref()
+            .ok()
+            .and_then(|(e, _)| p50_of(e.iter().map(|c| c.latency).collect())),
+    )
+    .target("p50 <= 300 ms", commit_p50.is_some_and(|p| p <= COMMIT_TARGET))
+    .record();
+    let kib_to_mib = |kib: u64| kib as f64 / 1024.0;
+    measure(
+        "idle, 50 services, no probes: RSS",
+        kib_to_mib(ours_idle.rss_max_kib),
+        "MiB",
+    )
+    .peer(&peer_name, peer_idle.map(|i| kib_to_mib(i.rss_max_kib)))
+    .target("<= 15 MiB", idle_rss_pass)
+    .record();
+    measure(
+        &format!("idle, 50 services, no probes: CPU over {} s", window.as_secs()),
+        ours_idle.cpu_pct(window),
+        "%",
+    )
+    .peer(&peer_name, peer_idle.map(|i| i.cpu_pct(window)))
+    .target("<= 0.1 %", idle_cpu_pass)
+    .record();
+    let large_value = |f: &dyn Fn(&Large) -> f64| large.as_ref().map_or(f64::NAN, f);
+    let large_peer_value = |f: &dyn Fn(&Large) -> f64| large_sv.as_ref().ok().map(f);
+    measure(
+        "1,000 services: daemon spawned -> all running",
+        large_value(&|l| millis(l.all_running)),
+        "ms",
+    )
+    .peer(&peer_name, large_peer_value(&|l| millis(l.all_running)))
+    .target("<= 3 s", large_start_pass)
+    .record();
+    measure(
+        "1,000 services: RSS 2 s after they are up",
+        large_value(&|l| kib_to_mib(l.rss_kib)),
+        "MiB",
+    )
+    .peer(&peer_name, large_peer_value(&|l| kib_to_mib(l.rss_kib)))
+    .target("<= 50 MiB", large_rss_pass)
+    .record();
+    if let Err(e) = &peer {
+        results::note("daemon", &format!("supervisord skipped: {e}"));
+    }
+
     let all = kill_p50.is_some_and(|p| p <= RESTART_TARGET)
         && commit_p50.is_some_and(|p| p <= COMMIT_TARGET)
         && idle_rss_pass

@@ -48,6 +48,10 @@ use mirrorctl::spec::provider::ProviderApi;
 use mirrorctl::store::recorder::RecorderConfig;
 use mirrorctl::store::{self, new_id, Record, Recorder, StoreUrl, Usage};
 
+#[path = "common/results.rs"]
+mod results;
+use results::Measure;
+
 type Http = Client<HttpConnector, Full<Bytes>>;
 
 const HOST: &str = "bench-gov";
@@ -898,6 +902,49 @@ async fn run(settings: Settings, machine_before: String, started: Instant) {
         CONCURRENT_CLIENTS - 1,
         if worst(&slow_rounds) < CONCURRENT_CLIENTS as i64 { "as expected" } else { "WORSE" }
     );
+    let micros = |d: Duration| d.as_secs_f64() * 1e6;
+    let measure = |what: &str, value: f64, unit: &str| Measure::new("governance", what, value, unit);
+    measure("gate `POST /v1/gate` allow: p50", micros(gate_allow.p50), "µs")
+        .target("p50 <= 1 ms", gate_allow.p50 <= GATE_TARGET)
+        .record();
+    measure("meter at 10,000/s: emit rate", emit_rate, "records/s")
+        .higher_is_better()
+        .target(">= 10,000/s", emit_rate >= METER_RATE * 0.99)
+        .record();
+    measure("recorder: persisted rate (emit + drain)", persisted_rate, "records/s")
+        .higher_is_better()
+        .target(">= 10,000/s", persisted_rate >= METER_RATE * 0.95)
+        .record();
+    let lost = (usage_want - usage_rows) + (receipts_want - receipt_rows);
+    measure(
+        "usage records and receipts missing from the store",
+        lost as f64,
+        "records",
+    )
+    .target("0", lost_none)
+    .record();
+    measure(
+        "bus chat, whole answer: p50 delta under metering load",
+        (loaded.p50.as_secs_f64() - (base_before.p50.as_secs_f64() + base_after.p50.as_secs_f64()) / 2.0) * 1e6,
+        "µs",
+    )
+    .target("within noise", ok_full)
+    .record();
+    measure(
+        "bus chat, time to data, load on/off alternating: p50 delta",
+        alt_delta_us,
+        "µs",
+    )
+    .target("within noise", ok_alt)
+    .record();
+    measure(
+        "budget, sequential: served after the crossing request",
+        overshoot(sequential) as f64,
+        "requests",
+    )
+    .target("0", overshoot(sequential) == 0)
+    .record();
+
     let mut missed = Vec::new();
     if gate_allow.p50 > GATE_TARGET {
         missed.push(format!("gate p50 {}", us(gate_allow.p50)));

@@ -36,6 +36,10 @@ use mirrorctl::store::journal::write_atomically;
 use mirrorctl::store::InventoryEntry;
 use serde_json::Value;
 
+#[path = "common/results.rs"]
+mod results;
+use results::Measure;
+
 const SMALL: usize = 50;
 const LARGE: usize = 1000;
 const SMALL_TARGET: Duration = Duration::from_millis(300);
@@ -1037,6 +1041,45 @@ fn main() {
     }
     if let Err(e) = &peer {
         println!("peer skipped: {e}");
+    }
+
+    let millis = |d: Duration| d.as_secs_f64() * 1e3;
+    let peer_name = format!("supervisord {PEER_VERSION}");
+    Measure::new(
+        "reconcile",
+        "start 50 services: command to all running (median)",
+        millis(small_ours),
+        "ms",
+    )
+    .peer(&peer_name, small_sv.map(millis))
+    .target("<= 300 ms", small_ours <= SMALL_TARGET)
+    .record();
+    Measure::new(
+        "reconcile",
+        "start 1,000 services: command to all running (median)",
+        millis(large_ours),
+        "ms",
+    )
+    .peer(&peer_name, large_sv.map(millis))
+    .target("<= 3000 ms", large_ours <= LARGE_TARGET)
+    .record();
+    Measure::new(
+        "reconcile",
+        "`reconcile --dry-run` over 1,000 running (median)",
+        millis(dry),
+        "ms",
+    )
+    .peer(
+        &format!("{peer_name} `supervisorctl reread`"),
+        match &reread {
+            Some(Ok(d)) => Some(millis(median(d.clone()))),
+            _ => None,
+        },
+    )
+    .target("<= 500 ms", dry <= DRY_RUN_TARGET)
+    .record();
+    if let Err(e) = &peer {
+        results::note("reconcile", &format!("supervisord skipped: {e}"));
     }
 
     let met = small_ours <= SMALL_TARGET && large_ours <= LARGE_TARGET && dry <= DRY_RUN_TARGET;

@@ -25,6 +25,10 @@ use mirrorctl::store::{
 };
 use tokio::runtime::Runtime;
 
+#[path = "common/results.rs"]
+mod results;
+use results::Measure;
+
 const REPORT_ITEMS: usize = 10_000;
 const CHAIN_RECEIPTS: usize = 100_000;
 const CHAIN_CHUNK: usize = 5_000;
@@ -535,6 +539,44 @@ fn main() {
     row("chain: `store.receipts()`", &|r| ms(r.chain_read), "");
     row("chain: `verify_chain`", &|r| ms(r.chain_verify), "");
     row("chain: read + verify", &|r| ms(r.chain_total), "<= 1000 ms");
+
+    let millis = |d: Duration| d.as_secs_f64() * 1e3;
+    for (name, r) in &backends {
+        let measure =
+            |what: &str, value: f64, unit: &str| Measure::new("store", &format!("{name}: {what}"), value, unit);
+        measure(
+            &format!("drift report, {REPORT_ITEMS} items: `Store::write`"),
+            millis(r.drift_write),
+            "ms",
+        )
+        .target("<= 300 ms", r.drift_write <= DRIFT_TARGET)
+        .record();
+        measure("recorder: achieved rate", r.runs_per_second, "runs/s")
+            .higher_is_better()
+            .target(">= 100 runs/s", r.runs_per_second >= RUNS_PER_SECOND_TARGET * 0.99)
+            .record();
+        measure("recorder: caller latency per call, max", millis(r.call_max), "ms")
+            .target("< 10 ms (never blocks)", r.call_max < CALL_MAX_TARGET)
+            .record();
+        measure(
+            "recorder: every record in the store exactly once",
+            f64::from(r.exactly_once.is_ok()),
+            "yes/no",
+        )
+        .higher_is_better()
+        .target("yes", r.exactly_once.is_ok())
+        .record();
+        measure(
+            &format!("chain: read + verify {CHAIN_RECEIPTS} receipts"),
+            millis(r.chain_total),
+            "ms",
+        )
+        .target("<= 1000 ms", r.chain_total <= VERIFY_TARGET)
+        .record();
+    }
+    if let Some(why) = &skipped {
+        results::note("store", &format!("PostgreSQL skipped: {why}"));
+    }
 
     let mut missed = Vec::new();
     for (name, r) in &backends {
