@@ -10,7 +10,7 @@ use crate::support::*;
 
 /// Kills every process working in this sandbox (the daemon runs in its repository, services in
 /// its state dir), whatever happens in the test.
-struct Cleanup(PathBuf);
+pub(crate) struct Cleanup(pub(crate) PathBuf);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
@@ -26,7 +26,7 @@ impl Drop for Cleanup {
 }
 
 /// Processes whose working directory is under `root`.
-fn working_in(root: &std::path::Path) -> Vec<i32> {
+pub(crate) fn working_in(root: &std::path::Path) -> Vec<i32> {
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
@@ -39,13 +39,13 @@ fn working_in(root: &std::path::Path) -> Vec<i32> {
 }
 
 /// A running `mirrorctl run`; SIGKILLed if the test did not stop it.
-struct Daemon {
-    child: Child,
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
     log: PathBuf,
 }
 
 impl Daemon {
-    fn start(sandbox: &Sandbox, extra: &[&str]) -> Daemon {
+    pub(crate) fn start(sandbox: &Sandbox, extra: &[&str]) -> Daemon {
         let log = unique(sandbox.root().join("daemon"));
         let mut args = vec!["run"];
         args.extend_from_slice(extra);
@@ -61,7 +61,7 @@ impl Daemon {
     }
 
     /// Waits until the daemon answers on its socket.
-    fn ready(self, sandbox: &Sandbox) -> Daemon {
+    pub(crate) fn ready(self, sandbox: &Sandbox) -> Daemon {
         let socket = sandbox.root().join("state/control.sock");
         wait_for("the daemon's socket", Duration::from_secs(20), || {
             socket.exists() && status(sandbox).stdout.contains("\"daemon\"")
@@ -69,15 +69,15 @@ impl Daemon {
         self
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn pid(&self) -> i32 {
+    pub(crate) fn pid(&self) -> i32 {
         self.child.id() as i32
     }
 
-    fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         std::process::Command::new("kill")
             .args([&format!("-{signal}"), &self.pid().to_string()])
             .status()
@@ -85,7 +85,7 @@ impl Daemon {
     }
 
     /// Waits for the daemon to exit; its exit code.
-    fn wait(mut self) -> i32 {
+    pub(crate) fn wait(mut self) -> i32 {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -104,7 +104,7 @@ impl Drop for Daemon {
     }
 }
 
-fn unique(path: PathBuf) -> PathBuf {
+pub(crate) fn unique(path: PathBuf) -> PathBuf {
     let mut n = 0;
     loop {
         let candidate = path.with_extension(format!("{n}.log"));
@@ -115,7 +115,7 @@ fn unique(path: PathBuf) -> PathBuf {
     }
 }
 
-fn wait_for(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !condition() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -123,18 +123,18 @@ fn wait_for(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
     }
 }
 
-fn service(name: &str, command: &str, extra: &str) -> String {
+pub(crate) fn service(name: &str, command: &str, extra: &str) -> String {
     format!(
         "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  command: [\"sh\", \"-c\", {command:?}]\n  stop: {{grace: 2s}}\n{extra}"
     )
 }
 
-fn status(sandbox: &Sandbox) -> Run {
+pub(crate) fn status(sandbox: &Sandbox) -> Run {
     sandbox.run(&["status", "--output", "json"])
 }
 
 /// (pid, restarts, health) of a service, as `mirrorctl status` says.
-fn service_state(sandbox: &Sandbox, name: &str) -> Option<(Option<i64>, u64, String)> {
+pub(crate) fn service_state(sandbox: &Sandbox, name: &str) -> Option<(Option<i64>, u64, String)> {
     let run = status(sandbox);
     let json: serde_json::Value = serde_json::from_str(&run.stdout).ok()?;
     let r = json["resources"]
@@ -149,18 +149,18 @@ fn service_state(sandbox: &Sandbox, name: &str) -> Option<(Option<i64>, u64, Str
     ))
 }
 
-fn running_pid(sandbox: &Sandbox, name: &str) -> Option<i64> {
+pub(crate) fn running_pid(sandbox: &Sandbox, name: &str) -> Option<i64> {
     service_state(sandbox, name).and_then(|(pid, _, _)| pid)
 }
 
-fn kill9(pid: i64) {
+pub(crate) fn kill9(pid: i64) {
     std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()
         .unwrap();
 }
 
-fn alive(pid: i64) -> bool {
+pub(crate) fn alive(pid: i64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|stat| stat.rsplit(')').next().unwrap_or("").split_whitespace().next() != Some("Z"))
         .unwrap_or(false)
@@ -582,7 +582,7 @@ fn launch_agents_run_on_schedule_and_a_timeout_kills_the_whole_run() {
 }
 
 /// A free TCP port on 127.0.0.1.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -590,7 +590,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn post(port: u16, path: &str, body: &str) {
+pub(crate) fn post(port: u16, path: &str, body: &str) {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(
         stream,
@@ -607,7 +607,7 @@ fn post(port: u16, path: &str, body: &str) {
 }
 
 /// The route of an agent, as `status --output json` says: (provider, degraded).
-fn route_of(sandbox: &Sandbox, agent: &str) -> Option<(String, bool)> {
+pub(crate) fn route_of(sandbox: &Sandbox, agent: &str) -> Option<(String, bool)> {
     let json: serde_json::Value = serde_json::from_str(&status(sandbox).stdout).ok()?;
     let route = json["routes"].as_array()?.iter().find(|r| r["agent"] == agent)?.clone();
     Some((route["provider"].as_str()?.to_string(), route["degraded"].as_bool()?))
