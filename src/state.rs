@@ -96,7 +96,28 @@ pub fn lock_state_dir_for_daemon(state_dir: &std::path::Path) -> Result<StateLoc
         let mut words = holder.split_whitespace();
         let pid = words.next().unwrap_or("?").to_string();
         if words.next() == Some("daemon") {
-            return Err(LockError::Held { pid });
+            // A daemon that was just killed can leave its lock, for a moment, with a child it
+            // was starting (forked, not yet exec'd): wait for that instead of refusing.
+            let gone = pid
+                .parse::<i32>()
+                .ok()
+                .and_then(rustix::process::Pid::from_raw)
+                .is_some_and(|p| rustix::process::test_kill_process(p).is_err());
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            loop {
+                if gone && flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok() {
+                    break;
+                }
+                if !gone || std::time::Instant::now() >= deadline {
+                    return Err(LockError::Held { pid });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            file.set_len(0)?;
+            file.rewind()?;
+            write!(file, "{} daemon", std::process::id())?;
+            file.sync_all()?;
+            return Ok(StateLock { _file: file });
         }
         eprintln!(
             "mirrorctl: waiting for another mirrorctl (pid {pid}) to finish with {}",

@@ -97,7 +97,9 @@ pub fn ask(state_dir: &Path, request: &Request) -> Result<Option<Response>, Cont
         Err(e)
             if matches!(
                 e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                std::io::ErrorKind::NotFound
+                    | std::io::ErrorKind::ConnectionRefused
+                    | std::io::ErrorKind::NotADirectory
             ) =>
         {
             return Ok(None)

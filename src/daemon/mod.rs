@@ -363,6 +363,10 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
     let mut next_resync = tokio::time::Instant::now() + daemon.resync_interval();
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Logs are bounded between passes too: a flooding service is rotated within LOG_CHECK.
+    let mut log_check = tokio::time::interval(crate::reconcile::LOG_CHECK);
+    log_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let rotating = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
     loop {
         let event = tokio::select! {
@@ -376,6 +380,22 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
             }
             _ = heartbeat.tick() => {
                 metrics.heartbeat();
+                continue;
+            }
+            _ = log_check.tick() => {
+                use std::sync::atomic::Ordering;
+                if let Some(state) = &daemon.current {
+                    if !rotating.swap(true, Ordering::AcqRel) {
+                        let logs = crate::reconcile::log_limits(state, &daemon.config.context.state_dir);
+                        let rotating = rotating.clone();
+                        tokio::task::spawn_blocking(move || {
+                            for (path, max_size, max_files) in logs {
+                                let _ = crate::supervisor::rotate_running_log(&path, max_size, max_files);
+                            }
+                            rotating.store(false, Ordering::Release);
+                        });
+                    }
+                }
                 continue;
             }
         };

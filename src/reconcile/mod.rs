@@ -204,6 +204,7 @@ impl Reconciler {
         let (recorder, writer) = Recorder::start(config)?;
         let key = secret_key(&context.state_dir)?;
         let inventory = LocalInventory::load(&context.state_dir)?;
+        stop_unrecorded_spawn(&context.state_dir, &inventory);
         Ok(Reconciler {
             context,
             recorder,
@@ -483,6 +484,7 @@ impl Reconciler {
 
         let mut items = input.extra_drift;
         items.extend(plan.drift.iter().cloned());
+        items.extend(log_space_drift(&context.state_dir, &desired));
         for a in applied.iter().filter(|a| !a.ok) {
             items.push(DriftItem {
                 kind: a.kind.to_string(),
@@ -870,7 +872,17 @@ fn apply_change(
                 // An agent and a service may share a name: their logs must not.
                 log_name = format!("agent-{}", id.name);
             }
-            let identity = start(context, &log_name, &run)?;
+            // The spawn is marked (a file, and the process's environment) until the inventory
+            // records it: a controller killed in between finds and stops the unrecorded process
+            // when it opens again, instead of starting a second one.
+            let spawn_id = new_id();
+            run.env.insert(SPAWN_ENV.into(), spawn_id.clone());
+            let marker = context.state_dir.join(SPAWNING);
+            std::fs::write(&marker, &spawn_id).map_err(|e| format!("{}: {e}", marker.display()))?;
+            let identity = start(context, &log_name, &run);
+            let identity = identity.inspect_err(|_| {
+                let _ = std::fs::remove_file(&marker);
+            })?;
             let stopped = format!("{stopped}{enrolled}");
             let record = ProcessRecord {
                 identity: identity.clone(),
@@ -887,6 +899,7 @@ fn apply_change(
                 updated_ms: now_ms(),
             };
             inventory.upsert(entry, recorder).map_err(local_error)?;
+            let _ = std::fs::remove_file(&marker);
             // Verify: a service with a probe must answer it before its dependents start.
             match &desired.spec.health {
                 Some(probe) => {
@@ -1084,6 +1097,92 @@ fn rotate_logs(state_dir: &Path, desired: &[DesiredService]) {
         let _ = process::rotate_running_log(&path, logs.max_size().0, logs.max_files());
     }
 }
+
+/// Marks a spawn in progress: `<state dir>/spawning` holds its id, and so does the process's
+/// environment under [`SPAWN_ENV`]. Written without a sync: it guards against the controller's
+/// death (its writes survive it), not the host's (which ends the process too).
+const SPAWNING: &str = "spawning";
+const SPAWN_ENV: &str = "MIRROR_SPAWN_ID";
+
+/// After a controller was killed between starting a process and recording it: stops that
+/// process (the only one marked with the interrupted spawn's id and not in the inventory), so
+/// the next pass starts exactly one.
+fn stop_unrecorded_spawn(state_dir: &Path, inventory: &LocalInventory) {
+    let marker = state_dir.join(SPAWNING);
+    let Ok(spawn_id) = std::fs::read_to_string(&marker) else {
+        return;
+    };
+    let recorded: Vec<i32> = inventory.entries().filter_map(identity_of).map(|i| i.pid).collect();
+    for pid in process::leaders_with_env(SPAWN_ENV, spawn_id.trim()) {
+        if recorded.contains(&pid) {
+            continue;
+        }
+        if let Some(identity) = process::identify(pid) {
+            let outcome = process::stop(&identity, "SIGTERM", Duration::from_secs(10));
+            tracing::warn!(
+                pid,
+                outcome = ?outcome,
+                "stopped a process started by an interrupted pass and never recorded"
+            );
+        }
+    }
+    let _ = std::fs::remove_file(&marker);
+}
+
+/// Below this much free space, the log directory counts as full.
+const LOG_SPACE_LOW: u64 = 64 << 10;
+
+/// A full log directory: services keep running (their writes fail, their output is lost), and
+/// each of them gets a `degraded` item naming the directory. Nothing when there is room.
+fn log_space_drift(state_dir: &Path, desired: &[DesiredService]) -> Vec<DriftItem> {
+    let dir = state_dir.join("logs");
+    let Ok(fs) = rustix::fs::statvfs(&dir) else {
+        return Vec::new();
+    };
+    let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+    if free >= LOG_SPACE_LOW {
+        return Vec::new();
+    }
+    desired
+        .iter()
+        .map(|d| DriftItem {
+            kind: d.item.id.kind.to_string(),
+            name: d.item.id.name.clone(),
+            drift: Drift::Degraded,
+            corrective: false,
+            severity: Severity::Warning,
+            detail: format!(
+                "the log directory {} is full ({free} bytes free): output is lost until there is room",
+                dir.display()
+            ),
+        })
+        .collect()
+}
+
+/// The logs of a state's services and agents with their rotation settings: (path, maxSize,
+/// maxFiles). The daemon checks them every [`LOG_CHECK`] between passes, so a service
+/// flooding its log is rotated within that time, not at the next resync.
+pub fn log_limits(state: &DesiredState, state_dir: &Path) -> Vec<(PathBuf, u64, u32)> {
+    let dir = state_dir.join("logs");
+    state
+        .resources
+        .iter()
+        .filter_map(|r| {
+            let (file, logs) = match &r.spec {
+                Spec::Service(spec) => (format!("{}.log", r.metadata.name), spec.logs()),
+                Spec::Agent(agent) => (
+                    format!("agent-{}.log", r.metadata.name),
+                    agent.logs.clone().unwrap_or_default(),
+                ),
+                _ => return None,
+            };
+            Some((dir.join(file), logs.max_size().0, logs.max_files()))
+        })
+        .collect()
+}
+
+/// How often the daemon checks the size of running services' logs.
+pub const LOG_CHECK: Duration = Duration::from_millis(250);
 
 /// The stop signal and grace of a last-applied spec.
 fn stop_settings(last_applied: &str) -> (&'static str, Duration) {

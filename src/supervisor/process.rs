@@ -397,6 +397,31 @@ pub fn spawn(spec: &SpawnSpec) -> Result<ProcessIdentity, SpawnError> {
     Ok(identify_child(pid))
 }
 
+/// Session leaders whose environment holds `key=value`: how a controller finds a process it
+/// started but had not recorded when it was killed (a spawn marker in the environment). Linux
+/// only (`/proc`); elsewhere none are found.
+pub fn leaders_with_env(key: &str, value: &str) -> Vec<i32> {
+    #[cfg(target_os = "linux")]
+    {
+        let wanted = format!("{key}={value}");
+        let Ok(dir) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| linux::stat(*pid).is_some_and(|s| s.pgrp == *pid))
+            .filter(|pid| {
+                fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == wanted.as_bytes()))
+            })
+            .collect()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (key, value);
+        Vec::new()
+    }
+}
+
 /// The identity of the process we just started: session leader of its own group. Its start
 /// time is readable because we have not reaped it (unless someone reaps every child behind our
 /// back; then the process is gone and a start time of 0 makes the identity never match).
@@ -697,7 +722,9 @@ pub fn rotate_log(path: &Path, max_size: u64, max_files: u32) -> io::Result<bool
 /// Rotates a log a running process appends to (`O_APPEND`): copies it to `path.1` (shifting
 /// older files as [`rotate_log`] does) and truncates it in place, so the process keeps
 /// writing to the same file. Lines written between the copy and the truncation are lost
-/// (logrotate's `copytruncate`). Returns whether it rotated.
+/// (logrotate's `copytruncate`). A log far past `max_size` (a process flooding it between
+/// checks) keeps only its last `max_size` bytes in `path.1`: the copy never chases the writer,
+/// and no rotated file exceeds the bound. Returns whether it rotated.
 pub fn rotate_running_log(path: &Path, max_size: u64, max_files: u32) -> io::Result<bool> {
     if !needs_rotation(path, max_size)? {
         return Ok(false);
@@ -717,7 +744,10 @@ pub fn rotate_running_log(path: &Path, max_size: u64, max_files: u32) -> io::Res
             .create_new(true)
             .mode(LOG_FILE_MODE)
             .open(&copy)?;
-        io::copy(&mut source, &mut target)?;
+        let len = source.metadata()?.len();
+        let keep = len.min(max_size);
+        io::Seek::seek(&mut source, io::SeekFrom::Start(len - keep))?;
+        io::copy(&mut io::Read::take(&mut source, keep), &mut target)?;
     } else {
         remove_from(path, 1)?;
     }
@@ -1682,11 +1712,21 @@ mod tests {
         let id = fx.spawn("chatty", &["sh", "-c", "echo first; sleep 30"]).unwrap();
         let path = fx.logs().join("chatty.log");
         wait_for("the first line", || fx.log("chatty") == "first\n");
-        assert!(rotate_running_log(&path, 1, 2).unwrap());
+        assert!(rotate_running_log(&path, 6, 2).unwrap());
         assert_eq!(fs::read_to_string(numbered(&path, 1)).unwrap(), "first\n");
         assert_eq!(fs::metadata(&path).unwrap().len(), 0);
         assert_eq!(liveness(&id), Liveness::Running);
         assert_eq!(stop(&id, "SIGKILL", Duration::ZERO), StopOutcome::Killed);
+    }
+
+    #[test]
+    fn a_flooded_log_keeps_only_its_last_max_size_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flood.log");
+        fs::write(&path, "0123456789".repeat(10)).unwrap();
+        assert!(rotate_running_log(&path, 15, 1).unwrap());
+        assert_eq!(fs::read_to_string(numbered(&path, 1)).unwrap(), "567890123456789");
+        assert_eq!(fs::metadata(&path).unwrap().len(), 0);
     }
 
     #[test]

@@ -26,7 +26,7 @@ impl Drop for Cleanup {
 }
 
 /// Processes whose working directory is under `root`.
-fn working_in(root: &std::path::Path) -> Vec<i32> {
+pub(crate) fn working_in(root: &std::path::Path) -> Vec<i32> {
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
@@ -40,7 +40,7 @@ fn working_in(root: &std::path::Path) -> Vec<i32> {
 
 /// A running `mirrorctl run`; SIGKILLed if the test did not stop it.
 pub(crate) struct Daemon {
-    child: Child,
+    pub(crate) child: Child,
     log: PathBuf,
 }
 
@@ -77,7 +77,7 @@ impl Daemon {
         self.child.id() as i32
     }
 
-    fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         std::process::Command::new("kill")
             .args([&format!("-{signal}"), &self.pid().to_string()])
             .status()
@@ -85,7 +85,7 @@ impl Daemon {
     }
 
     /// Waits for the daemon to exit; its exit code.
-    fn wait(mut self) -> i32 {
+    pub(crate) fn wait(mut self) -> i32 {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -104,7 +104,7 @@ impl Drop for Daemon {
     }
 }
 
-fn unique(path: PathBuf) -> PathBuf {
+pub(crate) fn unique(path: PathBuf) -> PathBuf {
     let mut n = 0;
     loop {
         let candidate = path.with_extension(format!("{n}.log"));
@@ -134,7 +134,7 @@ pub(crate) fn status(sandbox: &Sandbox) -> Run {
 }
 
 /// (pid, restarts, health) of a service, as `mirrorctl status` says.
-fn service_state(sandbox: &Sandbox, name: &str) -> Option<(Option<i64>, u64, String)> {
+pub(crate) fn service_state(sandbox: &Sandbox, name: &str) -> Option<(Option<i64>, u64, String)> {
     let run = status(sandbox);
     let json: serde_json::Value = serde_json::from_str(&run.stdout).ok()?;
     let r = json["resources"]
@@ -153,7 +153,7 @@ pub(crate) fn running_pid(sandbox: &Sandbox, name: &str) -> Option<i64> {
     service_state(sandbox, name).and_then(|(pid, _, _)| pid)
 }
 
-fn kill9(pid: i64) {
+pub(crate) fn kill9(pid: i64) {
     std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()
@@ -590,7 +590,7 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
-fn post(port: u16, path: &str, body: &str) {
+pub(crate) fn post(port: u16, path: &str, body: &str) {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(
         stream,

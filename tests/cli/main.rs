@@ -7,6 +7,7 @@ mod bus_failover;
 mod crds;
 mod daemon;
 mod fake_llm;
+mod faults;
 mod git_source;
 mod init;
 mod invalid_corpus;

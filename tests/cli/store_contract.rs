@@ -854,8 +854,8 @@ async fn sqlite_outage_nothing_lost_nothing_twice() {
 }
 
 /// A PostgreSQL server of this test's own, so it can be stopped and started.
-struct OwnServer {
-    url: String,
+pub(crate) struct OwnServer {
+    pub(crate) url: String,
     dir: String,
 }
 
@@ -864,7 +864,7 @@ impl OwnServer {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/throwaway-postgres")
     }
 
-    fn start() -> OwnServer {
+    pub(crate) fn start() -> OwnServer {
         let out = std::process::Command::new(Self::script())
             .arg("start")
             .output()
@@ -878,7 +878,7 @@ impl OwnServer {
         }
     }
 
-    fn run(&self, verb: &str) {
+    pub(crate) fn run(&self, verb: &str) {
         let out = std::process::Command::new(Self::script())
             .args([verb, &self.dir])
             .output()
