@@ -11,6 +11,7 @@
 
 pub mod control;
 pub mod git_watch;
+pub mod log_watch;
 pub mod metrics;
 pub mod routing;
 
@@ -363,10 +364,9 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
     let mut next_resync = tokio::time::Instant::now() + daemon.resync_interval();
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Logs are bounded between passes too: a flooding service is rotated within LOG_CHECK.
-    let mut log_check = tokio::time::interval(crate::reconcile::LOG_CHECK);
-    log_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let rotating = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Logs are bounded between passes too (see `log_watch`).
+    let mut log_watch = log_watch::LogWatch::default();
+    let mut next_log_check = tokio::time::Instant::now() + log_watch::COLD_CHECK;
 
     loop {
         let event = tokio::select! {
@@ -382,20 +382,12 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
                 metrics.heartbeat();
                 continue;
             }
-            _ = log_check.tick() => {
-                use std::sync::atomic::Ordering;
-                if let Some(state) = &daemon.current {
-                    if !rotating.swap(true, Ordering::AcqRel) {
-                        let logs = crate::reconcile::log_limits(state, &daemon.config.context.state_dir);
-                        let rotating = rotating.clone();
-                        tokio::task::spawn_blocking(move || {
-                            for (path, max_size, max_files) in logs {
-                                let _ = crate::supervisor::rotate_running_log(&path, max_size, max_files);
-                            }
-                            rotating.store(false, Ordering::Release);
-                        });
-                    }
-                }
+            _ = tokio::time::sleep_until(next_log_check) => {
+                let wait = match &daemon.current {
+                    Some(state) => log_watch.check(state, &daemon.config.context.state_dir),
+                    None => log_watch::COLD_CHECK,
+                };
+                next_log_check = tokio::time::Instant::now() + wait;
                 continue;
             }
         };

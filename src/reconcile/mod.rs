@@ -1160,8 +1160,8 @@ fn log_space_drift(state_dir: &Path, desired: &[DesiredService]) -> Vec<DriftIte
 }
 
 /// The logs of a state's services and agents with their rotation settings: (path, maxSize,
-/// maxFiles). The daemon checks them every [`LOG_CHECK`] between passes, so a service
-/// flooding its log is rotated within that time, not at the next resync.
+/// maxFiles). The daemon checks them between passes (`daemon::log_watch`), so a service
+/// flooding its log is rotated within a second, not at the next resync.
 pub fn log_limits(state: &DesiredState, state_dir: &Path) -> Vec<(PathBuf, u64, u32)> {
     let dir = state_dir.join("logs");
     state
@@ -1180,9 +1180,6 @@ pub fn log_limits(state: &DesiredState, state_dir: &Path) -> Vec<(PathBuf, u64, 
         })
         .collect()
 }
-
-/// How often the daemon checks the size of running services' logs.
-pub const LOG_CHECK: Duration = Duration::from_millis(250);
 
 /// The stop signal and grace of a last-applied spec.
 fn stop_settings(last_applied: &str) -> (&'static str, Duration) {
