@@ -361,7 +361,8 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
 
     // Two timers, and otherwise the loop sleeps: the resync (the interval of the state in force,
     // counted from the last resync) and the heartbeat that tells /healthz the loop is alive.
-    let mut next_resync = tokio::time::Instant::now() + daemon.resync_interval();
+    let mut resync_every = daemon.resync_interval();
+    let mut next_resync = tokio::time::Instant::now() + resync_every;
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Logs are bounded between passes too (see `log_watch`).
@@ -369,13 +370,20 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
     let mut next_log_check = tokio::time::Instant::now() + log_watch::COLD_CHECK;
 
     loop {
+        // A new state in force may set another interval: counted from the last resync.
+        if daemon.resync_interval() != resync_every {
+            let last = next_resync - resync_every;
+            resync_every = daemon.resync_interval();
+            next_resync = last + resync_every;
+        }
         let event = tokio::select! {
             event = inbox.recv() => match event {
                 Some(event) => event,
                 None => break,
             },
             _ = tokio::time::sleep_until(next_resync) => {
-                next_resync = tokio::time::Instant::now() + daemon.resync_interval();
+                resync_every = daemon.resync_interval();
+                next_resync = tokio::time::Instant::now() + resync_every;
                 Event::Resync
             }
             _ = heartbeat.tick() => {

@@ -1021,3 +1021,20 @@ fn the_memory_schedule_applies_rules() {
     assert_eq!(dry.code, 0, "{dry:?}");
     assert!(dry.stdout.contains("= nothing to move (1 rule(s))"), "{}", dry.stdout);
 }
+
+/// The Controller's `resync` applies from the first state in force (not after one default 30 s
+/// interval).
+#[test]
+fn the_committed_resync_interval_applies_from_the_start() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    sandbox.write(
+        "controller.yaml",
+        "apiVersion: mirror.os/v1\nkind: Controller\nmetadata: {name: main}\nspec:\n  resync: 1s\n",
+    );
+    sandbox.commit("resync every second");
+    let daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
+    wait_for("two resync passes", Duration::from_secs(6), || {
+        daemon.log().matches("trigger=\"resync\"").count() >= 2
+    });
+}
