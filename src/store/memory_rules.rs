@@ -222,17 +222,8 @@ pub(crate) fn decided(statement: &mut Statement, rules: &[PassRule], now_ms: i64
         .into_iter()
         .map(|t| statement.arg(Arg::Text(t.to_string())))
         .collect();
-    // SQLite plans `m.tier IN (...)` as lookups in `memory_items_tier` and a fetch of each row
-    // by rowid, even with ANALYZE's statistics; the source tiers usually hold most items, and
-    // then a plain scan is the robust plan (1,000,000 items in the sqlite3 3.40 shell: 3.8 s by
-    // the index, 1.1 s by the scan). The unary `+` (SQLite only) keeps it to the scan;
-    // PostgreSQL plans by its statistics.
-    let column = match backend {
-        Backend::Sqlite => "+m.tier",
-        Backend::Postgres => "m.tier",
-    };
     format!(
-        "SELECT m.id AS id, m.tier AS tier, {case} AS r FROM memory_items m WHERE {column} IN ({})",
+        "SELECT m.id AS id, m.tier AS tier, {case} AS r FROM memory_items m WHERE m.tier IN ({})",
         tiers.join(", ")
     )
 }
