@@ -33,6 +33,10 @@ use mirrorctl::store::{self, new_id, Backend, StoreUrl};
 use sqlx::Connection;
 use tokio::runtime::Runtime;
 
+#[path = "common/results.rs"]
+mod results;
+use results::Measure;
+
 const DEFAULT_ITEMS: u64 = 1_000_000;
 const DAY_MS: i64 = 86_400_000;
 /// The benchmark's "now" (2026-11-24T00:00:00Z): fixed, so every run seeds the same items.
@@ -423,6 +427,36 @@ fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1e3)
 }
 
+/// The measures for `scripts/bench-all` (no peer: no other tool runs declarative memory tiers).
+fn record(items: u64, backends: &[(&str, &Results)]) {
+    let count = if items == DEFAULT_ITEMS {
+        "1M items".to_string()
+    } else {
+        format!("{items} items")
+    };
+    let millis = |d: Duration| d.as_secs_f64() * 1e3;
+    for (name, r) in backends {
+        Measure::new("memory", &format!("{name}: dry-run count, {count}, 5 rules"), millis(r.preview), "ms")
+            .target("<= 2000 ms", r.preview <= PREVIEW_TARGET)
+            .record();
+        if let Some(first) = r.passes.first() {
+            Measure::new(
+                "memory",
+                &format!("{name}: first pass ({} moved)", first.moved),
+                millis(first.time),
+                "ms",
+            )
+            .target("<= 5000 ms", first.time <= PASS_TARGET)
+            .record();
+        }
+        if let Some(slowest) = r.passes.iter().skip(1).map(|p| p.time).max() {
+            Measure::new("memory", &format!("{name}: slowest later pass"), millis(slowest), "ms")
+                .target("<= 5000 ms", slowest <= PASS_TARGET)
+                .record();
+        }
+    }
+}
+
 fn percent(n: u64, of: u64) -> String {
     format!("{:.1}%", n as f64 * 100.0 / of.max(1) as f64)
 }
@@ -577,6 +611,10 @@ fn main() {
         for problem in &r.problems {
             missed.push(format!("{name}: {problem}"));
         }
+    }
+    record(items, &backends);
+    if let Some(why) = &skipped {
+        results::note("memory", &format!("PostgreSQL skipped: {why}"));
     }
     match (missed.is_empty(), &skipped) {
         (true, None) => println!("targets: met"),
