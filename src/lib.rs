@@ -4,6 +4,8 @@
 pub mod cli;
 pub mod daemon;
 pub mod example;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod plan;
 pub mod policy;
 pub mod reconcile;

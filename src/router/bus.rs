@@ -286,8 +286,9 @@ struct Bus {
 }
 
 /// What an agent asked for.
+#[doc(hidden)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Endpoint {
+pub enum Endpoint {
     Chat,
     Generate,
     Embed,
@@ -470,9 +471,8 @@ async fn forward(bus: Arc<Bus>, api: ProviderApi, endpoint: Endpoint, headers: H
     let Some(agent) = caller(&bus, &headers) else {
         return unauthorized(api);
     };
-    let request: Value = match serde_json::from_slice(&body) {
-        Ok(Value::Object(map)) => Value::Object(map),
-        _ => return error_response(api, StatusCode::BAD_REQUEST, "the request body is not a JSON object"),
+    let Some(request) = parse_request(&body) else {
+        return error_response(api, StatusCode::BAD_REQUEST, "the request body is not a JSON object");
     };
     let streamed = wants_stream(api, endpoint, &request);
     // The budget, before anything is forwarded (usage includes every answer so far).
@@ -628,6 +628,82 @@ async fn forward(bus: Arc<Bus>, api: ProviderApi, endpoint: Endpoint, headers: H
             failures.join("; ")
         ),
     )
+}
+
+/// An agent's request body, when it is a JSON object (anything else is answered 400).
+fn parse_request(body: &[u8]) -> Option<Value> {
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(map)) => Some(Value::Object(map)),
+        _ => None,
+    }
+}
+
+/// The request side of `forward` without the network (for the fuzz targets and their replay
+/// test): the body parsed as the bus parses it (None: answered 400), whether the agent wants a
+/// stream, and the path and body sent to a route of `upstream_api` serving `model` (None: the
+/// request cannot cross to that API).
+#[doc(hidden)]
+pub fn translate_request(
+    api: ProviderApi,
+    endpoint: Endpoint,
+    upstream_api: ProviderApi,
+    model: &str,
+    body: &[u8],
+) -> Option<(bool, Option<(&'static str, Value)>)> {
+    let request = parse_request(body)?;
+    let streamed = wants_stream(api, endpoint, &request);
+    let upstream = Upstream {
+        provider: "fuzz".into(),
+        api: upstream_api,
+        url: String::new(),
+        model: model.into(),
+        api_key: None,
+        local: true,
+    };
+    Some((streamed, upstream_request(api, endpoint, &upstream, &request, streamed)))
+}
+
+/// What `relay` makes of a successful answer arriving in `chunks` (the first one is the first
+/// data `forward` waited for), without the network (for the fuzz targets and their replay test).
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct RelayOutcome {
+    /// What the agent is sent for each chunk, in order.
+    pub per_chunk: Vec<Vec<Bytes>>,
+    /// The last pieces: Ok for a complete answer, Err for one that did not complete.
+    pub ending: Result<Vec<Bytes>, Vec<Bytes>>,
+    /// The tokens metered (prompt, completion), None when nothing is metered.
+    pub metered: Option<(u64, u64)>,
+    /// The usage event the bus asked for is kept from the agent.
+    pub hides_usage: bool,
+}
+
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub fn translate_answer(
+    api: ProviderApi,
+    endpoint: Endpoint,
+    upstream_api: ProviderApi,
+    model: &str,
+    streamed: bool,
+    usage_asked: bool,
+    chunks: &[&[u8]],
+    broke: Option<&str>,
+) -> RelayOutcome {
+    let mut converter = Converter::new(api, upstream_api, endpoint, model, streamed, usage_asked, 0);
+    let per_chunk = chunks
+        .iter()
+        .map(|chunk| converter.on_chunk(&Bytes::copy_from_slice(chunk)))
+        .collect();
+    let ending = converter.on_end(broke);
+    let metered =
+        (ending.is_ok() && !converter.errored).then_some((converter.prompt_tokens, converter.completion_tokens));
+    RelayOutcome {
+        per_chunk,
+        ending,
+        metered,
+        hides_usage: converter.hide_usage,
+    }
 }
 
 /// Waits for `sending`, unless `upstream`'s provider leaves the agent's candidates first (the
@@ -919,25 +995,15 @@ async fn relay(
             (_, false) => "application/json",
         })
     });
-    let mut converter = Converter {
-        client_api: api,
-        upstream_api: upstream.api,
+    let mut converter = Converter::new(
+        api,
+        upstream.api,
         endpoint,
+        &upstream.model,
         streamed,
-        model: upstream.model.clone(),
-        id: format!("chatcmpl-mirror-{}", bus.next_id.fetch_add(1, Ordering::Relaxed)),
-        created: unix_seconds(),
-        pending_line: Vec::new(),
-        whole: Vec::new(),
-        prompt_tokens: 0,
-        completion_tokens: 0,
-        finished: false,
-        sent_role: false,
-        finish_reason: None,
-        cut_short: false,
-        hide_usage: api == ProviderApi::Openai && upstream.api == ProviderApi::Openai && streamed && !usage_asked,
-        errored: false,
-    };
+        usage_asked,
+        bus.next_id.fetch_add(1, Ordering::Relaxed),
+    );
     let (chunks, receiver) = mpsc::channel(RELAY_BUFFER_CHUNKS);
     let meter = bus.meter.clone();
     let metered = Metered {
@@ -1061,6 +1127,39 @@ struct Converter {
 }
 
 impl Converter {
+    fn new(
+        client_api: ProviderApi,
+        upstream_api: ProviderApi,
+        endpoint: Endpoint,
+        model: &str,
+        streamed: bool,
+        usage_asked: bool,
+        id: u64,
+    ) -> Self {
+        Converter {
+            client_api,
+            upstream_api,
+            endpoint,
+            streamed,
+            model: model.to_string(),
+            id: format!("chatcmpl-mirror-{id}"),
+            created: unix_seconds(),
+            pending_line: Vec::new(),
+            whole: Vec::new(),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            finished: false,
+            sent_role: false,
+            finish_reason: None,
+            cut_short: false,
+            hide_usage: client_api == ProviderApi::Openai
+                && upstream_api == ProviderApi::Openai
+                && streamed
+                && !usage_asked,
+            errored: false,
+        }
+    }
+
     fn translating(&self) -> bool {
         self.client_api != self.upstream_api
     }
@@ -1290,7 +1389,7 @@ impl Converter {
         json!({
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "total_tokens": self.prompt_tokens.saturating_add(self.completion_tokens),
         })
     }
 
@@ -1674,6 +1773,26 @@ mod tests {
 
     fn chat(stream: bool) -> Value {
         json!({"model": "whatever", "messages": [{"role": "user", "content": "hi"}], "stream": stream})
+    }
+
+    #[test]
+    fn usage_counts_near_u64_max_do_not_overflow_the_total() {
+        // Found by fuzzing (fuzz/regressions/bus_request/usage-total-overflow-*).
+        let line =
+            br#"{"message":{"content":"hi"},"done":true,"prompt_eval_count":18446744073709551615,"eval_count":1}"#;
+        let outcome = translate_answer(
+            ProviderApi::Openai,
+            Endpoint::Chat,
+            ProviderApi::Ollama,
+            "m",
+            false,
+            false,
+            &[line],
+            None,
+        );
+        let whole: Value = serde_json::from_slice(&outcome.ending.unwrap()[0]).unwrap();
+        assert_eq!(whole["usage"]["total_tokens"], u64::MAX);
+        assert_eq!(outcome.metered, Some((u64::MAX, 1)));
     }
 
     #[test]

@@ -73,13 +73,30 @@ impl fmt::Display for Diagnostic {
         write!(
             f,
             "{}:{}:{}: {}: {}: {}",
-            self.file,
+            OneLine(&self.file),
             self.line,
             self.column,
-            self.resource.as_deref().unwrap_or("-"),
-            self.field.as_deref().unwrap_or("-"),
-            self.message
+            OneLine(self.resource.as_deref().unwrap_or("-")),
+            OneLine(self.field.as_deref().unwrap_or("-")),
+            OneLine(&self.message)
         )
+    }
+}
+
+/// Text that may quote the user's (a kind, a key, a name: YAML strings can hold line breaks),
+/// with control characters escaped (`\n`), so that each diagnostic stays on one line.
+struct OneLine<'a>(&'a str);
+
+impl fmt::Display for OneLine<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                fmt::Write::write_char(f, c)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -215,4 +232,26 @@ pub fn load_texts<'a>(texts: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> R
         })
         .collect();
     load_files(files::SourceFiles { commit: None, files }, false, DEFAULT_MAX_FILE_SIZE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_diagnostic_quoting_a_line_break_stays_on_one_line() {
+        // Found by fuzzing (fuzz/regressions/load/diagnostic-line-break-in-kind*).
+        let text = "apiVersion: mirror.os/v1\nkind: \"Service\\ni\"\nmetadata:\n  name: web\n";
+        let Err(LoadError::Invalid { diagnostics, .. }) = load_texts([("a.yaml", text.as_bytes())]) else {
+            panic!("a kind with a line break is invalid");
+        };
+        let lines: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("a.yaml:2:7: -: kind: unknown kind `Service\\ni`")),
+            "{lines:?}"
+        );
+        assert!(lines.iter().all(|l| !l.contains('\n')), "{lines:?}");
+    }
 }

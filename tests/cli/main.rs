@@ -8,6 +8,7 @@ mod crds;
 mod daemon;
 mod fake_llm;
 mod faults;
+mod fuzz_corpus;
 mod git_source;
 mod init;
 mod invalid_corpus;
