@@ -436,9 +436,14 @@ fn record(items: u64, backends: &[(&str, &Results)]) {
     };
     let millis = |d: Duration| d.as_secs_f64() * 1e3;
     for (name, r) in backends {
-        Measure::new("memory", &format!("{name}: dry-run count, {count}, 5 rules"), millis(r.preview), "ms")
-            .target("<= 2000 ms", r.preview <= PREVIEW_TARGET)
-            .record();
+        Measure::new(
+            "memory",
+            &format!("{name}: dry-run count, {count}, 5 rules"),
+            millis(r.preview),
+            "ms",
+        )
+        .target("<= 2000 ms", r.preview <= PREVIEW_TARGET)
+        .record();
         if let Some(first) = r.passes.first() {
             Measure::new(
                 "memory",
