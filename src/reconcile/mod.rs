@@ -25,7 +25,7 @@ use crate::store::inventory::LocalInventory;
 use crate::store::recorder::{FlushReport, RecorderConfig};
 use crate::store::{new_id, InventoryEntry, ReceiptDraft, Record, Recorder, RunFinished, RunStarted, StoreUrl};
 use crate::supervisor::probe;
-use crate::supervisor::process::{self, Liveness, ProcessIdentity, SpawnSpec};
+use crate::supervisor::process::{self, Liveness, ProcessIdentity, SpawnSpec, SPAWN_ENV};
 
 /// Where a pass reads and writes.
 #[derive(Clone, Debug)]
@@ -1102,7 +1102,6 @@ fn rotate_logs(state_dir: &Path, desired: &[DesiredService]) {
 /// environment under [`SPAWN_ENV`]. Written without a sync: it guards against the controller's
 /// death (its writes survive it), not the host's (which ends the process too).
 const SPAWNING: &str = "spawning";
-const SPAWN_ENV: &str = "MIRROR_SPAWN_ID";
 
 /// After a controller was killed between starting a process and recording it: stops that
 /// process (the only one marked with the interrupted spawn's id and not in the inventory), so

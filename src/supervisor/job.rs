@@ -538,11 +538,14 @@ impl Shared {
         let log_path = self.log_path(name);
         let log_dir = log_path.parent().expect("a log path has a directory");
         let before = fs::metadata(&log_path).ok().map(|m| (m.ino(), m.len()));
+        // Each run gets its own spawn tag (a committed one would tie runs together).
+        let mut env = spec.env.clone();
+        env.remove(process::SPAWN_ENV);
         let identity = process::spawn(&SpawnSpec {
             name,
             command: &spec.command,
             working_dir: Some(&working_dir),
-            env: &spec.env,
+            env: &env,
             env_files: &env_files,
             limits: spec.limits.as_ref(),
             log_dir,

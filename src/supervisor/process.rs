@@ -59,6 +59,13 @@ const POLL: Duration = Duration::from_millis(20);
 /// How long [`stop`] waits for the group after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(2);
 
+/// The variable every process started by [`spawn`] carries, with a value unique to that start
+/// (a caller may choose it in [`SpawnSpec::env`]: the controller marks a spawn in progress with
+/// it). Descendants
+/// inherit it, also those that leave the process group with `setsid`, which is how [`stop`]
+/// finds them on Linux.
+pub const SPAWN_ENV: &str = "MIRROR_SPAWN_ID";
+
 /// Who a running process is, robust against PID reuse.
 ///
 /// `start_time` is in the unit of the mechanism that recorded it: clock ticks since boot
@@ -356,7 +363,10 @@ pub fn spawn(spec: &SpawnSpec) -> Result<ProcessIdentity, SpawnError> {
             }
         }
     }
-    let env = environment(spec)?;
+    let mut env = environment(spec)?;
+    // The caller's explicit choice, else a fresh tag (never one from an env file).
+    let tag = spec.env.get(SPAWN_ENV).cloned().unwrap_or_else(unique_spawn_tag);
+    env.insert(SPAWN_ENV.to_string(), tag);
     let limits = spec.limits.map(rlimits).unwrap_or_default();
     let log = open_log(spec)?;
 
@@ -395,6 +405,16 @@ pub fn spawn(spec: &SpawnSpec) -> Result<ProcessIdentity, SpawnError> {
     // Not waited on: the process outlives the controller. `liveness` and `stop` reap it.
     drop(child);
     Ok(identify_child(pid))
+}
+
+/// A value for [`SPAWN_ENV`] no other start shares: this controller's PID, the time, a counter.
+fn unique_spawn_tag() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let count = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{nanos:x}-{count}", std::process::id())
 }
 
 /// Session leaders whose environment holds `key=value`: how a controller finds a process it
@@ -900,20 +920,70 @@ pub fn stop(id: &ProcessIdentity, signal: &str, grace: Duration) -> StopOutcome 
     let Some(group) = to_pid(id.pgid) else {
         return StopOutcome::AlreadyGone;
     };
+    let escapees = Escapees::of(id);
+    escapees.signal(signal);
     if let Err(Errno::SRCH) = rustix::process::kill_process_group(group, signal) {
         reap(id);
-        return StopOutcome::AlreadyGone;
+        if escapees.is_empty() {
+            return StopOutcome::AlreadyGone;
+        }
     }
     if signal == Signal::KILL {
-        wait_group_gone(id, KILL_WAIT);
+        wait_group_gone(id, &escapees, KILL_WAIT);
         return StopOutcome::Killed;
     }
-    if wait_group_gone(id, grace) {
+    if wait_group_gone(id, &escapees, grace) {
         return StopOutcome::Exited;
     }
     let _ = rustix::process::kill_process_group(group, Signal::KILL);
-    wait_group_gone(id, KILL_WAIT);
+    escapees.signal(Signal::KILL);
+    wait_group_gone(id, &escapees, KILL_WAIT);
     StopOutcome::Killed
+}
+
+/// Descendants of a started process that left its group (`setsid`, a daemon's double fork):
+/// found by the [`SPAWN_ENV`] tag they inherited, read from the leader or a live member of its
+/// group, and stopped with the group. Each is kept with its start time, so a PID reused while
+/// the stop waits is never signalled. Linux only (elsewhere: none; the group is the promise).
+struct Escapees(Vec<(i32, u64)>);
+
+impl Escapees {
+    fn of(id: &ProcessIdentity) -> Escapees {
+        #[cfg(target_os = "linux")]
+        if linux::available() {
+            return Escapees(linux::escapees(id.pid, id.pgid));
+        }
+        let _ = id;
+        Escapees(Vec::new())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn signal(&self, signal: Signal) {
+        for pid in self.alive() {
+            if let Some(pid) = to_pid(pid) {
+                let _ = rustix::process::kill_process(pid, signal);
+            }
+        }
+    }
+
+    /// Those still running as the same process (not ended, not a zombie, PID not reused).
+    fn alive(&self) -> Vec<i32> {
+        #[cfg(target_os = "linux")]
+        {
+            self.0
+                .iter()
+                .filter(|(pid, start)| {
+                    linux::stat(*pid).is_some_and(|s| s.start_time == *start && !linux::is_dead(s.state))
+                })
+                .map(|(pid, _)| *pid)
+                .collect()
+        }
+        #[cfg(not(target_os = "linux"))]
+        Vec::new()
+    }
 }
 
 /// Sends `signal` (a name, e.g. `SIGHUP`) to the process itself, not its group, when its
@@ -932,15 +1002,16 @@ pub fn notify(id: &ProcessIdentity, signal: &str) -> bool {
     rustix::process::kill_process(pid, signal).is_ok()
 }
 
-/// Waits until no live member of the group remains, reaping our own leader on the way.
-fn wait_group_gone(id: &ProcessIdentity, timeout: Duration) -> bool {
+/// Waits until no live member of the group remains and no escapee runs, reaping our own leader
+/// on the way.
+fn wait_group_gone(id: &ProcessIdentity, escapees: &Escapees, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     let mut leader_pending = true;
     loop {
         if leader_pending {
             leader_pending = !reap(id);
         }
-        if !group_alive(id) {
+        if !group_alive(id) && escapees.alive().is_empty() {
             if leader_pending {
                 reap(id);
             }
@@ -1016,7 +1087,7 @@ mod linux {
         parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
     }
 
-    fn is_dead(state: u8) -> bool {
+    pub(super) fn is_dead(state: u8) -> bool {
         matches!(state, b'Z' | b'X' | b'x')
     }
 
@@ -1065,6 +1136,40 @@ mod linux {
             .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
             .filter_map(|pid| Some((pid, stat(pid)?)))
             .filter(|(_, stat)| stat.pgrp == pgid)
+            .collect()
+    }
+
+    /// The value of `key` in a process's environment (empty for a zombie; unreadable for
+    /// another user's process).
+    fn env_value(pid: i32, key: &str) -> Option<Vec<u8>> {
+        let environ = fs::read(format!("/proc/{pid}/environ")).ok()?;
+        let prefix = [key.as_bytes(), b"="].concat();
+        environ
+            .split(|b| *b == 0)
+            .find_map(|entry| entry.strip_prefix(prefix.as_slice()).map(<[u8]>::to_vec))
+    }
+
+    /// Live processes outside group `pgid` carrying the [`SPAWN_ENV`] tag of its leader `pid`
+    /// (or, the leader having ended, of a live member), with their start times.
+    pub(super) fn escapees(pid: i32, pgid: i32) -> Vec<(i32, u64)> {
+        let members = group_members(pgid);
+        let tag = std::iter::once(pid)
+            .chain(members.iter().filter(|(_, s)| !is_dead(s.state)).map(|(p, _)| *p))
+            .find_map(|p| env_value(p, SPAWN_ENV).filter(|v| !v.is_empty()));
+        let Some(tag) = tag else {
+            return Vec::new();
+        };
+        let own = std::process::id() as i32;
+        let Ok(entries) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|p| *p > 1 && *p != own)
+            .filter_map(|p| Some((p, stat(p)?)))
+            .filter(|(_, s)| s.pgrp != pgid && !is_dead(s.state))
+            .filter(|(p, _)| env_value(*p, SPAWN_ENV).is_some_and(|v| v == tag))
+            .map(|(p, s)| (p, s.start_time))
             .collect()
     }
 
@@ -1507,6 +1612,50 @@ mod tests {
         }
         assert_eq!(liveness(&id), Liveness::Exited);
         assert_eq!(stop(&id, "SIGTERM", Duration::from_secs(2)), StopOutcome::AlreadyGone);
+    }
+
+    /// Live processes whose command line is exactly `args` (NUL-separated in /proc).
+    #[cfg(target_os = "linux")]
+    fn processes_running(args: &[&str]) -> Vec<i32> {
+        let wanted: Vec<u8> = args.iter().flat_map(|a| [a.as_bytes(), b"\0"].concat()).collect();
+        fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted))
+            .filter(|pid| !gone(*pid))
+            .collect()
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn stop_also_ends_descendants_that_left_the_group_but_not_other_starts() {
+        let fx = Fixture::new();
+        // Two escapees in sessions of their own: one stops on SIGTERM, one ignores it.
+        let script = "setsid sleep 3101 & setsid sh -c 'trap \"\" TERM; sleep 3102 & wait' & sleep 3100";
+        let id = fx.spawn("escaper", &["sh", "-c", script]).unwrap();
+        let bystander = fx.spawn("bystander", &["sleep", "3103"]).unwrap();
+        wait_for("the escapees", || {
+            [&["sleep", "3101"], &["sleep", "3102"]]
+                .iter()
+                .all(|args| processes_running(*args).len() == 1)
+        });
+        let escapees: Vec<i32> = [&["sleep", "3101"], &["sleep", "3102"]]
+            .iter()
+            .flat_map(|args| processes_running(*args))
+            .collect();
+        assert!(escapees.iter().all(|pid| linux::stat(*pid).unwrap().pgrp != id.pgid));
+
+        let started = Instant::now();
+        let grace = Duration::from_millis(300);
+        assert_eq!(stop(&id, "SIGTERM", grace), StopOutcome::Killed);
+        assert!(started.elapsed() >= grace, "the stubborn escapee had its grace");
+        assert!(gone(id.pid));
+        for pid in &escapees {
+            assert!(gone(*pid), "escapee {pid} survived the stop");
+        }
+        assert!(processes_running(&["sh", "-c", "trap \"\" TERM; sleep 3102 & wait"]).is_empty());
+        assert_eq!(liveness(&bystander), Liveness::Running, "another start is not touched");
+        stop(&bystander, "SIGKILL", Duration::ZERO);
     }
 
     #[test]
