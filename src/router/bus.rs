@@ -1776,6 +1776,25 @@ mod tests {
     }
 
     #[test]
+    fn numbers_reach_the_provider_with_the_value_the_agent_sent() {
+        // Found by fuzzing (fuzz/regressions/bus_request/request-number-round-trip): without
+        // serde_json's `float_roundtrip`, 222...220 (39 digits) was parsed one ULP off, so the
+        // provider got 2.2222222222222218e38 instead of 2.222222222222222e38. Test builds had
+        // the feature all along (a dev-dependency, jsonschema, turns it on), release builds did
+        // not: the fuzz target, built without dev-dependencies, is what catches a regression.
+        let body = br#"{"model":"m","messages":[],"options":{"seed":222222222222222222222222222222222222220,"temperature":0.30000000000000004}}"#;
+        let Some((_, Some((_, upstream)))) =
+            translate_request(ProviderApi::Ollama, Endpoint::Chat, ProviderApi::Ollama, "m", body)
+        else {
+            panic!("a JSON object is forwarded");
+        };
+        assert_eq!(upstream["options"]["seed"].as_f64(), Some(2.222222222222222e38));
+        assert_eq!(upstream["options"]["temperature"].as_f64(), Some(0.30000000000000004));
+        let sent: Value = serde_json::from_str(&upstream.to_string()).unwrap();
+        assert_eq!(sent, upstream, "what goes out reads back the same");
+    }
+
+    #[test]
     fn usage_counts_near_u64_max_do_not_overflow_the_total() {
         // Found by fuzzing (fuzz/regressions/bus_request/usage-total-overflow-*).
         let line =
