@@ -12,10 +12,15 @@ use crate::source::DesiredState;
 
 /// The check interval while no log grows fast.
 pub const COLD_CHECK: Duration = Duration::from_secs(1);
-/// The check interval while a log grows fast, and for a while after.
-pub const HOT_CHECK: Duration = Duration::from_millis(250);
+/// The check interval while a log grows fast, and for a while after: `yes` writes ~1.4 GB/s
+/// here, so a flooded log passes its bound by at most ~140 MB before a rotation.
+pub const HOT_CHECK: Duration = Duration::from_millis(100);
 /// How long checks stay frequent after the last fast growth.
 const HOT_FOR: Duration = Duration::from_secs(30);
+/// How long checks are frequent after another state comes in force: services have just been
+/// started, and a service that floods from its first line would otherwise have up to a
+/// [`COLD_CHECK`] (~1.4 GB of `yes`) to write before the first look.
+const HOT_AFTER_CHANGE: Duration = Duration::from_secs(10);
 
 struct WatchedLog {
     path: PathBuf,
@@ -48,6 +53,8 @@ impl LogWatch {
                 })
                 .collect();
             self.state = Some(state.clone());
+            let until = Instant::now() + HOT_AFTER_CHANGE;
+            self.hot_until = Some(self.hot_until.map_or(until, |u| u.max(until)));
         }
         let now = Instant::now();
         let mut over = Vec::new();
@@ -78,5 +85,34 @@ impl LogWatch {
             Some(until) if now < until => HOT_CHECK,
             _ => COLD_CHECK,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flooding_state() -> Arc<DesiredState> {
+        let text = "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {name: flood}\nspec:\n  \
+                    command: [\"yes\"]\n  logs: {maxSize: 1Mi, maxFiles: 2}\n";
+        Arc::new(crate::source::load_texts([("flood.yaml", text.as_bytes())]).expect("a valid state"))
+    }
+
+    #[test]
+    fn logs_are_watched_closely_after_a_change_and_during_a_flood_and_rarely_at_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = flooding_state();
+        let mut watch = LogWatch::default();
+        assert_eq!(watch.check(&state, dir.path()), HOT_CHECK, "services were just started");
+        watch.hot_until = Some(Instant::now());
+        assert_eq!(watch.check(&state, dir.path()), COLD_CHECK, "at rest");
+        // A quarter of the bound between two checks: a flood.
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        std::fs::write(dir.path().join("logs/flood.log"), vec![b'y'; 300 << 10]).unwrap();
+        assert_eq!(watch.check(&state, dir.path()), HOT_CHECK, "a flood");
+        watch.hot_until = Some(Instant::now());
+        assert_eq!(watch.check(&state, dir.path()), COLD_CHECK, "no growth since");
+        // Another state in force: close watch again.
+        assert_eq!(watch.check(&flooding_state(), dir.path()), HOT_CHECK);
     }
 }

@@ -367,7 +367,7 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Logs are bounded between passes too (see `log_watch`).
     let mut log_watch = log_watch::LogWatch::default();
-    let mut next_log_check = tokio::time::Instant::now() + log_watch::COLD_CHECK;
+    let mut next_log_check = tokio::time::Instant::now() + log_watch::HOT_CHECK;
 
     loop {
         // A new state in force may set another interval: counted from the last resync.
@@ -426,7 +426,12 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
                 daemon.route_timer = None;
                 daemon.decide_routes();
             }
-            Event::PassDone(finished) => daemon.finished(*finished),
+            Event::PassDone(finished) => {
+                daemon.finished(*finished);
+                // A pass may have started services: their logs are looked at soon, not at the
+                // next check at rest (a flood from the first line writes ~1.4 GB a second).
+                next_log_check = next_log_check.min(tokio::time::Instant::now() + log_watch::HOT_CHECK);
+            }
             Event::Shutdown(signal) => {
                 tracing::info!(signal, "shutting down");
                 daemon.shutting_down = Some(signal);
