@@ -17,10 +17,6 @@ pub const COLD_CHECK: Duration = Duration::from_secs(1);
 pub const HOT_CHECK: Duration = Duration::from_millis(100);
 /// How long checks stay frequent after the last fast growth.
 const HOT_FOR: Duration = Duration::from_secs(30);
-/// How long checks are frequent after another state comes in force: services have just been
-/// started, and a service that floods from its first line would otherwise have up to a
-/// [`COLD_CHECK`] (~1.4 GB of `yes`) to write before the first look.
-const HOT_AFTER_CHANGE: Duration = Duration::from_secs(10);
 
 struct WatchedLog {
     path: PathBuf,
@@ -42,19 +38,21 @@ impl LogWatch {
     /// Checks the logs of the state in force; returns how long to wait before the next check.
     pub fn check(&mut self, state: &Arc<DesiredState>, state_dir: &Path) -> Duration {
         if !self.state.as_ref().is_some_and(|s| Arc::ptr_eq(s, state)) {
+            // Every resync loads the state again: sizes already seen carry over, or each
+            // reload would look like a flood.
+            let seen: std::collections::HashMap<PathBuf, u64> =
+                self.logs.drain(..).map(|log| (log.path, log.last_len)).collect();
             self.logs = crate::reconcile::log_limits(state, state_dir)
                 .into_iter()
                 .filter(|(_, max_size, _)| *max_size > 0)
                 .map(|(path, max_size, max_files)| WatchedLog {
+                    last_len: seen.get(&path).copied().unwrap_or(0),
                     path,
                     max_size,
                     max_files,
-                    last_len: 0,
                 })
                 .collect();
             self.state = Some(state.clone());
-            let until = Instant::now() + HOT_AFTER_CHANGE;
-            self.hot_until = Some(self.hot_until.map_or(until, |u| u.max(until)));
         }
         let now = Instant::now();
         let mut over = Vec::new();
@@ -99,12 +97,10 @@ mod tests {
     }
 
     #[test]
-    fn logs_are_watched_closely_after_a_change_and_during_a_flood_and_rarely_at_rest() {
+    fn logs_are_watched_closely_during_a_flood_and_rarely_at_rest() {
         let dir = tempfile::tempdir().unwrap();
         let state = flooding_state();
         let mut watch = LogWatch::default();
-        assert_eq!(watch.check(&state, dir.path()), HOT_CHECK, "services were just started");
-        watch.hot_until = Some(Instant::now());
         assert_eq!(watch.check(&state, dir.path()), COLD_CHECK, "at rest");
         // A quarter of the bound between two checks: a flood.
         std::fs::create_dir_all(dir.path().join("logs")).unwrap();
@@ -112,7 +108,7 @@ mod tests {
         assert_eq!(watch.check(&state, dir.path()), HOT_CHECK, "a flood");
         watch.hot_until = Some(Instant::now());
         assert_eq!(watch.check(&state, dir.path()), COLD_CHECK, "no growth since");
-        // Another state in force: close watch again.
-        assert_eq!(watch.check(&flooding_state(), dir.path()), HOT_CHECK);
+        // The same state loaded again (every resync reloads it) does not make the watch hot.
+        assert_eq!(watch.check(&flooding_state(), dir.path()), COLD_CHECK);
     }
 }
