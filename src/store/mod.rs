@@ -16,6 +16,7 @@ mod postgres;
 pub mod recorder;
 mod sql;
 mod sqlite;
+mod sqlite_receipts;
 
 use std::collections::BTreeMap;
 use std::fmt;

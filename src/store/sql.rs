@@ -509,11 +509,9 @@ impl Store for SqlStore {
     fn receipts(&self) -> BoxFuture<'_, Result<Vec<Receipt>, StoreError>> {
         Box::pin(async move {
             if let Some(reader) = &self.sqlite_reader {
-                let rows: Vec<ReceiptRow> = sqlx::query_as(SELECT_RECEIPTS)
-                    .fetch_all(reader)
+                return super::sqlite_receipts::read_all(reader)
                     .await
-                    .map_err(query_error("read receipts"))?;
-                return Ok(rows.into_iter().map(receipt_from_tuple).collect());
+                    .map_err(|e| StoreError::query("read receipts", e));
             }
             let rows = sqlx::query(SELECT_RECEIPTS)
                 .fetch_all(&self.pool)

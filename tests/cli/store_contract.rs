@@ -848,6 +848,47 @@ on_both_backends!(
     the_local_inventory_does_not_need_the_store,
 );
 
+/// SQLite reads receipts through its C API (src/store/sqlite_receipts.rs): a value it cannot
+/// read is an error naming the column and the receipt, never a receipt with a field made up.
+#[tokio::test]
+async fn sqlite_unreadable_receipt_names_column_and_receipt() {
+    let db = TestDb::sqlite();
+    let store = db.open().await;
+    let recorder = db.recorder("mini");
+    for i in 0..3 {
+        recorder.receipt(draft(i));
+    }
+    drain(&recorder, Duration::from_secs(30)).await;
+    let receipts = store.receipts().await.unwrap();
+    assert_eq!(verify_chain(&receipts), Ok(3));
+    let second = receipts.iter().find(|r| r.seq == 2).unwrap().id.clone();
+
+    db.tamper("UPDATE receipts SET detail = CAST(x'ff41' AS TEXT) WHERE seq = 2")
+        .await;
+    let error = store.receipts().await.unwrap_err().to_string();
+    assert!(
+        error.contains(&format!("column `detail` of receipt {second}: expected UTF-8 text")),
+        "{error}"
+    );
+
+    db.tamper("UPDATE receipts SET detail = 'ok', at_ms = 'yesterday' WHERE seq = 2")
+        .await;
+    let error = store.receipts().await.unwrap_err().to_string();
+    assert!(
+        error.contains(&format!(
+            "column `at_ms` of receipt {second}: expected an integer, found text"
+        )),
+        "{error}"
+    );
+
+    db.tamper("DROP TABLE receipts").await;
+    let error = store.receipts().await.unwrap_err().to_string();
+    assert!(
+        error.contains("read receipts") && error.contains("no such table: receipts"),
+        "{error}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_outage_nothing_lost_nothing_twice() {
     sqlite_outage_and_replay(TestDb::sqlite()).await;
