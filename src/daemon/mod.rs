@@ -11,6 +11,7 @@
 
 pub mod control;
 pub mod git_watch;
+mod in_force;
 pub mod log_watch;
 pub mod metrics;
 pub mod routing;
@@ -572,6 +573,16 @@ impl Daemon {
                 route_drift,
                 &routing,
             );
+            if let Some(commit) = applied
+                .as_ref()
+                .filter(|s| !s.worktree)
+                .and_then(|s| s.commit.as_deref())
+            {
+                let state_dir = &reconciler.context().state_dir;
+                if let Err(e) = in_force::remember(state_dir, commit) {
+                    tracing::warn!(state_dir = %state_dir.display(), error = %e, "cannot record the commit in force");
+                }
+            }
             let _ = events.send(Event::PassDone(Box::new(Finished {
                 reconciler,
                 work,
@@ -1358,7 +1369,18 @@ fn perform(
         }
         Work::Full { trigger, reload } => {
             let (input, applied) = if *reload {
-                read_trusted(&own_source, current, trust, probes)
+                let starting = current.is_none();
+                let read = read_trusted(&own_source, current, trust, probes.clone());
+                match read {
+                    (Ok(failed), None) if starting && failed.desired.is_err() => {
+                        let state_dir = reconciler.context().state_dir.clone();
+                        match recorded_state(&own_source, &state_dir, trust, probes, &failed) {
+                            Some((input, state)) => (Ok(input), Some(state)),
+                            None => (Ok(failed), None),
+                        }
+                    }
+                    read => read,
+                }
             } else {
                 match current {
                     Some(state) => (
@@ -1500,6 +1522,68 @@ fn source_options(asked: &control::SourceRequest, own: &SourceOptions) -> Source
         worktree: asked.worktree,
         max_file_size: own.max_file_size,
     }
+}
+
+/// A daemon starting on a HEAD it cannot apply (invalid, unreadable, untrusted) with no state in
+/// force: the commit in force when a daemon last ran here (`in_force`), read again and checked
+/// again (a signature too, under `--require-signed`), so services keep being supervised. The pass
+/// reports HEAD's problem as a critical `invalid_source` item naming the commit kept. `None`: no
+/// such commit, or it cannot be applied either (then HEAD's failure is reported as it is).
+fn recorded_state(
+    own_source: &SourceOptions,
+    state_dir: &std::path::Path,
+    trust: Option<&AllowedSigners>,
+    probes: Probes,
+    failed: &PassInput,
+) -> Option<(PassInput, Arc<DesiredState>)> {
+    if own_source.worktree {
+        return None;
+    }
+    let commit = in_force::recall(state_dir)?;
+    let short = &commit[..12];
+    let at_commit = SourceOptions {
+        reference: commit.clone(),
+        ..own_source.clone()
+    };
+    let (input, state) = match read_trusted(&at_commit, None, trust, probes) {
+        (Ok(input), Some(state)) => (input, state),
+        (input, _) => {
+            let why = match &input {
+                Ok(PassInput { desired: Err(e), .. }) => e.to_string(),
+                Ok(_) => "not trusted".to_string(),
+                Err(e) => e.clone(),
+            };
+            tracing::warn!(commit = %commit, %why, "the commit in force before this daemon started cannot be applied either");
+            return None;
+        }
+    };
+    let problem = match &failed.desired {
+        Err(LoadError::Invalid { diagnostics, .. }) if !diagnostics.is_empty() => {
+            for d in diagnostics {
+                tracing::warn!(diagnostic = %d, "the desired state at {} is invalid", own_source.reference);
+            }
+            format!("{} error(s), first: {}", diagnostics.len(), diagnostics[0])
+        }
+        Err(LoadError::Invalid { .. }) => "its commit is not trusted".to_string(),
+        Err(e) => format!("it cannot be read: {e}"),
+        Ok(_) => return None,
+    };
+    let reference = &own_source.reference;
+    let detail = format!(
+        "{reference} is not applied: {problem}; commit {short}, in force when the daemon last ran, stays in force"
+    );
+    tracing::warn!(commit = %commit, %reference, %problem, "starting on the commit in force before, not on {reference}");
+    let mut extra_drift = failed.extra_drift.clone();
+    extra_drift.push(DriftItem {
+        kind: "Source".into(),
+        name: own_source.path.display().to_string(),
+        drift: Drift::InvalidSource,
+        corrective: false,
+        severity: Severity::Critical,
+        detail,
+    });
+    extra_drift.extend(input.extra_drift);
+    Some((PassInput { extra_drift, ..input }, state))
 }
 
 /// Reads the source and, under `--require-signed`, checks the commit's signature. An untrusted

@@ -298,6 +298,73 @@ fn a_new_daemon_adopts_running_services_after_kill_9() {
     assert_eq!(service_processes(&sandbox), 0);
 }
 
+/// After a reboot (or a crash) on a HEAD that cannot be applied, the commit that was in force
+/// stays in force: adopted services are still restarted, and the report says why HEAD is not.
+#[test]
+fn a_daemon_started_on_a_broken_head_keeps_the_commit_that_was_in_force() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    sandbox.write("a.yaml", service("a", "exec sleep 4000", ""));
+    let good = sandbox.commit("good");
+    let daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
+    wait_for("a running", Duration::from_secs(10), || {
+        running_pid(&sandbox, "a").is_some()
+    });
+    let before = running_pid(&sandbox, "a").unwrap();
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait(), 0);
+    assert_eq!(
+        std::fs::read_to_string(sandbox.root().join("state/in-force-commit"))
+            .unwrap()
+            .trim(),
+        good
+    );
+
+    // HEAD breaks while no daemon runs; the next daemon starts on it.
+    sandbox.write(
+        "b.yaml",
+        "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {name: b}\nspec: {command: 7}\n",
+    );
+    sandbox.commit("broken");
+    let again = Daemon::start(&sandbox, &[]).ready(&sandbox);
+    let kept = format!(
+        "commit {}, in force when the daemon last ran, stays in force",
+        &good[..12]
+    );
+    let source_problems = || -> Vec<String> {
+        let list = sandbox.run(&["drift", "list", "--output", "json"]).json();
+        let reports = list["reports"].as_array().cloned().unwrap_or_default();
+        reports
+            .iter()
+            .flat_map(|r| {
+                let id = r["id"].as_str().unwrap_or_default().to_string();
+                let shown = sandbox.run(&["drift", "show", &id, "--output", "json"]).json();
+                shown["items"].as_array().cloned().unwrap_or_default()
+            })
+            .filter(|i| i["drift"] == "invalid_source")
+            .map(|i| i["detail"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    wait_for("the startup report", Duration::from_secs(10), || {
+        source_problems().iter().any(|d| d.contains(&kept))
+    });
+    let problems = source_problems();
+    assert!(
+        problems
+            .iter()
+            .any(|d| d.contains(&kept) && d.contains("b.yaml") && d.starts_with("HEAD is not applied")),
+        "{problems:#?}"
+    );
+    assert_eq!(running_pid(&sandbox, "a"), Some(before), "adopted, not restarted");
+    kill9(before);
+    wait_for("a replaced", Duration::from_secs(5), || {
+        running_pid(&sandbox, "a").is_some_and(|pid| pid != before)
+    });
+    assert_eq!(service_processes(&sandbox), 1, "no duplicate, and b never started");
+    again.signal("TERM");
+    assert_eq!(again.wait(), 0);
+}
+
 #[test]
 fn one_writer_a_second_daemon_refuses_and_commands_ask_the_daemon() {
     let sandbox = Sandbox::new();
