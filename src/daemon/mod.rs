@@ -11,7 +11,6 @@
 
 pub mod control;
 pub mod git_watch;
-mod in_force;
 pub mod log_watch;
 pub mod metrics;
 pub mod routing;
@@ -573,16 +572,6 @@ impl Daemon {
                 route_drift,
                 &routing,
             );
-            if let Some(commit) = applied
-                .as_ref()
-                .filter(|s| !s.worktree)
-                .and_then(|s| s.commit.as_deref())
-            {
-                let state_dir = &reconciler.context().state_dir;
-                if let Err(e) = in_force::remember(state_dir, commit) {
-                    tracing::warn!(state_dir = %state_dir.display(), error = %e, "cannot record the commit in force");
-                }
-            }
             let _ = events.send(Event::PassDone(Box::new(Finished {
                 reconciler,
                 work,
@@ -1539,7 +1528,7 @@ fn recorded_state(
     if own_source.worktree {
         return None;
     }
-    let commit = in_force::recall(state_dir)?;
+    let commit = crate::reconcile::in_force::recall(state_dir)?;
     let short = &commit[..12];
     let at_commit = SourceOptions {
         reference: commit.clone(),

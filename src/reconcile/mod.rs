@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod agents;
+pub mod in_force;
 pub mod memory;
 pub mod models;
 pub mod policies;
@@ -471,6 +472,12 @@ impl Reconciler {
                 }
                 if let Err(e) = policies.record(&context.state_dir, &recorder, &commit) {
                     error.get_or_insert(e);
+                }
+                // What a daemon starting on a HEAD it cannot apply keeps in force (`in_force`).
+                if let Some(applied_commit) = commit.as_deref().filter(|_| !state.worktree) {
+                    if let Err(e) = in_force::remember(&context.state_dir, applied_commit) {
+                        tracing::warn!(state_dir = %context.state_dir.display(), error = %e, "cannot record the commit in force");
+                    }
                 }
                 let changed: Vec<&ResourceId> = desired
                     .iter()

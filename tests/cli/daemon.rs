@@ -305,7 +305,7 @@ fn a_daemon_started_on_a_broken_head_keeps_the_commit_that_was_in_force() {
     let sandbox = Sandbox::new();
     let _cleanup = Cleanup(sandbox.root().to_path_buf());
     sandbox.write("a.yaml", service("a", "exec sleep 4000", ""));
-    let good = sandbox.commit("good");
+    let first = sandbox.commit("a");
     let daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
     wait_for("a running", Duration::from_secs(10), || {
         running_pid(&sandbox, "a").is_some()
@@ -313,12 +313,15 @@ fn a_daemon_started_on_a_broken_head_keeps_the_commit_that_was_in_force() {
     let before = running_pid(&sandbox, "a").unwrap();
     daemon.signal("TERM");
     assert_eq!(daemon.wait(), 0);
-    assert_eq!(
-        std::fs::read_to_string(sandbox.root().join("state/in-force-commit"))
-            .unwrap()
-            .trim(),
-        good
-    );
+    let recorded = || std::fs::read_to_string(sandbox.root().join("state/in-force-commit")).unwrap();
+    assert_eq!(recorded().trim(), first);
+    // A one-shot reconcile records what it applies too (or a later daemon would roll it back).
+    sandbox.write("c.yaml", service("c", "exec sleep 4000", ""));
+    let good = sandbox.commit("c");
+    let run = sandbox.run(&["reconcile"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(recorded().trim(), good);
+    let c = running_pid(&sandbox, "c").unwrap();
 
     // HEAD breaks while no daemon runs; the next daemon starts on it.
     sandbox.write(
@@ -360,7 +363,12 @@ fn a_daemon_started_on_a_broken_head_keeps_the_commit_that_was_in_force() {
     wait_for("a replaced", Duration::from_secs(5), || {
         running_pid(&sandbox, "a").is_some_and(|pid| pid != before)
     });
-    assert_eq!(service_processes(&sandbox), 1, "no duplicate, and b never started");
+    assert_eq!(
+        running_pid(&sandbox, "c"),
+        Some(c),
+        "the one-shot's commit stays in force"
+    );
+    assert_eq!(service_processes(&sandbox), 2, "no duplicate, and b never started");
     again.signal("TERM");
     assert_eq!(again.wait(), 0);
 }

@@ -1,7 +1,9 @@
 //! The commit in force, kept in the state dir so that a daemon started on a broken or
 //! untrusted HEAD (after a reboot, an upgrade, a crash) keeps healing the host with the commit
 //! that was in force before, instead of supervising nothing until someone fixes the repository.
-//! A running daemon keeps its state in force in memory; this file only bridges restarts.
+//! Every full pass that applies a commit (the daemon's, a one-shot `reconcile`) records it, so
+//! the file never names a commit older than what was last applied. A running daemon keeps its
+//! state in force in memory; this file only bridges restarts.
 
 use std::fs;
 use std::io;
