@@ -510,8 +510,13 @@ impl Daemon {
     /// Waits until the daemon answers on its socket.
     fn ready(self, sandbox: &Sandbox) -> Daemon {
         let socket = sandbox.root().join("state/control.sock");
+        // This daemon answers (a status without one says `"daemon": null`; a socket left by
+        // an earlier daemon refuses connections).
+        let pid = u64::from(self.child.id());
         wait_for(&self, "the daemon's socket", Duration::from_secs(20), || {
-            socket.exists() && status(sandbox).stdout.contains("\"daemon\"")
+            socket.exists()
+                && serde_json::from_str::<serde_json::Value>(&status(sandbox).stdout)
+                    .is_ok_and(|json| json["daemon"].as_u64() == Some(pid))
         });
         self
     }
