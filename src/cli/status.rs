@@ -42,6 +42,7 @@ pub fn render(request: &Request, report: &StatusReport, daemon: Option<u32>) -> 
             "daemon": daemon,
             "resources": report.resources,
             "source_error": report.source_error,
+            "kept_in_force": report.kept_in_force,
             "launch_agents": report.launch_agents,
             "providers": report.providers,
             "routes": report.routes,
@@ -49,11 +50,21 @@ pub fn render(request: &Request, report: &StatusReport, daemon: Option<u32>) -> 
         }))
     } else {
         let mut out = String::new();
-        if let Some(problem) = &report.source_error {
-            let _ = writeln!(
-                out,
-                "desired state unavailable ({problem}); showing what this host owns\n"
-            );
+        match (&report.source_error, &report.commit) {
+            (Some(problem), Some(commit)) if report.kept_in_force => {
+                let commit = &commit[..commit.len().min(12)];
+                let _ = writeln!(
+                    out,
+                    "HEAD is not applied ({problem}); commit {commit} stays in force and is what this shows\n"
+                );
+            }
+            (Some(problem), _) => {
+                let _ = writeln!(
+                    out,
+                    "desired state unavailable ({problem}); showing what this host owns\n"
+                );
+            }
+            (None, _) => {}
         }
         let _ = writeln!(
             out,

@@ -1475,11 +1475,16 @@ fn perform(
             }
             Request::Status { source, .. } => {
                 let asked = source_options(source, &own_source);
-                let desired = match crate::source::load(&asked) {
-                    Ok(state) => Ok(Arc::new(state)),
-                    Err(e) => Err(e.to_string()),
+                let report = match (crate::source::load(&asked), current) {
+                    (Ok(state), _) => reconciler.status(Ok(Arc::new(state)), &probes),
+                    // HEAD broke (or was broken when the daemon started): what the daemon
+                    // supervises is the commit it keeps in force, so status compares with that.
+                    (Err(e), Some(in_force)) if same_source(&asked, &own_source) => {
+                        reconciler.status_in_force(in_force, e.summary(), &probes)
+                    }
+                    (Err(e), _) => reconciler.status(Err(e.summary()), &probes),
                 };
-                (Answer::Status(reconciler.status(desired, &probes)), None)
+                (Answer::Status(report), None)
             }
         },
     }

@@ -538,6 +538,23 @@ impl Reconciler {
             &mut self.exits,
         )
     }
+
+    /// `status` when HEAD cannot be loaded (`head_error`) but the daemon keeps `in_force`:
+    /// resources are compared with the commit in force, none is Synced (HEAD is not applied).
+    pub fn status_in_force(
+        &mut self,
+        in_force: Arc<DesiredState>,
+        head_error: String,
+        probes: &Probes,
+    ) -> StatusReport {
+        let mut report = self.status(Ok(in_force), probes);
+        for resource in &mut report.resources {
+            resource.sync = "OutOfSync";
+        }
+        report.source_error = Some(head_error);
+        report.kept_in_force = true;
+        report
+    }
 }
 
 /// Reads the source: `Err` when it cannot be read, `Ok(Err)` when it is invalid.
@@ -1250,8 +1267,11 @@ pub struct StatusReport {
     /// How liveness is checked on this platform (`linux-proc` or `portable-kill0`).
     pub mechanism: &'static str,
     pub resources: Vec<ResourceStatus>,
-    /// Set when the desired state could not be loaded (status then shows the inventory alone).
+    /// Set when the desired state could not be loaded: status then shows the inventory alone, or,
+    /// when a daemon keeps an earlier commit in force (`kept_in_force`), compares with that.
     pub source_error: Option<String>,
+    /// HEAD could not be loaded and `commit` is the commit the daemon keeps in force.
+    pub kept_in_force: bool,
     /// Launch agents, as the daemon's runner knows them (empty without a daemon).
     pub launch_agents: Vec<crate::supervisor::job::JobStatus>,
     /// Model providers' health (the daemon probes them; null without a daemon).
@@ -1264,7 +1284,7 @@ pub struct StatusReport {
 
 /// What runs against what is desired, without changing anything or writing to the store.
 pub fn status(context: &Context) -> Result<StatusReport, ReconcileError> {
-    let desired = source::load(&context.source).map(Arc::new).map_err(|e| e.to_string());
+    let desired = source::load(&context.source).map(Arc::new).map_err(|e| e.summary());
     let inventory = LocalInventory::load(&context.state_dir)?;
     let key = secret_key(&context.state_dir)?;
     Ok(status_of(
@@ -1370,6 +1390,7 @@ fn status_of(
         mechanism: process::mechanism(),
         resources,
         source_error,
+        kept_in_force: false,
         launch_agents: Vec::new(),
         providers: Value::Null,
         routes: Value::Null,

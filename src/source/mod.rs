@@ -113,6 +113,18 @@ pub enum LoadError {
     },
 }
 
+impl LoadError {
+    /// One line for a status or a report: the count and the first diagnostic, where it is.
+    pub fn summary(&self) -> String {
+        match self {
+            LoadError::Invalid { diagnostics, .. } if !diagnostics.is_empty() => {
+                format!("{} error(s), first: {}", diagnostics.len(), diagnostics[0])
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 /// A validated desired state and the commit it came from.
 #[derive(Clone, Debug)]
 pub struct DesiredState {

@@ -364,6 +364,41 @@ fn a_daemon_started_on_a_broken_head_keeps_the_commit_that_was_in_force() {
         "{problems:#?}"
     );
     assert_eq!(running_pid(&sandbox, "a"), Some(before), "adopted, not restarted");
+    // status compares with the commit in force and says HEAD is not applied.
+    let status = sandbox.run(&["status", "--output", "json"]);
+    assert_eq!(status.code, 0, "{status:?}");
+    let status = status.json();
+    assert_eq!(status["daemon"], again.pid(), "{status:#}");
+    assert_eq!(status["commit"], good.as_str(), "{status:#}");
+    assert_eq!(status["kept_in_force"], true, "{status:#}");
+    assert!(
+        status["source_error"].as_str().unwrap().contains("b.yaml"),
+        "{status:#}"
+    );
+    let resources: Vec<(String, String)> = status["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap().to_string(),
+                r["health"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        resources,
+        [
+            ("a".to_string(), "Healthy".to_string()),
+            ("c".to_string(), "Healthy".to_string())
+        ],
+        "b is not in force: {status:#}"
+    );
+    let text = sandbox.run(&["status"]).stdout;
+    assert!(
+        text.starts_with("HEAD is not applied (") && text.contains(&format!("commit {} stays in force", &good[..12])),
+        "{text}"
+    );
     kill9(before);
     wait_for("a replaced", Duration::from_secs(5), || {
         running_pid(&sandbox, "a").is_some_and(|pid| pid != before)
