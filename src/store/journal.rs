@@ -81,6 +81,11 @@ impl Journal {
     }
 
     /// Records not yet in the database.
+    /// The journal file (`journal.ndjson` in the state dir).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub fn pending(&self) -> u64 {
         self.pending
     }

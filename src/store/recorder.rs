@@ -88,6 +88,7 @@ impl Recorder {
             next_attempt: Instant::now(),
             backoff: Duration::ZERO,
             last_error: None,
+            down_since: None,
         };
         let task = tokio::spawn(writer.run(receiver));
         Ok((Recorder { commands }, task))
@@ -175,6 +176,8 @@ struct Writer {
     next_attempt: Instant,
     backoff: Duration,
     last_error: Option<String>,
+    /// Since when the database has refused writes (the daemon logs the outage and its end once).
+    down_since: Option<Instant>,
 }
 
 impl Writer {
@@ -271,6 +274,7 @@ impl Writer {
             }
         }
         let store = self.store.as_ref().expect("opened above");
+        let backlog = self.journal.pending();
         while self.journal.pending() > 0 {
             let (records, offset) = match self.journal.read_pending(RECORDS_PER_WRITE) {
                 Ok(read) => read,
@@ -286,6 +290,13 @@ impl Writer {
                 return self.failed(e);
             }
         }
+        if let Some(since) = self.down_since.take() {
+            tracing::info!(
+                down_for = %humantime::format_duration(Duration::from_secs(since.elapsed().as_secs())),
+                written = backlog,
+                "the truth store answers again: the journal's records are written"
+            );
+        }
         self.backoff = Duration::ZERO;
         self.last_error = None;
         self.next_attempt = Instant::now();
@@ -294,7 +305,20 @@ impl Writer {
     fn failed(&mut self, error: StoreError) {
         self.backoff = (self.backoff * 2).clamp(self.config.retry_min, self.config.retry_max);
         self.next_attempt = Instant::now() + self.backoff;
-        self.last_error = Some(error.to_string());
+        let error = error.to_string();
+        // Once per outage, not once per retry (every 30 s at most, for as long as it lasts).
+        if self.down_since.is_none() {
+            self.down_since = Some(Instant::now());
+            tracing::warn!(
+                %error,
+                pending = self.journal.pending(),
+                journal = %self.journal.path().display(),
+                "the truth store cannot be written: records wait in the journal and are written when it answers"
+            );
+        } else {
+            tracing::debug!(%error, pending = self.journal.pending(), retry_in = ?self.backoff, "the truth store is still unavailable");
+        }
+        self.last_error = Some(error);
     }
 
     async fn apply_retention(&mut self) {

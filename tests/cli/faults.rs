@@ -433,6 +433,10 @@ fn postgres_down_for_60_s_supervision_goes_on_and_every_record_arrives_once() {
         .count() as i64;
     let runs = sql_count(&url, "SELECT COUNT(*) FROM runs");
     assert_eq!(runs, passes, "one run record per pass:\n{log}");
+    // The outage is logged once when it starts (not per retry) and once when it ends.
+    let lines = |text: &str| log.lines().filter(|l| l.contains(text)).count();
+    assert_eq!(lines("the truth store cannot be written"), 1, "{log}");
+    assert_eq!(lines("the truth store answers again"), 1, "{log}");
     assert_eq!(sql_count(&url, "SELECT COUNT(*) FROM runs WHERE ended_ms IS NULL"), 0);
     for (name, action) in [
         ("a", "create"),
