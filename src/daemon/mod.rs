@@ -699,8 +699,22 @@ impl Daemon {
             match result {
                 Answer::Status(mut report) => {
                     report.providers = serde_json::to_value(self.routing.providers()).unwrap_or_default();
-                    report.routes =
-                        serde_json::to_value(self.routing.routes(self.current.as_deref())).unwrap_or_default();
+                    let routes = self.routing.routes(self.current.as_deref());
+                    for resource in report.resources.iter_mut().filter(|r| r.kind == Kind::Agent) {
+                        resource.route = routes
+                            .iter()
+                            .find(|r| r.agent == resource.name && r.provider.is_some())
+                            .map(|r| {
+                                serde_json::json!({
+                                    "provider": r.provider,
+                                    "model": r.model,
+                                    "degraded": r.degraded,
+                                    "reason": r.reason,
+                                })
+                            })
+                            .or(Some(serde_json::Value::Null));
+                    }
+                    report.routes = serde_json::to_value(routes).unwrap_or_default();
                     // Launch agents come from the runner (waiting for a sync in progress).
                     let (jobs, render) = (self.jobs.clone(), self.render.clone());
                     tokio::spawn(async move {
@@ -1282,7 +1296,9 @@ const HEARTBEAT: Duration = Duration::from_secs(10);
 /// Markdown drift reports kept in `<state dir>/reports/`.
 const REPORTS_KEPT: usize = 200;
 
-/// Probes one process every `interval` after its start period; every answer is an event.
+/// Probes one process every `interval`; every answer is an event, except failures within its
+/// start period (they do not count; a success does, so `status` shows a service that answers
+/// as Healthy at once rather than Progressing for its whole start period).
 async fn probe_loop(
     events: mpsc::UnboundedSender<Event>,
     id: ResourceId,
@@ -1290,15 +1306,17 @@ async fn probe_loop(
     probe: Probe,
     started_ms: i64,
 ) {
-    let start_period = probe.start_period().as_std().as_millis() as i64;
-    let wait = (started_ms + start_period - now_ms()).max(0) as u64;
-    tokio::time::sleep(Duration::from_millis(wait)).await;
+    let grace_until = started_ms + probe.start_period().as_std().as_millis() as i64;
     let interval = probe.interval().as_std().max(Duration::from_millis(100));
     loop {
         let check = probe.clone();
         let result = tokio::task::spawn_blocking(move || crate::supervisor::probe::check(&check))
             .await
             .unwrap_or_else(|e| Err(format!("the probe panicked: {e}")));
+        if result.is_err() && now_ms() < grace_until {
+            tokio::time::sleep(interval).await;
+            continue;
+        }
         if events
             .send(Event::Probed {
                 id: id.clone(),

@@ -1259,6 +1259,10 @@ pub struct ResourceStatus {
     /// One probe run now, for running services that have one.
     pub last_probe: Option<String>,
     pub detail: String,
+    /// Agents only: the model the bus routes them to, `{"provider", "model", "degraded",
+    /// "reason"}` (the daemon routes; null without one, or with no healthy model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -1354,9 +1358,13 @@ fn status_of(
             };
             let running = o.is_some_and(|o| o.running);
             let last_probe = o.and_then(|o| o.probe.clone());
+            // Started, with a probe that has not answered for this process yet (its start
+            // period, or the daemon's first probe still to come).
+            let unproven = last_probe.is_none() && d.is_some_and(|d| d.spec.health.is_some());
             let health = match (d, o) {
                 (Some(d), _) if d.item.suspend && !running => "Suspended",
                 (_, Some(_)) if running && matches!(last_probe, Some(Err(_))) => "Degraded",
+                (_, Some(_)) if running && unproven => "Progressing",
                 (_, Some(_)) if running => "Healthy",
                 (_, Some(_)) => "Degraded",
                 (_, None) => "Missing",
@@ -1382,6 +1390,7 @@ fn status_of(
                     Err(why) => format!("failed: {why}"),
                 }),
                 detail: change.reason.clone(),
+                route: (id.kind == Kind::Agent).then_some(Value::Null),
             }
         })
         .collect();

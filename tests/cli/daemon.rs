@@ -414,6 +414,46 @@ fn a_daemon_started_on_a_broken_head_keeps_the_commit_that_was_in_force() {
 }
 
 #[test]
+fn a_service_is_progressing_until_its_probe_first_answers() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    let ready = sandbox.root().join("ready");
+    sandbox.write(
+        "a.yaml",
+        service(
+            "a",
+            "exec sleep 4000",
+            &format!(
+                "  health: {{exec: {{command: [test, -e, {:?}]}}, interval: 100ms, failureThreshold: 40}}\n",
+                ready.display().to_string()
+            ),
+        ),
+    );
+    sandbox.write("b.yaml", service("b", "exec sleep 4000", ""));
+    sandbox.commit("a with a probe, b without");
+    let daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
+    wait_for("a and b running", Duration::from_secs(10), || {
+        running_pid(&sandbox, "a").is_some() && running_pid(&sandbox, "b").is_some()
+    });
+    // The start's verification gave up (4 s: interval x threshold); the daemon's probes fail
+    // too, still below their threshold: started, not proven, not failed.
+    let health = |name: &str| service_state(&sandbox, name).map(|(_, _, health)| health);
+    assert_eq!(health("a").as_deref(), Some("Progressing"));
+    assert_eq!(health("b").as_deref(), Some("Healthy"), "no probe: running is healthy");
+    let text = sandbox.run(&["status"]).stdout;
+    assert!(
+        text.lines().any(|l| l.contains(" a ") && l.contains("Progressing")),
+        "{text}"
+    );
+    std::fs::write(&ready, "").unwrap();
+    wait_for("a proven healthy", Duration::from_secs(5), || {
+        health("a").as_deref() == Some("Healthy")
+    });
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait(), 0);
+}
+
+#[test]
 fn one_writer_a_second_daemon_refuses_and_commands_ask_the_daemon() {
     let sandbox = Sandbox::new();
     let _cleanup = Cleanup(sandbox.root().to_path_buf());
@@ -854,6 +894,10 @@ fn a_provider_still_in_its_start_period_is_not_restarted_for_a_slow_generation()
     let pid = running_pid(&sandbox, "llm").unwrap();
     wait_for("the fake listening", Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    // Its probe answers within the start period: Healthy at once, not Progressing for 60 s.
+    wait_for("llm healthy", Duration::from_secs(5), || {
+        service_state(&sandbox, "llm").is_some_and(|(_, _, health)| health == "Healthy")
     });
     post(port, "/_fault", r#"{"mode": "hang-generate"}"#);
     wait_for("the hang noticed", Duration::from_secs(10), || {

@@ -29,10 +29,28 @@ fn pid(sandbox: &Sandbox, kind: &str, name: &str) -> Option<i64> {
         .as_i64()
 }
 
+/// The provider an agent is routed to: the agent's own `route` in `resources` (the JSON
+/// contract), which must agree with the daemon's `routes` list.
 fn route(sandbox: &Sandbox, agent: &str) -> Option<String> {
     let status = status(sandbox);
-    let route = status["routes"].as_array()?.iter().find(|r| r["agent"] == agent)?;
-    route["provider"].as_str().map(str::to_string)
+    let listed = status["routes"]
+        .as_array()?
+        .iter()
+        .find(|r| r["agent"] == agent)
+        .and_then(|r| r["provider"].as_str());
+    let resource = status["resources"]
+        .as_array()?
+        .iter()
+        .find(|r| r["kind"] == "Agent" && r["name"] == agent)?;
+    let own = resource["route"]["provider"].as_str();
+    assert_eq!(
+        own, listed,
+        "the agent's route and the routes list disagree: {status:#}"
+    );
+    if own.is_some() {
+        assert!(resource["route"]["model"].is_string(), "{status:#}");
+    }
+    own.map(str::to_string)
 }
 
 /// The stored drift reports, newest first.
