@@ -1570,11 +1570,11 @@ fn recorded_state(
         }
     };
     let problem = match &failed.desired {
-        Err(LoadError::Invalid { diagnostics, .. }) if !diagnostics.is_empty() => {
+        Err(invalid @ LoadError::Invalid { diagnostics, .. }) if !diagnostics.is_empty() => {
             for d in diagnostics {
                 tracing::warn!(diagnostic = %d, "the desired state at {} is invalid", own_source.reference);
             }
-            format!("{} error(s), first: {}", diagnostics.len(), diagnostics[0])
+            invalid.summary()
         }
         Err(LoadError::Invalid { .. }) => "its commit is not trusted".to_string(),
         Err(e) => format!("it cannot be read: {e}"),

@@ -80,12 +80,12 @@ impl Journal {
         Ok(())
     }
 
-    /// Records not yet in the database.
     /// The journal file (`journal.ndjson` in the state dir).
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Records not yet in the database.
     pub fn pending(&self) -> u64 {
         self.pending
     }

@@ -155,11 +155,14 @@ fn mutate(rng: &mut Rng, input: &[u8], other: &[u8]) -> Vec<u8> {
     data
 }
 
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name).map_or(default, |v| {
-        v.parse()
-            .unwrap_or_else(|_| panic!("{name}={v}: expected a whole number"))
-    })
+/// A whole number from the environment, when set.
+fn env_number(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    Some(
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value}: expected a whole number")),
+    )
 }
 
 #[test]
@@ -185,10 +188,8 @@ fn every_fuzz_corpus_and_regression_input_passes_its_check() {
 
 #[test]
 fn a_short_mutation_run_from_the_corpus_finds_nothing() {
-    let seed = env_number("MIRROR_FUZZ_SEED", 0x6d69_7272_6f72);
-    let asked_runs = std::env::var("MIRROR_FUZZ_RUNS")
-        .ok()
-        .map(|_| env_number("MIRROR_FUZZ_RUNS", 0));
+    let seed = env_number("MIRROR_FUZZ_SEED").unwrap_or(0x6d69_7272_6f72);
+    let asked_runs = env_number("MIRROR_FUZZ_RUNS");
     let saved = std::env::temp_dir().join(format!("mirrorctl-fuzz-smoke-{}", std::process::id()));
     let mut failures = Vec::new();
     for (target, check, _, default_runs) in TARGETS {
