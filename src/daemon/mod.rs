@@ -807,16 +807,27 @@ impl Daemon {
         let Some((identity, _)) = self.watchers.get(&service).cloned() else {
             return; // not running: the service's own restart policy is at work
         };
-        // A model still loading after a start reads as a hung generation: within the Service's
-        // health.startPeriod a hung verdict moves agents but does not restart the Service.
-        let loading = self
+        // A server still binding its port reads as down, a model still loading as a hung
+        // generation: within the Service's health.startPeriod (failures there do not count, as
+        // for the Service's own probe) a failed provider moves agents but its Service is not
+        // restarted.
+        let starting = self
             .probing
             .get(&service)
             .filter(|p| p.identity == identity)
             .is_some_and(|p| now_ms() - p.started_ms < p.start_period_ms);
-        if loading && matches!(probed.verdict, crate::router::health::Verdict::Hung { .. }) {
-            tracing::info!(service = %service, provider = %probed.provider, "generation not answering within the service's start period: not restarted (still loading?)");
-            return;
+        if starting {
+            match &probed.verdict {
+                crate::router::health::Verdict::Hung { .. } => {
+                    tracing::info!(service = %service, provider = %probed.provider, "generation not answering within the service's start period: not restarted (still loading?)");
+                    return;
+                }
+                crate::router::health::Verdict::Down { .. } => {
+                    tracing::info!(service = %service, provider = %probed.provider, "provider not answering within the service's start period: not restarted (still starting?)");
+                    return;
+                }
+                crate::router::health::Verdict::Healthy { .. } => {}
+            }
         }
         let why = match &probed.verdict {
             crate::router::health::Verdict::Hung { why } => format!("provider {} is hung: {why}", probed.provider),

@@ -370,7 +370,7 @@ mod tests {
         let providers: BTreeMap<String, ProviderState> = [
             (
                 "local".to_string(),
-                provider(&[(down(), 1_000), (down(), 2_000), (healthy(), 10_000)]),
+                provider(&[(healthy(), 500), (down(), 1_000), (down(), 2_000), (healthy(), 10_000)]),
             ),
             ("spare".to_string(), provider(&[(healthy(), 1_000)])),
         ]
@@ -387,6 +387,25 @@ mod tests {
         assert_eq!(
             actions_of(&actions),
             vec![(ModelActionKind::Failback, "spare/c -> local/a", true)]
+        );
+        // A primary that failed only before its first answer was starting: no window to wait.
+        let providers: BTreeMap<String, ProviderState> = [
+            (
+                "local".to_string(),
+                provider(&[(down(), 1_000), (down(), 2_000), (healthy(), 10_000)]),
+            ),
+            ("spare".to_string(), provider(&[(healthy(), 1_000)])),
+        ]
+        .into();
+        let actions = route_actions(&state(), &providers, &routes, true, 10_001);
+        assert_eq!(
+            actions_of(&actions),
+            vec![(ModelActionKind::Failback, "spare/c -> local/a", true)]
+        );
+        assert!(
+            actions[0].reason.starts_with("local answering since it started"),
+            "{:?}",
+            actions[0]
         );
     }
 

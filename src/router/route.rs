@@ -15,7 +15,10 @@
 //!   and either is the current route, comes after it, or has been stable for `failback_after`.
 //!   So moving later in the chain (failover) happens at once, moving earlier (failback, also to a
 //!   fallback earlier than the current one) only after the stable window, and a flapping primary
-//!   never bounces agents. When nothing qualifies but some entry is healthy (only entries earlier
+//!   never bounces agents. The window guards against a provider that failed *after* answering: a
+//!   provider whose every failure came before its first successful probe was starting (a daemon
+//!   started with the host, Ollama still binding its port), not flapping, and is stable from that
+//!   first answer, so agents do not wait out the window on a fallback after every boot. When nothing qualifies but some entry is healthy (only entries earlier
 //!   than a failed current route, none stable yet), the earliest of those is taken: better than
 //!   nothing.
 
@@ -34,6 +37,10 @@ pub struct ProviderState {
     healthy: bool,
     healthy_since_ms: Option<i64>,
     last: Option<Verdict>,
+    /// A probe has succeeded.
+    answered: bool,
+    /// A probe has failed after one had succeeded: from then on failbacks wait the window.
+    failed_after_answering: bool,
 }
 
 /// A change of [`ProviderState::healthy`].
@@ -54,6 +61,8 @@ impl ProviderState {
             healthy: true,
             healthy_since_ms: None,
             last: None,
+            answered: false,
+            failed_after_answering: false,
         }
     }
 
@@ -69,6 +78,7 @@ impl ProviderState {
     pub fn observe(&mut self, verdict: &Verdict, now_ms: i64) -> Option<Transition> {
         self.last = Some(verdict.clone());
         if verdict.is_healthy() {
+            self.answered = true;
             self.consecutive_failures = 0;
             self.healthy_since_ms.get_or_insert(now_ms);
             if !self.healthy {
@@ -77,6 +87,7 @@ impl ProviderState {
             }
             return None;
         }
+        self.failed_after_answering |= self.answered;
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         // Restarts the stable window: failback wants an unbroken run of successes.
         self.healthy_since_ms = None;
@@ -107,6 +118,12 @@ impl ProviderState {
     /// `failure_threshold` verdicts, so a provider busy with a long generation is not killed.
     pub fn routable(&self) -> bool {
         self.healthy && !matches!(self.last, Some(Verdict::Hung { .. }))
+    }
+
+    /// Answering since its first successful probe with no failure after it: it was starting,
+    /// not flapping, and needs no stable window.
+    pub fn in_first_run(&self) -> bool {
+        self.answered && !self.failed_after_answering && self.healthy_since_ms.is_some()
     }
 
     /// The latest verdict.
@@ -207,10 +224,15 @@ impl Entry<'_> {
         self.state.is_none_or(ProviderState::routable)
     }
 
-    /// Healthy for at least the window, by probes (an unprobed provider never is).
+    /// Healthy for at least the window, by probes (an unprobed provider never is), or answering
+    /// for the first time after failing only while it started.
     fn stable(&self, failback_after_ms: i64, now_ms: i64) -> bool {
         self.healthy_for_ms(now_ms)
-            .is_some_and(|healthy_for| healthy_for >= failback_after_ms)
+            .is_some_and(|healthy_for| healthy_for >= failback_after_ms || self.in_first_run())
+    }
+
+    fn in_first_run(&self) -> bool {
+        self.state.is_some_and(ProviderState::in_first_run)
     }
 
     fn healthy_for_ms(&self, now_ms: i64) -> Option<i64> {
@@ -227,10 +249,11 @@ impl Entry<'_> {
         }
     }
 
-    /// "ollama healthy for 5s", "backup not probed yet".
+    /// "ollama healthy for 5s", "backup not probed yet", "ollama answering since it started".
     fn healthy_reason(&self, now_ms: i64) -> String {
         let provider = &self.model.provider;
         match self.healthy_for_ms(now_ms) {
+            Some(_) if self.in_first_run() => format!("{provider} answering since it started"),
             Some(healthy_for) => format!("{provider} healthy for {}", human(healthy_for)),
             None if self.state.and_then(ProviderState::last).is_none() => format!("{provider} not probed yet"),
             // Routable, but its last probe failed (below the threshold).
@@ -389,7 +412,7 @@ pub fn failback_due_ms(
     let current_index = chain.iter().position(|m| m == route)?;
     entries(chain, providers)[..current_index]
         .iter()
-        .filter(|entry| entry.healthy())
+        .filter(|entry| entry.healthy() && !entry.in_first_run())
         .filter_map(|entry| entry.state?.healthy_since_ms())
         .map(|since| since + failback_after_ms)
         .filter(|&due| due > now_ms)
@@ -544,6 +567,7 @@ mod tests {
                 chain: &["ollama", "backup"],
                 probes: vec![
                     (0, "backup", OK),
+                    (1_000, "ollama", OK),
                     (5_000, "ollama", DOWN),
                     (10_000, "ollama", DOWN),
                     (20_000, "ollama", OK),
@@ -558,6 +582,7 @@ mod tests {
                 chain: &["ollama", "backup"],
                 probes: vec![
                     (0, "backup", OK),
+                    (1_000, "ollama", OK),
                     (5_000, "ollama", DOWN),
                     (10_000, "ollama", DOWN),
                     (15_000, "ollama", OK),
@@ -588,6 +613,8 @@ mod tests {
                 name: "on the last fallback, an earlier fallback stable for the window wins over an unstable primary",
                 chain: &["ollama", "backup", "cloud"],
                 probes: vec![
+                    (500, "ollama", OK),
+                    (600, "backup", OK),
                     (1_000, "backup", DOWN),
                     (2_000, "backup", DOWN),
                     (3_000, "cloud", OK),
@@ -609,6 +636,8 @@ mod tests {
                 name: "nothing healthy: Lost, then Recovered on the first healthy entry at once",
                 chain: &["ollama", "backup"],
                 probes: vec![
+                    (500, "ollama", OK),
+                    (600, "backup", OK),
                     (1_000, "backup", DOWN),
                     (2_000, "backup", DOWN),
                     (5_000, "ollama", DOWN),
@@ -630,6 +659,7 @@ mod tests {
                 chain: &["ollama", "backup"],
                 probes: vec![
                     (0, "backup", OK),
+                    (1_000, "ollama", OK),
                     (5_000, "ollama", DOWN),
                     (10_000, "ollama", DOWN),
                     (20_000, "ollama", OK),
@@ -644,6 +674,30 @@ mod tests {
                 probes: vec![(5_000, "ollama", DOWN), (10_000, "ollama", DOWN)],
                 changes: vec![(0, Initial, "ollama"), (10_000, Failover, "backup")],
             },
+            Case {
+                name: "a primary still starting when the daemon starts gets its agents at its first answer; \
+                       once it has answered, a failure means the window again",
+                chain: &["ollama", "backup"],
+                probes: vec![
+                    (0, "backup", OK),
+                    (200, "ollama", DOWN),
+                    (400, "ollama", DOWN),
+                    (600, "ollama", DOWN),
+                    (3_000, "ollama", OK),
+                    (4_000, "ollama", DOWN),
+                    (4_200, "ollama", DOWN),
+                    (5_000, "ollama", OK),
+                    (34_999, "ollama", OK),
+                    (35_000, "ollama", OK),
+                ],
+                changes: vec![
+                    (0, Initial, "ollama"),
+                    (400, Failover, "backup"),
+                    (3_000, Failback, "ollama"),
+                    (4_200, Failover, "backup"),
+                    (35_000, Failback, "ollama"),
+                ],
+            },
         ];
         for case in cases {
             let run = Run::new(case.chain).probes(&case.probes);
@@ -654,6 +708,8 @@ mod tests {
     #[test]
     fn reasons_read_well() {
         let run = Run::new(&["ollama", "backup", "cloud"]).probes(&[
+            (500, "ollama", OK),
+            (600, "backup", OK),
             (1_000, "backup", DOWN),
             (2_000, "backup", DOWN),
             (5_000, "ollama", HUNG),
@@ -671,6 +727,8 @@ mod tests {
         );
 
         let run = Run::new(&["ollama", "backup"]).probes(&[
+            (500, "ollama", OK),
+            (600, "backup", OK),
             (1_000, "backup", DOWN),
             (2_000, "backup", DOWN),
             (5_000, "ollama", DOWN),
@@ -815,8 +873,12 @@ mod tests {
             .map(|p| (p.to_string(), ProviderState::new(1)))
             .collect();
         let on_cloud = RouteState::Routed(model("cloud"));
-        providers.get_mut("ollama").unwrap().observe(&verdict(DOWN), 0);
-        providers.get_mut("backup").unwrap().observe(&verdict(DOWN), 0);
+        // Both answered once, then failed: their failbacks wait the window.
+        for provider in ["ollama", "backup"] {
+            let state = providers.get_mut(provider).unwrap();
+            state.observe(&verdict(OK), 0);
+            state.observe(&verdict(DOWN), 0);
+        }
         assert_eq!(failback_due_ms(&chain, &on_cloud, &providers, WINDOW, 1_000), None);
         providers.get_mut("backup").unwrap().observe(&verdict(OK), 10_000);
         providers.get_mut("ollama").unwrap().observe(&verdict(OK), 5_000);

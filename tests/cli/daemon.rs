@@ -768,6 +768,26 @@ pub(crate) fn route_of(sandbox: &Sandbox, agent: &str) -> Option<(String, bool)>
     Some((route["provider"].as_str()?.to_string(), route["degraded"].as_bool()?))
 }
 
+/// The agent is routed to `provider`, not degraded, and every provider named has answered a
+/// probe (an agent's first route is decided before any probe, and a provider still binding its
+/// port can fail its first probes and move the agent).
+pub(crate) fn settled_on(sandbox: &Sandbox, agent: &str, provider: &str, probed: &[&str]) -> bool {
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(&status(sandbox).stdout) else {
+        return false;
+    };
+    let routed = json["routes"]
+        .as_array()
+        .and_then(|routes| routes.iter().find(|r| r["agent"] == agent))
+        .is_some_and(|r| r["provider"] == provider && r["degraded"] == false);
+    let healthy = |name: &&str| {
+        json["providers"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == *name))
+            .is_some_and(|p| p["healthy"] == true && p["healthy_since_ms"].is_i64())
+    };
+    routed && probed.iter().all(healthy)
+}
+
 #[test]
 fn a_hung_provider_fails_agents_over_restarts_its_service_and_fails_back() {
     // The Services declare no probe of their own: the provider's verdict restarts them.
@@ -793,9 +813,11 @@ fn a_hung_provider_fails_agents_over_restarts_its_service_and_fails_back() {
     );
     sandbox.commit("two local models and an agent");
     let daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
-    wait_for("the agent on its primary", Duration::from_secs(15), || {
-        route_of(&sandbox, "scribe") == Some(("primary".into(), false))
-    });
+    wait_for(
+        "the agent on its primary, both probed healthy",
+        Duration::from_secs(20),
+        || settled_on(&sandbox, "scribe", "primary", &["primary", "backup"]),
+    );
     let llm_pid = running_pid(&sandbox, "llm-primary").unwrap();
 
     // The bus: the agent's token (handed over in the state dir), the routed model answers.
@@ -911,6 +933,48 @@ fn a_provider_still_in_its_start_period_is_not_restarted_for_a_slow_generation()
 }
 
 #[test]
+fn a_provider_not_listening_yet_within_its_start_period_is_not_restarted() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    let fake = project_path("scripts/fake-llm").display().to_string();
+    let port = free_port();
+    // The server binds its port 3 s after it starts (as Ollama does while it loads its state);
+    // the Service's own probe only checks the process, so the start is verified at once and the
+    // provider is probed while nothing listens yet.
+    sandbox.write(
+        "llm.yaml",
+        format!(
+            "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {{name: llm}}\nspec:\n  command: [sh, -c, \"sleep 3; exec python3 {fake} --port {port} --name late\"]\n  stop: {{grace: 1s}}\n  health: {{exec: {{command: [\"true\"]}}, interval: 200ms, startPeriod: 60s}}\n---\napiVersion: mirror.os/v1\nkind: ModelProvider\nmetadata: {{name: late}}\nspec:\n  api: ollama\n  url: http://127.0.0.1:{port}\n  service: llm\n  health: {{interval: 200ms, timeout: 1s, failureThreshold: 2}}\n"
+        ),
+    );
+    sandbox.commit("one model server that binds its port late");
+    let daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
+    wait_for("llm running", Duration::from_secs(10), || {
+        running_pid(&sandbox, "llm").is_some()
+    });
+    let pid = running_pid(&sandbox, "llm").unwrap();
+    wait_for(
+        "the provider found down while its service starts",
+        Duration::from_secs(10),
+        || daemon.log().contains("not restarted (still starting?)"),
+    );
+    wait_for("the provider healthy once it listens", Duration::from_secs(15), || {
+        daemon.log().contains("healthy=true")
+    });
+    assert_eq!(
+        running_pid(&sandbox, "llm"),
+        Some(pid),
+        "not restarted while it was starting: {}",
+        daemon.log()
+    );
+    assert!(
+        !daemon.log().contains("restarting the provider's service"),
+        "{}",
+        daemon.log()
+    );
+}
+
+#[test]
 fn a_dry_run_through_the_daemon_shows_a_failback_waiting_for_its_stable_window() {
     let sandbox = Sandbox::new();
     let _cleanup = Cleanup(sandbox.root().to_path_buf());
@@ -934,9 +998,11 @@ fn a_dry_run_through_the_daemon_shows_a_failback_waiting_for_its_stable_window()
     );
     sandbox.commit("two local models and an agent");
     let _daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
-    wait_for("the agent on its primary", Duration::from_secs(15), || {
-        route_of(&sandbox, "scribe") == Some(("primary".into(), false))
-    });
+    wait_for(
+        "the agent on its primary, both probed healthy",
+        Duration::from_secs(20),
+        || settled_on(&sandbox, "scribe", "primary", &["primary", "backup"]),
+    );
     wait_for("both model servers listening", Duration::from_secs(10), || {
         [primary, backup]
             .iter()

@@ -8,8 +8,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::daemon::{
-    alive, free_port, kill9, post, route_of, running_pid, service, service_state, status, wait_for, working_in,
-    Cleanup, Daemon,
+    alive, free_port, kill9, post, route_of, running_pid, service, service_state, settled_on, status, wait_for,
+    working_in, Cleanup, Daemon,
 };
 use crate::support::*;
 
@@ -838,9 +838,11 @@ fn a_slow_provider_is_waited_for_within_its_probe_timeout_and_failed_over_beyond
     );
     sandbox.commit("two model servers and an agent");
     let daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
-    wait_for("the agent on its primary", Duration::from_secs(15), || {
-        route_of(&sandbox, "scribe") == Some(("primary".into(), false))
-    });
+    wait_for(
+        "the agent on its primary, both probed healthy",
+        Duration::from_secs(20),
+        || settled_on(&sandbox, "scribe", "primary", &["primary", "backup"]),
+    );
     let token_path = sandbox.root().join("state/agents/scribe/bus-token");
     wait_for("the agent's bus token", Duration::from_secs(5), || token_path.exists());
     let token = std::fs::read_to_string(&token_path).unwrap();

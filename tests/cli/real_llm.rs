@@ -98,7 +98,7 @@ fn the_bus_routes_an_agent_to_a_real_llama_cpp_server() {
     let daemon = Daemon::start(&sandbox).ready(&sandbox);
     let within = Duration::from_secs(180);
     wait_for(&daemon, "the agent routed to the real server", within, || {
-        route_of(&sandbox, "scribe") == Some(("local".into(), false))
+        crate::daemon::settled_on(&sandbox, "scribe", "local", &["local"])
     });
     eprintln!(
         "real_llm: commit -> server loaded, probed healthy, agent routed: {:.1} s",
@@ -557,11 +557,4 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// The route of an agent, as `status --output json` says: (provider, degraded).
-fn route_of(sandbox: &Sandbox, agent: &str) -> Option<(String, bool)> {
-    let json: serde_json::Value = serde_json::from_str(&status(sandbox).stdout).ok()?;
-    let route = json["routes"].as_array()?.iter().find(|r| r["agent"] == agent)?.clone();
-    Some((route["provider"].as_str()?.to_string(), route["degraded"].as_bool()?))
 }
