@@ -18,9 +18,9 @@
 //!   never bounces agents. The window guards against a provider that failed *after* answering: a
 //!   provider whose every failure came before its first successful probe was starting (a daemon
 //!   started with the host, Ollama still binding its port), not flapping, and is stable from that
-//!   first answer, so agents do not wait out the window on a fallback after every boot. When nothing qualifies but some entry is healthy (only entries earlier
-//!   than a failed current route, none stable yet), the earliest of those is taken: better than
-//!   nothing.
+//!   first answer, so agents do not wait out the window on a fallback after every boot.
+//! - When nothing qualifies but some entry is healthy (only entries earlier than a failed current
+//!   route, none stable yet), the earliest of those is taken: better than nothing.
 
 use std::collections::BTreeMap;
 
