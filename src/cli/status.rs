@@ -133,6 +133,8 @@ pub fn render(request: &Request, report: &StatusReport, daemon: Option<u32>) -> 
                     .or(verdict["why"].as_str())
                     .unwrap_or("not probed yet");
                 let health = match (p["healthy"].as_bool(), verdict["state"].as_str()) {
+                    // Presumed healthy (agents are routed to it) until its first probe says.
+                    (Some(true), None) => "Unknown".to_string(),
                     (Some(true), _) => "Healthy".to_string(),
                     (_, Some(state)) => format!("{}{}", state[..1].to_uppercase(), &state[1..]),
                     _ => "Unknown".to_string(),
@@ -144,7 +146,11 @@ pub fn render(request: &Request, report: &StatusReport, daemon: Option<u32>) -> 
             let _ = writeln!(out, "\n{:<26} {:<40} REASON", "AGENT", "ROUTE");
             for r in routes {
                 let route = match (r["provider"].as_str(), r["model"].as_str()) {
-                    (Some(p), Some(m)) => format!("{p}/{m}{}", if r["degraded"] == true { " (fallback)" } else { "" }),
+                    (Some(p), Some(m)) => format!(
+                        "{p}/{m}{}{}",
+                        if r["degraded"] == true { " (fallback)" } else { "" },
+                        if r["probed"] == false { " (unprobed)" } else { "" }
+                    ),
                     _ => "none healthy".to_string(),
                 };
                 let _ = writeln!(

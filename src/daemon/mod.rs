@@ -709,6 +709,7 @@ impl Daemon {
                                     "provider": r.provider,
                                     "model": r.model,
                                     "degraded": r.degraded,
+                                    "probed": r.probed,
                                     "reason": r.reason,
                                 })
                             })

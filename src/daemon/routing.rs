@@ -49,6 +49,9 @@ pub struct AgentRoute {
     pub model: Option<String>,
     /// True when the route is not the agent's primary.
     pub degraded: bool,
+    /// The routed provider has been probed. False while the route rests only on the presumption
+    /// that an unprobed provider is healthy (a daemon's first route, decided before any probe).
+    pub probed: bool,
     pub reason: String,
 }
 
@@ -214,6 +217,9 @@ impl Routing {
                     provider: route.map(|r| r.provider.clone()),
                     model: route.map(|r| r.model.clone()),
                     degraded: route.is_none() || (primary.is_some() && primary.as_ref() != route),
+                    probed: route
+                        .and_then(|r| self.providers.get(&r.provider))
+                        .is_some_and(|p| p.last().is_some()),
                     reason: reason.clone(),
                 }
             })
@@ -296,5 +302,53 @@ impl Routing {
         for (_, probing) in std::mem::take(&mut self.probing) {
             probing.task.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATE: &str = "apiVersion: mirror.os/v1\nkind: ModelProvider\nmetadata: {name: local}\nspec: {api: ollama, url: \"http://127.0.0.1:1\", health: {interval: 1h}}\n---\napiVersion: mirror.os/v1\nkind: ModelProvider\nmetadata: {name: spare}\nspec: {api: ollama, url: \"http://127.0.0.1:2\", health: {interval: 1h}}\n---\napiVersion: mirror.os/v1\nkind: Policy\nmetadata: {name: p}\nspec: {}\n---\napiVersion: mirror.os/v1\nkind: Agent\nmetadata: {name: scribe}\nspec:\n  command: [sleep, \"1\"]\n  policy: p\n  model:\n    primary: {provider: local, model: a}\n    fallbacks: [{provider: spare, model: c}]\n";
+
+    fn observe(routing: &mut Routing, provider: &str, verdict: Verdict, now_ms: i64) {
+        routing.observe(
+            &Probed {
+                provider: provider.into(),
+                verdict,
+            },
+            now_ms,
+        );
+    }
+
+    #[tokio::test]
+    async fn a_route_says_whether_its_provider_has_been_probed() {
+        let state = crate::source::load_texts([("all.yaml", STATE.as_bytes())]).expect("valid");
+        let (probed_tx, _probed_rx) = mpsc::unbounded_channel();
+        let mut routing = Routing::default();
+        routing.sync(&state, &probed_tx);
+        // Before any probe: the primary, presumed healthy, and said to be unprobed.
+        routing.decide(&state, 0);
+        let route = &routing.routes(Some(&state))[0];
+        assert_eq!(
+            (route.provider.as_deref(), route.degraded, route.probed),
+            (Some("local"), false, false)
+        );
+        // Its first answer: the same route, now probed.
+        observe(&mut routing, "local", Verdict::Healthy { detail: "ok".into() }, 100);
+        routing.decide(&state, 100);
+        let route = &routing.routes(Some(&state))[0];
+        assert_eq!((route.provider.as_deref(), route.probed), (Some("local"), true));
+        // Down at the threshold: the fallback, not probed yet, and degraded.
+        for at in [200, 300] {
+            observe(&mut routing, "local", Verdict::Down { why: "refused".into() }, at);
+        }
+        routing.decide(&state, 300);
+        let route = &routing.routes(Some(&state))[0];
+        assert_eq!(
+            (route.provider.as_deref(), route.degraded, route.probed),
+            (Some("spare"), true, false)
+        );
+        routing.stop();
     }
 }

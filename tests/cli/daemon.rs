@@ -778,7 +778,7 @@ pub(crate) fn settled_on(sandbox: &Sandbox, agent: &str, provider: &str, probed:
     let routed = json["routes"]
         .as_array()
         .and_then(|routes| routes.iter().find(|r| r["agent"] == agent))
-        .is_some_and(|r| r["provider"] == provider && r["degraded"] == false);
+        .is_some_and(|r| r["provider"] == provider && r["degraded"] == false && r["probed"] == true);
     let healthy = |name: &&str| {
         json["providers"]
             .as_array()

@@ -49,6 +49,7 @@ fn route(sandbox: &Sandbox, agent: &str) -> Option<String> {
     );
     if own.is_some() {
         assert!(resource["route"]["model"].is_string(), "{status:#}");
+        assert!(resource["route"]["probed"].is_boolean(), "{status:#}");
     }
     own.map(str::to_string)
 }
