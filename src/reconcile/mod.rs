@@ -358,8 +358,7 @@ impl Reconciler {
                 recorder.record(run_started(&run_id, context, &commit, options, started_ms));
                 let mut items = input.extra_drift;
                 // No diagnostics: an untrusted commit and no trusted one before it (the daemon).
-                if let Some(first) = diagnostics.first() {
-                    let detail = format!("{} error(s), first: {first}", diagnostics.len());
+                if let Some(detail) = crate::source::summarize(&diagnostics) {
                     items.push(source_item(context, Drift::InvalidSource, detail));
                 }
                 let report = drift_report(context, &commit, &run_id, options, started_ms, items);

@@ -117,12 +117,16 @@ impl LoadError {
     /// One line for a status or a report: the count and the first diagnostic, where it is.
     pub fn summary(&self) -> String {
         match self {
-            LoadError::Invalid { diagnostics, .. } if !diagnostics.is_empty() => {
-                format!("{} error(s), first: {}", diagnostics.len(), diagnostics[0])
-            }
+            LoadError::Invalid { diagnostics, .. } => summarize(diagnostics).unwrap_or_else(|| self.to_string()),
             other => other.to_string(),
         }
     }
+}
+
+/// "3 error(s), first: a.yaml:4:3: ..."; None without diagnostics.
+pub fn summarize(diagnostics: &[Diagnostic]) -> Option<String> {
+    let first = diagnostics.first()?;
+    Some(format!("{} error(s), first: {first}", diagnostics.len()))
 }
 
 /// A validated desired state and the commit it came from.
