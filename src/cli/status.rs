@@ -47,6 +47,7 @@ pub fn render(request: &Request, report: &StatusReport, daemon: Option<u32>) -> 
             "providers": report.providers,
             "routes": report.routes,
             "sandbox": report.sandbox,
+            "pass_running": report.pass_running,
         }))
     } else {
         let mut out = String::new();
@@ -65,6 +66,14 @@ pub fn render(request: &Request, report: &StatusReport, daemon: Option<u32>) -> 
                 );
             }
             (None, _) => {}
+        }
+        if let Some(pass) = &report.pass_running {
+            let _ = writeln!(
+                out,
+                "a pass is running ({}, for {:.1} s): this shows what it has done so far\n",
+                pass.trigger,
+                pass.for_ms as f64 / 1000.0
+            );
         }
         let _ = writeln!(
             out,

@@ -54,7 +54,7 @@ pub struct Config {
 /// What a control request gets back before it is rendered.
 pub enum Answer {
     Pass(Box<PassOutcome>),
-    Status(StatusReport),
+    Status(Box<StatusReport>),
     Error(String),
 }
 
@@ -115,9 +115,14 @@ enum Event {
     ProviderProbed(routing::Probed),
     /// A failback may have come due.
     RouteCheck,
+    /// A status read while a pass ran, to complete and answer.
+    StatusRead(Box<StatusRead>),
     /// SIGTERM or SIGINT.
     Shutdown(&'static str),
 }
+
+/// A status request, its report read from disk (or why it could not be), and where to answer.
+type StatusRead = (Request, Result<StatusReport, String>, oneshot::Sender<Response>);
 
 /// Work waiting for the reconciler, one at a time.
 enum Work {
@@ -193,6 +198,8 @@ struct Daemon {
     jobs: Arc<tokio::sync::Mutex<Option<JobRunner>>>,
     /// Exit statuses seen while a pass had the reconciler.
     pending_exits: Vec<(ResourceId, ProcessIdentity, crate::supervisor::process::Exit)>,
+    /// The work the reconciler is busy with (its trigger) and since when.
+    busy: Option<(&'static str, Instant)>,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. Services keep running after it ends unless
@@ -325,6 +332,7 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
         memory_timer: None,
         shutting_down: None,
         pending_exits: Vec::new(),
+        busy: None,
         routing: routing::Routing::default(),
         bus: crate::router::bus::BusState::default(),
         bus_server: None,
@@ -425,6 +433,15 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
             Event::RouteCheck => {
                 daemon.route_timer = None;
                 daemon.decide_routes();
+            }
+            Event::StatusRead(read) => {
+                let (request, answer, reply) = *read;
+                match answer {
+                    Ok(report) => daemon.reply_status(request, report, reply),
+                    Err(e) => {
+                        let _ = reply.send((daemon.render)(&request, Answer::Error(e)));
+                    }
+                }
             }
             Event::PassDone(finished) => {
                 daemon.finished(*finished);
@@ -553,6 +570,7 @@ impl Daemon {
             return;
         }
         let Some(work) = self.queue.pop_front() else { return };
+        self.busy = Some((trigger_of(&work), Instant::now()));
         let mut reconciler = self.reconciler.take().expect("checked");
         let current = self.current.clone();
         let probes = Probes::Known(self.verdicts.clone());
@@ -644,11 +662,8 @@ impl Daemon {
             self.sync_bus(&reconciler, &state);
             self.ensure_models(&state);
         }
-        let trigger = match &work {
-            Work::Full { trigger, .. } | Work::One { trigger, .. } => *trigger,
-            Work::Asked(_) => "control",
-            Work::ScheduledReport => "schedule",
-        };
+        self.busy = None;
+        let trigger = trigger_of(&work);
         if let Answer::Pass(outcome) = &result {
             self.metrics.observe_pass(trigger, took, outcome.error.is_some());
             for a in &outcome.applied {
@@ -697,40 +712,84 @@ impl Daemon {
         self.sync_schedules();
         if let Work::Asked((request, reply)) = work {
             match result {
-                Answer::Status(mut report) => {
-                    report.providers = serde_json::to_value(self.routing.providers()).unwrap_or_default();
-                    let routes = self.routing.routes(self.current.as_deref());
-                    for resource in report.resources.iter_mut().filter(|r| r.kind == Kind::Agent) {
-                        resource.route = routes
-                            .iter()
-                            .find(|r| r.agent == resource.name && r.provider.is_some())
-                            .map(|r| {
-                                serde_json::json!({
-                                    "provider": r.provider,
-                                    "model": r.model,
-                                    "degraded": r.degraded,
-                                    "probed": r.probed,
-                                    "reason": r.reason,
-                                })
-                            })
-                            .or(Some(serde_json::Value::Null));
-                    }
-                    report.routes = serde_json::to_value(routes).unwrap_or_default();
-                    // Launch agents come from the runner (waiting for a sync in progress).
-                    let (jobs, render) = (self.jobs.clone(), self.render.clone());
-                    tokio::spawn(async move {
-                        if let Some(runner) = jobs.lock().await.as_ref() {
-                            report.launch_agents = runner.status();
-                        }
-                        let _ = reply.send(render(&request, Answer::Status(report)));
-                    });
-                }
+                Answer::Status(report) => self.reply_status(request, *report, reply),
                 other => {
                     let _ = reply.send((self.render)(&request, other));
                 }
             }
         }
         self.reconciler = Some(reconciler);
+    }
+
+    /// Completes a status report with what only the daemon knows (provider health, routes,
+    /// launch agents) and answers.
+    fn reply_status(&self, request: Request, mut report: StatusReport, reply: oneshot::Sender<Response>) {
+        report.providers = serde_json::to_value(self.routing.providers()).unwrap_or_default();
+        let routes = self.routing.routes(self.current.as_deref());
+        for resource in report.resources.iter_mut().filter(|r| r.kind == Kind::Agent) {
+            resource.route = routes
+                .iter()
+                .find(|r| r.agent == resource.name && r.provider.is_some())
+                .map(|r| {
+                    serde_json::json!({
+                        "provider": r.provider,
+                        "model": r.model,
+                        "degraded": r.degraded,
+                        "probed": r.probed,
+                        "reason": r.reason,
+                    })
+                })
+                .or(Some(serde_json::Value::Null));
+        }
+        report.routes = serde_json::to_value(routes).unwrap_or_default();
+        // Launch agents come from the runner (waiting for a sync in progress).
+        let (jobs, render) = (self.jobs.clone(), self.render.clone());
+        tokio::spawn(async move {
+            if let Some(runner) = jobs.lock().await.as_ref() {
+                report.launch_agents = runner.status();
+            }
+            let _ = reply.send(render(&request, Answer::Status(Box::new(report))));
+        });
+    }
+
+    /// `status` while a pass has the reconciler: read from the inventory on disk (the pass
+    /// appends to it as it goes) with the probe verdicts the daemon holds, so the answer does not
+    /// wait for a pass that may be verifying a slow start; it says a pass is running.
+    fn status_while_busy(&self, request: Request, reply: oneshot::Sender<Response>) {
+        let Request::Status { source, .. } = &request else {
+            return;
+        };
+        let own = self.config.context.source.clone();
+        let asked = source_options(source, &own);
+        let context = self.config.context.clone();
+        let current = self.current.clone();
+        let probes = Probes::Known(self.verdicts.clone());
+        let pass_running = self.busy.map(|(trigger, since)| crate::reconcile::PassRunning {
+            trigger: trigger.to_string(),
+            for_ms: since.elapsed().as_millis() as u64,
+        });
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let read = tokio::task::spawn_blocking(move || match (crate::source::load(&asked), current) {
+                (Ok(state), _) => crate::reconcile::status_from_disk(&context, Ok(Arc::new(state)), &probes),
+                (Err(e), Some(in_force)) if same_source(&asked, &own) => {
+                    crate::reconcile::status_from_disk(&context, Ok(in_force), &probes)
+                        .map(|report| report.kept_in_force(e.summary()))
+                }
+                (Err(e), _) => crate::reconcile::status_from_disk(&context, Err(e.summary()), &probes),
+            })
+            .await;
+            let answer = match read {
+                Ok(Ok(mut report)) => {
+                    report.pass_running = pass_running;
+                    Ok(report)
+                }
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(format!("reading the status failed: {e}")),
+            };
+            // The event loop completes it (routes, providers, launch agents) and answers.
+            let _ = events.send(Event::StatusRead(Box::new((request, answer, reply))));
+        });
     }
 
     /// Brings the launch agents in line with the state now in force; receipts for what changed.
@@ -1047,6 +1106,9 @@ impl Daemon {
                 let decided = self.bus.governance().decide(&id, approve, &by, now_ms());
                 let _ = reply.send(crate::cli::gate::render_decided(&decided, json));
             }
+            request @ Request::Status { .. } if self.reconciler.is_none() && self.shutting_down.is_none() => {
+                self.status_while_busy(request, reply)
+            }
             request => self.enqueue(Work::Asked((request, reply))),
         }
     }
@@ -1348,7 +1410,17 @@ fn applied_anything(result: &Answer) -> bool {
     matches!(result, Answer::Pass(outcome) if !outcome.applied.is_empty())
 }
 
-/// Does one piece of work on the blocking thread: the only place the daemon reads the source.
+/// What set a piece of work going (logs, metrics, `status` while it runs).
+fn trigger_of(work: &Work) -> &'static str {
+    match work {
+        Work::Full { trigger, .. } | Work::One { trigger, .. } => trigger,
+        Work::Asked(_) => "control",
+        Work::ScheduledReport => "schedule",
+    }
+}
+
+/// Does one piece of work on the blocking thread: with `status_while_busy`, the only places the
+/// daemon reads the source.
 fn perform(
     reconciler: &mut Reconciler,
     work: &Work,
@@ -1514,7 +1586,7 @@ fn perform(
                     }
                     (Err(e), _) => reconciler.status(Err(e.summary()), &probes),
                 };
-                (Answer::Status(report), None)
+                (Answer::Status(Box::new(report)), None)
             }
         },
     }

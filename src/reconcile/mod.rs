@@ -546,13 +546,7 @@ impl Reconciler {
         head_error: String,
         probes: &Probes,
     ) -> StatusReport {
-        let mut report = self.status(Ok(in_force), probes);
-        for resource in &mut report.resources {
-            resource.sync = "OutOfSync";
-        }
-        report.source_error = Some(head_error);
-        report.kept_in_force = true;
-        report
+        self.status(Ok(in_force), probes).kept_in_force(head_error)
     }
 }
 
@@ -1283,11 +1277,44 @@ pub struct StatusReport {
     pub routes: Value,
     /// Whether agents' sandboxes are enforced on this kernel (Landlock) or only advisory.
     pub sandbox: String,
+    /// Set by a daemon that answers while a pass runs: what it is doing and for how long. The
+    /// report is then read from the inventory on disk (written as the pass goes).
+    pub pass_running: Option<PassRunning>,
+}
+
+/// A pass in progress, as `status` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PassRunning {
+    pub trigger: String,
+    pub for_ms: u64,
+}
+
+impl StatusReport {
+    /// HEAD could not be loaded (`head_error`) and the report compares with the commit kept in
+    /// force: none is Synced (HEAD is not applied).
+    pub fn kept_in_force(mut self, head_error: String) -> Self {
+        for resource in &mut self.resources {
+            resource.sync = "OutOfSync";
+        }
+        self.source_error = Some(head_error);
+        self.kept_in_force = true;
+        self
+    }
 }
 
 /// What runs against what is desired, without changing anything or writing to the store.
 pub fn status(context: &Context) -> Result<StatusReport, ReconcileError> {
     let desired = source::load(&context.source).map(Arc::new).map_err(|e| e.summary());
+    status_from_disk(context, desired, &Probes::RunNow)
+}
+
+/// Status from the inventory on disk rather than a reconciler's: the one-shot command, and a
+/// daemon answering while its reconciler is busy with a pass.
+pub fn status_from_disk(
+    context: &Context,
+    desired: Result<Arc<DesiredState>, String>,
+    probes: &Probes,
+) -> Result<StatusReport, ReconcileError> {
     let inventory = LocalInventory::load(&context.state_dir)?;
     let key = secret_key(&context.state_dir)?;
     Ok(status_of(
@@ -1296,7 +1323,7 @@ pub fn status(context: &Context) -> Result<StatusReport, ReconcileError> {
         &context.state_dir,
         &context.host,
         desired,
-        &Probes::RunNow,
+        probes,
         &mut BTreeMap::new(),
     ))
 }
@@ -1403,5 +1430,6 @@ fn status_of(
         providers: Value::Null,
         routes: Value::Null,
         sandbox: crate::supervisor::sandbox::support().to_string(),
+        pass_running: None,
     }
 }

@@ -64,12 +64,13 @@ impl Daemon {
     pub(crate) fn ready(self, sandbox: &Sandbox) -> Daemon {
         let socket = sandbox.root().join("state/control.sock");
         // This daemon answers (a status without one says `"daemon": null`; a socket left by
-        // an earlier daemon refuses connections).
+        // an earlier daemon refuses connections), and its startup pass is over (a status read
+        // while a pass runs says so in `pass_running`).
         let pid = u64::from(self.child.id());
         wait_for("the daemon's socket", Duration::from_secs(20), || {
             socket.exists()
                 && serde_json::from_str::<serde_json::Value>(&status(sandbox).stdout)
-                    .is_ok_and(|json| json["daemon"].as_u64() == Some(pid))
+                    .is_ok_and(|json| json["daemon"].as_u64() == Some(pid) && json["pass_running"].is_null())
         });
         self
     }
@@ -448,6 +449,67 @@ fn a_service_is_progressing_until_its_probe_first_answers() {
     std::fs::write(&ready, "").unwrap();
     wait_for("a proven healthy", Duration::from_secs(5), || {
         health("a").as_deref() == Some("Healthy")
+    });
+    daemon.signal("TERM");
+    assert_eq!(daemon.wait(), 0);
+}
+
+#[test]
+fn status_answers_at_once_while_a_pass_verifies_a_slow_start() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    let ready = sandbox.root().join("ready");
+    // The startup pass verifies slow's start: it waits for its probe, up to its 60 s start period.
+    sandbox.write(
+        "slow.yaml",
+        service(
+            "slow",
+            "exec sleep 4000",
+            &format!(
+                "  health: {{exec: {{command: [test, -e, {:?}]}}, interval: 100ms, startPeriod: 60s}}\n",
+                ready.display().to_string()
+            ),
+        ),
+    );
+    sandbox.write("quick.yaml", service("quick", "exec sleep 4000", ""));
+    sandbox.commit("a service slow to prove itself, and a quick one");
+    let daemon = Daemon::start(&sandbox, &[]);
+    let pid = u64::from(daemon.child.id());
+    let mut seen = None;
+    wait_for("this daemon answering status", Duration::from_secs(20), || {
+        let asked = Instant::now();
+        let run = status(&sandbox);
+        let took = asked.elapsed();
+        let json = serde_json::from_str::<serde_json::Value>(&run.stdout).unwrap_or_default();
+        let answered =
+            json["daemon"].as_u64() == Some(pid) && json["resources"].as_array().is_some_and(|r| r.len() == 2);
+        if answered {
+            seen = Some((json, took));
+        }
+        answered
+    });
+    let (json, took) = seen.unwrap();
+    assert!(took < Duration::from_secs(2), "status took {took:?}");
+    assert_eq!(json["pass_running"]["trigger"], "startup", "{json:#}");
+    let resource = |json: &serde_json::Value, name: &str| {
+        json["resources"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["name"] == name).cloned())
+            .unwrap_or_default()
+    };
+    // What the pass has done so far: slow started, its probe not answered yet.
+    let slow = resource(&json, "slow");
+    assert!(slow["pid"].is_i64(), "{json:#}");
+    assert_eq!(slow["health"], "Progressing", "{json:#}");
+    let text = sandbox.run(&["status"]).stdout;
+    assert!(text.contains("a pass is running (startup, for "), "{text}");
+    // Once the probe answers, the pass ends and status says so.
+    std::fs::write(&ready, "").unwrap();
+    wait_for("the pass over, slow healthy", Duration::from_secs(10), || {
+        let json = serde_json::from_str::<serde_json::Value>(&status(&sandbox).stdout).unwrap_or_default();
+        json["pass_running"].is_null()
+            && resource(&json, "slow")["health"] == "Healthy"
+            && resource(&json, "quick")["health"] == "Healthy"
     });
     daemon.signal("TERM");
     assert_eq!(daemon.wait(), 0);
