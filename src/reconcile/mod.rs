@@ -397,7 +397,14 @@ impl Reconciler {
             &policies,
             &selected,
         );
-        let owned = observe(&self.inventory, &desired, &input.probes, &mut self.exits, &selected);
+        let owned = observe(
+            &self.inventory,
+            &desired,
+            &input.probes,
+            &mut self.exits,
+            &selected,
+            true,
+        );
         let controller = state.controller();
         let plan = plan::plan(PlanInput {
             commit: commit.clone(),
@@ -768,6 +775,7 @@ fn observe(
     probes: &Probes,
     exits: &mut BTreeMap<ResourceId, (ProcessIdentity, process::Exit)>,
     selected: &dyn Fn(&ResourceId) -> bool,
+    take_exits: bool,
 ) -> Vec<OwnedItem> {
     let desired_by_id: BTreeMap<&ResourceId, &DesiredService> = desired.iter().map(|d| (&d.item.id, d)).collect();
     inventory
@@ -784,7 +792,14 @@ fn observe(
                 _ => None,
             };
             let exit_code = noted
-                .or_else(|| record.as_ref().and_then(|r| process::take_exit(&r.identity)))
+                .or_else(|| {
+                    let identity = &record.as_ref()?.identity;
+                    if take_exits {
+                        process::take_exit(identity)
+                    } else {
+                        process::peek_exit(identity)
+                    }
+                })
                 .and_then(|e| e.code);
             let probe = match (liveness, probe, record.as_ref(), probes) {
                 (Some(Liveness::Running), Some(probe), Some(record), Probes::RunNow) => {
@@ -1359,7 +1374,8 @@ fn status_of(
             )
         })
         .unwrap_or_default();
-    let owned = observe(inventory, &desired, probes, exits, &|_| true);
+    // Status only looks: an exit status stays for the pass that reports it.
+    let owned = observe(inventory, &desired, probes, exits, &|_| true, false);
     let plan = plan::plan(PlanInput {
         commit: state.as_ref().and_then(|s| s.commit.clone()),
         desired: desired.iter().map(|d| d.item.clone()).collect(),

@@ -831,6 +831,16 @@ pub fn take_exit(id: &ProcessIdentity) -> Option<Exit> {
     }
 }
 
+/// The exit status [`take_exit`] would return, left in place (for `status`, which must not take
+/// it from the next pass's report).
+pub fn peek_exit(id: &ProcessIdentity) -> Option<Exit> {
+    let exits = EXITS.lock().unwrap_or_else(|e| e.into_inner());
+    match exits.get(&id.pid) {
+        Some((start, exit)) if *start == id.start_time => Some(*exit),
+        _ => None,
+    }
+}
+
 /// Reaps `id` if it is our child and has ended; records its exit. Returns true when the PID
 /// is no longer ours to wait for (reaped now, or not our child).
 fn reap(id: &ProcessIdentity) -> bool {
