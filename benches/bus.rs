@@ -853,11 +853,12 @@ fn route_of(status: &Value, agent: &str) -> Option<(String, bool)> {
     Some((route["provider"].as_str()?.to_string(), route["degraded"].as_bool()?))
 }
 
+/// Healthy by a probe (a provider not probed yet is presumed healthy, without `healthy_since_ms`).
 fn provider_healthy(status: &Value, provider: &str) -> bool {
     status["providers"]
         .as_array()
         .and_then(|ps| ps.iter().find(|p| p["name"] == provider))
-        .is_some_and(|p| p["healthy"] == true)
+        .is_some_and(|p| p["healthy"] == true && p["healthy_since_ms"].is_i64())
 }
 
 /// (pid, uptime in s) of a running Service.
