@@ -770,13 +770,9 @@ impl Daemon {
         });
         let events = self.events.clone();
         tokio::spawn(async move {
-            let read = tokio::task::spawn_blocking(move || match (crate::source::load(&asked), current) {
-                (Ok(state), _) => crate::reconcile::status_from_disk(&context, Ok(Arc::new(state)), &probes),
-                (Err(e), Some(in_force)) if same_source(&asked, &own) => {
-                    crate::reconcile::status_from_disk(&context, Ok(in_force), &probes)
-                        .map(|report| report.kept_in_force(e.summary()))
-                }
-                (Err(e), _) => crate::reconcile::status_from_disk(&context, Err(e.summary()), &probes),
+            let read = tokio::task::spawn_blocking(move || {
+                let (desired, kept) = status_source(&asked, &own, current);
+                crate::reconcile::status_from_disk(&context, desired, &probes).map(|report| with_kept(report, kept))
             })
             .await;
             let answer = match read {
@@ -877,17 +873,14 @@ impl Daemon {
             .filter(|p| p.identity == identity)
             .is_some_and(|p| now_ms() - p.started_ms < p.start_period_ms);
         if starting {
-            match &probed.verdict {
+            let guess = match &probed.verdict {
                 crate::router::health::Verdict::Hung { .. } => {
-                    tracing::info!(service = %service, provider = %probed.provider, "generation not answering within the service's start period: not restarted (still loading?)");
-                    return;
+                    "generation not answering within the service's start period: not restarted (still loading?)"
                 }
-                crate::router::health::Verdict::Down { .. } => {
-                    tracing::info!(service = %service, provider = %probed.provider, "provider not answering within the service's start period: not restarted (still starting?)");
-                    return;
-                }
-                crate::router::health::Verdict::Healthy { .. } => {}
-            }
+                _ => "provider not answering within the service's start period: not restarted (still starting?)",
+            };
+            tracing::info!(service = %service, provider = %probed.provider, "{guess}");
+            return;
         }
         let why = match &probed.verdict {
             crate::router::health::Verdict::Hung { why } => format!("provider {} is hung: {why}", probed.provider),
@@ -1576,19 +1569,34 @@ fn perform(
                 (Answer::Error("gate requests are not passes".into()), None)
             }
             Request::Status { source, .. } => {
-                let asked = source_options(source, &own_source);
-                let report = match (crate::source::load(&asked), current) {
-                    (Ok(state), _) => reconciler.status(Ok(Arc::new(state)), &probes),
-                    // HEAD broke (or was broken when the daemon started): what the daemon
-                    // supervises is the commit it keeps in force, so status compares with that.
-                    (Err(e), Some(in_force)) if same_source(&asked, &own_source) => {
-                        reconciler.status_in_force(in_force, e.summary(), &probes)
-                    }
-                    (Err(e), _) => reconciler.status(Err(e.summary()), &probes),
-                };
-                (Answer::Status(Box::new(report)), None)
+                let (desired, kept) = status_source(&source_options(source, &own_source), &own_source, current);
+                let report = reconciler.status(desired, &probes);
+                (Answer::Status(Box::new(with_kept(report, kept))), None)
             }
         },
+    }
+}
+
+/// What `status` compares the host with: the asked source as read, or, when it is the daemon's
+/// own and HEAD broke (or was broken when the daemon started), the commit the daemon keeps in
+/// force, since that is what it supervises; then also HEAD's error.
+fn status_source(
+    asked: &SourceOptions,
+    own: &SourceOptions,
+    current: Option<Arc<DesiredState>>,
+) -> (Result<Arc<DesiredState>, String>, Option<String>) {
+    match (crate::source::load(asked), current) {
+        (Ok(state), _) => (Ok(Arc::new(state)), None),
+        (Err(e), Some(in_force)) if same_source(asked, own) => (Ok(in_force), Some(e.summary())),
+        (Err(e), _) => (Err(e.summary()), None),
+    }
+}
+
+/// A status report marked as comparing with the commit in force when HEAD could not be loaded.
+fn with_kept(report: StatusReport, head_error: Option<String>) -> StatusReport {
+    match head_error {
+        Some(error) => report.kept_in_force(error),
+        None => report,
     }
 }
 

@@ -544,17 +544,6 @@ impl Reconciler {
             &mut self.exits,
         )
     }
-
-    /// `status` when HEAD cannot be loaded (`head_error`) but the daemon keeps `in_force`:
-    /// resources are compared with the commit in force, none is Synced (HEAD is not applied).
-    pub fn status_in_force(
-        &mut self,
-        in_force: Arc<DesiredState>,
-        head_error: String,
-        probes: &Probes,
-    ) -> StatusReport {
-        self.status(Ok(in_force), probes).kept_in_force(head_error)
-    }
 }
 
 /// Reads the source: `Err` when it cannot be read, `Ok(Err)` when it is invalid.

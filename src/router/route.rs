@@ -37,8 +37,6 @@ pub struct ProviderState {
     healthy: bool,
     healthy_since_ms: Option<i64>,
     last: Option<Verdict>,
-    /// A probe has succeeded.
-    answered: bool,
     /// A probe has failed after one had succeeded: from then on failbacks wait the window.
     failed_after_answering: bool,
 }
@@ -61,7 +59,6 @@ impl ProviderState {
             healthy: true,
             healthy_since_ms: None,
             last: None,
-            answered: false,
             failed_after_answering: false,
         }
     }
@@ -78,7 +75,6 @@ impl ProviderState {
     pub fn observe(&mut self, verdict: &Verdict, now_ms: i64) -> Option<Transition> {
         self.last = Some(verdict.clone());
         if verdict.is_healthy() {
-            self.answered = true;
             self.consecutive_failures = 0;
             self.healthy_since_ms.get_or_insert(now_ms);
             if !self.healthy {
@@ -87,7 +83,8 @@ impl ProviderState {
             }
             return None;
         }
-        self.failed_after_answering |= self.answered;
+        // A run of successes ends here (the first failure after one resets `healthy_since_ms`).
+        self.failed_after_answering |= self.healthy_since_ms.is_some();
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         // Restarts the stable window: failback wants an unbroken run of successes.
         self.healthy_since_ms = None;
@@ -123,7 +120,7 @@ impl ProviderState {
     /// Answering since its first successful probe with no failure after it: it was starting,
     /// not flapping, and needs no stable window.
     pub fn in_first_run(&self) -> bool {
-        self.answered && !self.failed_after_answering && self.healthy_since_ms.is_some()
+        !self.failed_after_answering && self.healthy_since_ms.is_some()
     }
 
     /// The latest verdict.

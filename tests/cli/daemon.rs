@@ -139,15 +139,20 @@ pub(crate) fn status(sandbox: &Sandbox) -> Run {
     sandbox.run(&["status", "--output", "json"])
 }
 
+/// A resource of a `status --output json` answer, by name.
+pub(crate) fn resource_of(json: &serde_json::Value, name: &str) -> Option<serde_json::Value> {
+    json["resources"]
+        .as_array()?
+        .iter()
+        .find(|r| r["name"] == name)
+        .cloned()
+}
+
 /// (pid, restarts, health) of a service, as `mirrorctl status` says.
 pub(crate) fn service_state(sandbox: &Sandbox, name: &str) -> Option<(Option<i64>, u64, String)> {
     let run = status(sandbox);
     let json: serde_json::Value = serde_json::from_str(&run.stdout).ok()?;
-    let r = json["resources"]
-        .as_array()?
-        .iter()
-        .find(|r| r["name"] == name)?
-        .clone();
+    let r = resource_of(&json, name)?;
     Some((
         r["pid"].as_i64(),
         r["restarts"].as_u64().unwrap_or(0),
@@ -491,12 +496,7 @@ fn status_answers_at_once_while_a_pass_verifies_a_slow_start() {
     let (json, took) = seen.unwrap();
     assert!(took < Duration::from_secs(2), "status took {took:?}");
     assert_eq!(json["pass_running"]["trigger"], "startup", "{json:#}");
-    let resource = |json: &serde_json::Value, name: &str| {
-        json["resources"]
-            .as_array()
-            .and_then(|r| r.iter().find(|r| r["name"] == name).cloned())
-            .unwrap_or_default()
-    };
+    let resource = |json: &serde_json::Value, name: &str| resource_of(json, name).unwrap_or_default();
     // What the pass has done so far: slow started, its probe not answered yet.
     let slow = resource(&json, "slow");
     assert!(slow["pid"].is_i64(), "{json:#}");
@@ -958,24 +958,46 @@ fn a_hung_provider_fails_agents_over_restarts_its_service_and_fails_back() {
     assert!(text.contains("MODEL PROVIDER") && text.contains("scribe"), "{text}");
 }
 
+/// A daemon running one model server, Service `llm` (`command`, and `health` for the Service),
+/// and its Ollama provider (`provider_health`) on `port`, committed as `message`; returns the
+/// daemon once the server runs, and the server's pid.
+fn one_model_server(
+    sandbox: &Sandbox,
+    port: u16,
+    command: &str,
+    health: &str,
+    provider_health: &str,
+    message: &str,
+) -> (Daemon, i64) {
+    sandbox.write(
+        "llm.yaml",
+        format!(
+            "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {{name: llm}}\nspec:\n  command: {command}\n  stop: {{grace: 1s}}\n  health: {health}\n---\napiVersion: mirror.os/v1\nkind: ModelProvider\nmetadata: {{name: llm}}\nspec:\n  api: ollama\n  url: http://127.0.0.1:{port}\n  service: llm\n  health: {provider_health}\n"
+        ),
+    );
+    sandbox.commit(message);
+    let daemon = Daemon::start(sandbox, &[]).ready(sandbox);
+    wait_for("llm running", Duration::from_secs(10), || {
+        running_pid(sandbox, "llm").is_some()
+    });
+    let pid = running_pid(sandbox, "llm").unwrap();
+    (daemon, pid)
+}
+
 #[test]
 fn a_provider_still_in_its_start_period_is_not_restarted_for_a_slow_generation() {
     let sandbox = Sandbox::new();
     let _cleanup = Cleanup(sandbox.root().to_path_buf());
     let fake = project_path("scripts/fake-llm").display().to_string();
     let port = free_port();
-    sandbox.write(
-        "llm.yaml",
-        format!(
-            "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {{name: llm}}\nspec:\n  command: [python3, {fake:?}, --port, \"{port}\", --name, solo]\n  stop: {{grace: 1s}}\n  health: {{tcp: {{address: \"127.0.0.1:{port}\"}}, interval: 200ms, startPeriod: 60s}}\n---\napiVersion: mirror.os/v1\nkind: ModelProvider\nmetadata: {{name: solo}}\nspec:\n  api: ollama\n  url: http://127.0.0.1:{port}\n  service: llm\n  health: {{interval: 200ms, timeout: 1s, failureThreshold: 2, probeModel: \"llama3.2:1b\"}}\n"
-        ),
+    let (daemon, pid) = one_model_server(
+        &sandbox,
+        port,
+        &format!("[python3, {fake:?}, --port, \"{port}\", --name, solo]"),
+        &format!("{{tcp: {{address: \"127.0.0.1:{port}\"}}, interval: 200ms, startPeriod: 60s}}"),
+        "{interval: 200ms, timeout: 1s, failureThreshold: 2, probeModel: \"llama3.2:1b\"}",
+        "one model server that loads slowly",
     );
-    sandbox.commit("one model server that loads slowly");
-    let daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
-    wait_for("llm running", Duration::from_secs(10), || {
-        running_pid(&sandbox, "llm").is_some()
-    });
-    let pid = running_pid(&sandbox, "llm").unwrap();
     wait_for("the fake listening", Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
@@ -1003,18 +1025,14 @@ fn a_provider_not_listening_yet_within_its_start_period_is_not_restarted() {
     // The server binds its port 3 s after it starts (as Ollama does while it loads its state);
     // the Service's own probe only checks the process, so the start is verified at once and the
     // provider is probed while nothing listens yet.
-    sandbox.write(
-        "llm.yaml",
-        format!(
-            "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {{name: llm}}\nspec:\n  command: [sh, -c, \"sleep 3; exec python3 {fake} --port {port} --name late\"]\n  stop: {{grace: 1s}}\n  health: {{exec: {{command: [\"true\"]}}, interval: 200ms, startPeriod: 60s}}\n---\napiVersion: mirror.os/v1\nkind: ModelProvider\nmetadata: {{name: late}}\nspec:\n  api: ollama\n  url: http://127.0.0.1:{port}\n  service: llm\n  health: {{interval: 200ms, timeout: 1s, failureThreshold: 2}}\n"
-        ),
+    let (daemon, pid) = one_model_server(
+        &sandbox,
+        port,
+        &format!("[sh, -c, \"sleep 3; exec python3 {fake} --port {port} --name late\"]"),
+        "{exec: {command: [\"true\"]}, interval: 200ms, startPeriod: 60s}",
+        "{interval: 200ms, timeout: 1s, failureThreshold: 2}",
+        "one model server that binds its port late",
     );
-    sandbox.commit("one model server that binds its port late");
-    let daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
-    wait_for("llm running", Duration::from_secs(10), || {
-        running_pid(&sandbox, "llm").is_some()
-    });
-    let pid = running_pid(&sandbox, "llm").unwrap();
     wait_for(
         "the provider found down while its service starts",
         Duration::from_secs(10),
