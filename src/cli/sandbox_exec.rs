@@ -1,5 +1,6 @@
 //! `mirrorctl __sandbox-exec` (hidden): the trampoline the supervisor starts an agent through.
-//! It restricts itself with Landlock (writes only beneath the `--write` paths) and then
+//! It restricts itself with Landlock (writes, reads, TCP, signals: see `supervisor::sandbox`)
+//! and then
 //! `exec`s the program in place: same pid, environment, working directory and descriptors.
 //! See `supervisor::sandbox`.
 
@@ -8,7 +9,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::supervisor::sandbox::{self, SandboxError, Support};
+use crate::supervisor::sandbox::{self, Profile, SandboxError, Support};
 
 /// Exit code when the sandbox cannot be set up as asked (`--require` without Landlock, or a
 /// Landlock restriction that failed).
@@ -22,10 +23,24 @@ pub struct SandboxExecArgs {
     /// skipped with a warning
     #[arg(long = "write", value_name = "PATH")]
     pub writes: Vec<PathBuf>,
-    /// A path the program reads; repeatable. Accepted for forward compatibility: reads are
-    /// not restricted yet
+    /// A path the program may read beneath even inside a hidden one; repeatable
     #[arg(long = "read", value_name = "PATH")]
     pub reads: Vec<PathBuf>,
+    /// A path the program may not read; repeatable. Without any, reads are not restricted
+    #[arg(long = "hide", value_name = "PATH")]
+    pub hide: Vec<PathBuf>,
+    /// Restrict TCP: connect only to the --connect ports, bind only the --bind ports
+    #[arg(long)]
+    pub net: bool,
+    /// A TCP port the program may connect to (with --net); repeatable
+    #[arg(long = "connect", value_name = "PORT", requires = "net")]
+    pub connect: Vec<u16>,
+    /// A TCP port the program may bind (with --net); repeatable
+    #[arg(long = "bind", value_name = "PORT", requires = "net")]
+    pub bind: Vec<u16>,
+    /// Signals and abstract Unix sockets only within the sandbox
+    #[arg(long)]
+    pub scope: bool,
     /// Refuse to run (exit 126) where the kernel cannot enforce the sandbox
     #[arg(long)]
     pub require: bool,
@@ -41,7 +56,16 @@ pub fn run(args: &SandboxExecArgs) -> u8 {
         return crate::cli::exit::ERROR;
     };
 
-    match sandbox::restrict_writes(&args.writes) {
+    let profile = Profile {
+        writes: args.writes.clone(),
+        reads: args.reads.clone(),
+        hide: args.hide.clone(),
+        network: args.net,
+        connect: args.connect.clone(),
+        bind: args.bind.clone(),
+        scope: args.scope,
+    };
+    match sandbox::restrict(&profile) {
         Ok(Support::Enforced { .. }) => {}
         Ok(Support::Advisory { reason }) => {
             if args.require {
@@ -49,7 +73,7 @@ pub fn run(args: &SandboxExecArgs) -> u8 {
                 return SANDBOX_FAILED;
             }
             eprintln!(
-                "mirrorctl: sandbox advisory: Landlock not available on this kernel ({reason}); writes are not restricted"
+                "mirrorctl: sandbox advisory: Landlock not available on this kernel ({reason}); nothing is restricted"
             );
         }
         Err(e) => {

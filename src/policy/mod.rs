@@ -89,6 +89,44 @@ pub struct EffectivePolicy {
     pub budget: EffectiveBudget,
     pub on_budget_exceeded: OverBudget,
     pub warn_at_percent: u8,
+    /// TCP ports beyond the bus, sorted and unique (absent from the document when none, so a
+    /// policy without them hashes as it did before they existed).
+    #[serde(default, skip_serializing_if = "EffectiveNetwork::is_empty")]
+    pub network: EffectiveNetwork,
+    /// Paths hidden from the agent besides the default list, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hide_paths: Vec<std::path::PathBuf>,
+}
+
+/// The TCP ports an agent may connect to and bind, besides the bus.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EffectiveNetwork {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub connect: Vec<u16>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bind: Vec<u16>,
+}
+
+impl EffectiveNetwork {
+    pub fn is_empty(&self) -> bool {
+        self.connect.is_empty() && self.bind.is_empty()
+    }
+
+    fn from_spec(spec: &crate::spec::policy::NetworkRules) -> Self {
+        // Validation refuses ports outside 1-65535; one that got here anyway is dropped.
+        let ports = |list: &[u32]| -> Vec<u16> {
+            let set: std::collections::BTreeSet<u16> = list
+                .iter()
+                .filter_map(|p| u16::try_from(*p).ok())
+                .filter(|p| *p > 0)
+                .collect();
+            set.into_iter().collect()
+        };
+        EffectiveNetwork {
+            connect: ports(&spec.connect),
+            bind: ports(&spec.bind),
+        }
+    }
 }
 
 impl EffectivePolicy {
@@ -107,6 +145,13 @@ impl EffectivePolicy {
             budget: EffectiveBudget::from_spec(spec.budget.as_ref()),
             on_budget_exceeded: spec.on_budget_exceeded,
             warn_at_percent: spec.warn_at_percent(),
+            network: EffectiveNetwork::from_spec(&spec.network()),
+            hide_paths: {
+                let mut paths = spec.hide_paths.clone();
+                paths.sort();
+                paths.dedup();
+                paths
+            },
         }
     }
 

@@ -61,6 +61,8 @@ fn compile_makes_every_default_explicit() {
             },
             on_budget_exceeded: OverBudget::Suspend,
             warn_at_percent: 80,
+            network: Default::default(),
+            hide_paths: vec![],
         }
     );
     let rules = &compiled.document["rules"];

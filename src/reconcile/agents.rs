@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::spec::agent::AgentSpec;
 use crate::spec::service::ServiceSpec;
+use crate::supervisor::sandbox::Profile;
 
 /// What enrolling an agent established.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +46,17 @@ pub fn sandbox_dir(state_dir: &Path, name: &str, spec: &AgentSpec) -> PathBuf {
 
 fn agent_dir(state_dir: &Path, name: &str) -> PathBuf {
     state_dir.join("agents").join(name)
+}
+
+/// What the agent may read of its own record: a directory holding only its policy file (the
+/// rest of `agents/<name>/`, its token above all, is hidden with the state dir).
+pub fn view_dir(state_dir: &Path, name: &str) -> PathBuf {
+    agent_dir(state_dir, name).join("view")
+}
+
+/// `MIRROR_POLICY_FILE`.
+pub fn policy_file(state_dir: &Path, name: &str) -> PathBuf {
+    view_dir(state_dir, name).join("policy.json")
 }
 
 /// The bus token of an enrollment: keyed by the host's secret, so it cannot be guessed from
@@ -157,15 +169,17 @@ pub fn as_service(state_dir: &Path, name: &str, spec: &AgentSpec, bus_url: &str)
     let sandbox = sandbox_dir(state_dir, name, spec);
     let memory = spec.memory();
     let mut env = spec.env.clone();
+    let bus_host = bus_url.trim_start_matches("http://").trim_end_matches('/');
     let injected = [
         ("MIRROR_AGENT", name.to_string()),
         ("MIRROR_BUS_URL", bus_url.to_string()),
+        // Unmodified Ollama and OpenAI clients reach the bus with no configuration; their keys
+        // are the agent's token, added at start with MIRROR_AGENT_TOKEN (`client_keys`).
+        ("OLLAMA_HOST", bus_host.to_string()),
+        ("OPENAI_BASE_URL", format!("{}/v1", bus_url.trim_end_matches('/'))),
         ("MIRROR_SANDBOX", sandbox.display().to_string()),
         ("MIRROR_POLICY", spec.policy.clone().unwrap_or_default()),
-        (
-            "MIRROR_POLICY_FILE",
-            agent_dir(state_dir, name).join("policy.json").display().to_string(),
-        ),
+        ("MIRROR_POLICY_FILE", policy_file(state_dir, name).display().to_string()),
         ("MIRROR_MEMORY_READ", memory.read.join(",")),
         ("MIRROR_MEMORY_WRITE", memory.write.join(",")),
         // Writes outside the sandbox are denied: temporary files go inside it.
@@ -191,9 +205,13 @@ pub fn as_service(state_dir: &Path, name: &str, spec: &AgentSpec, bus_url: &str)
     }
 }
 
+/// The variables that carry the agent's token (never part of a rendered spec): its own, and
+/// the API keys of the Ollama and OpenAI clients, so they authenticate to the bus as the agent.
+pub const TOKEN_VARIABLES: &[&str] = &["MIRROR_AGENT_TOKEN", "OPENAI_API_KEY", "OLLAMA_API_KEY"];
+
 /// Writes the agent's policy file (`MIRROR_POLICY_FILE`); whether it changed.
 pub fn write_policy(state_dir: &Path, name: &str, text: &str) -> Result<bool, EnrollError> {
-    let dir = agent_dir(state_dir, name);
+    let dir = view_dir(state_dir, name);
     if std::fs::read(dir.join("policy.json")).ok().as_deref() == Some(text.as_bytes()) {
         return Ok(false);
     }
@@ -201,22 +219,108 @@ pub fn write_policy(state_dir: &Path, name: &str, text: &str) -> Result<bool, En
     Ok(true)
 }
 
-/// The agent's command line: through the `__sandbox-exec` trampoline of this very binary, which
-/// restricts writes (Landlock, where the kernel has it) to the sandbox and the declared write
-/// paths, then execs the agent's program in the same process.
-pub fn sandboxed_command(state_dir: &Path, name: &str, spec: &AgentSpec) -> Vec<String> {
+/// What else an agent's sandbox hides and allows, from the rest of the desired state: the
+/// host-wide part of every agent's [`Profile`].
+#[derive(Clone, Debug, Default)]
+pub struct HostView {
+    /// The daemon's home (credential stores, `~/` of `hidePaths`); None: none is known.
+    pub home: Option<PathBuf>,
+    /// Other directories that hold credentials (`$XDG_RUNTIME_DIR/gnupg`, ...).
+    pub runtime: Vec<PathBuf>,
+    /// Every agent's sandbox, by agent (another agent's is hidden).
+    pub sandboxes: BTreeMap<String, PathBuf>,
+    /// Every Service's and agent's env files, resolved (secrets).
+    pub env_files: Vec<PathBuf>,
+    /// The bus's TCP port (always reachable).
+    pub bus_port: Option<u16>,
+}
+
+impl HostView {
+    /// The view of this process's environment (`HOME`, `XDG_RUNTIME_DIR`).
+    pub fn from_env(bus_port: u16) -> HostView {
+        let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
+        let runtime = std::env::var_os("XDG_RUNTIME_DIR")
+            .filter(|h| !h.is_empty())
+            .map(|dir| ["gnupg", "keyring"].iter().map(|d| Path::new(&dir).join(d)).collect())
+            .unwrap_or_default();
+        HostView {
+            home,
+            runtime,
+            bus_port: Some(bus_port),
+            ..HostView::default()
+        }
+    }
+}
+
+/// The agent's sandbox: writes to its sandbox and declared paths; reads everywhere but the
+/// state dir, other agents' sandboxes, env files and credential stores (plus its policy's
+/// `hidePaths`), with its own view dir and declared read paths readable; TCP to the bus and
+/// the policy's ports; signals and abstract sockets scoped to its own processes.
+pub fn profile(
+    state_dir: &Path,
+    name: &str,
+    spec: &AgentSpec,
+    rules: Option<&crate::policy::EffectivePolicy>,
+    host: &HostView,
+) -> Profile {
     let sandbox = spec.sandbox();
     let resolve = |p: &PathBuf| if p.is_absolute() { p.clone() } else { state_dir.join(p) };
-    let mut writes = vec![sandbox_dir(state_dir, name, spec)];
+    let own = sandbox_dir(state_dir, name, spec);
+    let mut writes = vec![own.clone()];
     writes.extend(sandbox.write_paths.iter().map(resolve));
-    let reads: Vec<PathBuf> = sandbox.read_paths.iter().map(resolve).collect();
+    let mut reads = vec![view_dir(state_dir, name)];
+    reads.extend(sandbox.read_paths.iter().map(resolve));
+
+    let mut hide = vec![state_dir.to_path_buf()];
+    hide.extend(
+        host.sandboxes
+            .iter()
+            .filter(|(agent, dir)| agent.as_str() != name && **dir != own)
+            .map(|(_, dir)| dir.clone()),
+    );
+    hide.extend(host.env_files.iter().cloned());
+    hide.extend(host.runtime.iter().cloned());
+    if let Some(home) = &host.home {
+        hide.extend(crate::supervisor::sandbox::hide::credential_stores(home));
+    }
+    let network = rules.map(|r| r.network.clone()).unwrap_or_default();
+    if let Some(rules) = rules {
+        let home = host.home.clone().unwrap_or_else(|| PathBuf::from("/"));
+        hide.extend(
+            rules
+                .hide_paths
+                .iter()
+                .map(|p| crate::supervisor::sandbox::hide::expand_home(p, &home)),
+        );
+    }
+    hide.sort();
+    hide.dedup();
+    let mut connect: Vec<u16> = host.bus_port.into_iter().chain(network.connect).collect();
+    connect.sort_unstable();
+    connect.dedup();
+    Profile {
+        writes,
+        reads,
+        hide,
+        network: true,
+        connect,
+        bind: network.bind,
+        scope: true,
+    }
+}
+
+/// The agent's command line: through the `__sandbox-exec` trampoline of this very binary, which
+/// restricts itself to `profile` (Landlock, where the kernel has it), then execs the agent's
+/// program in the same process.
+pub fn sandboxed_command(profile: &Profile, spec: &AgentSpec) -> Vec<String> {
     // The binary the child is (the daemon's, even after an upgrade replaced the file).
     let exe = if cfg!(target_os = "linux") {
         PathBuf::from("/proc/self/exe")
     } else {
         std::env::current_exe().unwrap_or_else(|_| PathBuf::from("mirrorctl"))
     };
-    crate::supervisor::sandbox::trampoline_args(&exe, &writes, &reads, false, &spec.command)
+    profile
+        .trampoline_args(&exe, false, &spec.command)
         .into_iter()
         .map(|arg| arg.to_string_lossy().into_owned())
         .collect()
@@ -295,8 +399,17 @@ mod tests {
         assert_eq!(service.env["MIRROR_BUS_URL"], "http://127.0.0.1:11500");
         assert_eq!(
             service.env["MIRROR_POLICY_FILE"],
-            "/var/lib/mirror/agents/scribe/policy.json"
+            "/var/lib/mirror/agents/scribe/view/policy.json"
         );
+        // Unmodified Ollama and OpenAI clients find the bus; their keys come with the token.
+        assert_eq!(service.env["OLLAMA_HOST"], "127.0.0.1:11500");
+        assert_eq!(service.env["OPENAI_BASE_URL"], "http://127.0.0.1:11500/v1");
+        for variable in TOKEN_VARIABLES {
+            assert!(
+                !service.env.contains_key(*variable),
+                "{variable} is never in a rendered spec"
+            );
+        }
         assert!(
             !service.env.contains_key("MIRROR_AGENT_TOKEN"),
             "never in a rendered spec"

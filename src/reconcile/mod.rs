@@ -27,6 +27,7 @@ use crate::store::recorder::{FlushReport, RecorderConfig};
 use crate::store::{new_id, InventoryEntry, ReceiptDraft, Record, Recorder, RunFinished, RunStarted, StoreUrl};
 use crate::supervisor::probe;
 use crate::supervisor::process::{self, Liveness, ProcessIdentity, SpawnSpec, SPAWN_ENV};
+use crate::supervisor::sandbox::Profile;
 
 /// Where a pass reads and writes.
 #[derive(Clone, Debug)]
@@ -653,7 +654,7 @@ struct DesiredService {
     /// How it runs (an agent: in its sandbox, with its environment).
     spec: ServiceSpec,
     /// For an agent: its spec and its effective policy (enrollment, the policy file).
-    agent: Option<(AgentSpec, Option<crate::policy::AgentPolicy>)>,
+    agent: Option<(AgentSpec, Option<crate::policy::AgentPolicy>, Profile)>,
 }
 
 /// Relative env files and working dirs are relative to the state dir (secrets live outside git).
@@ -663,6 +664,29 @@ fn resolve(state_dir: &Path, path: &Path) -> PathBuf {
     } else {
         state_dir.join(path)
     }
+}
+
+/// What every agent's sandbox hides of the rest of the host: other agents' sandboxes, every env
+/// file (secrets), the credential stores of the daemon's user.
+fn host_view(state: &DesiredState, state_dir: &Path) -> agents::HostView {
+    let mut view = agents::HostView::from_env(state.controller().bus_address().port());
+    for resource in &state.resources {
+        match &resource.spec {
+            Spec::Service(spec) => view
+                .env_files
+                .extend(spec.env_files.iter().map(|p| resolve(state_dir, p))),
+            Spec::Agent(spec) => {
+                view.env_files
+                    .extend(spec.env_files.iter().map(|p| resolve(state_dir, p)));
+                view.sandboxes.insert(
+                    resource.metadata.name.clone(),
+                    agents::sandbox_dir(state_dir, &resource.metadata.name, spec),
+                );
+            }
+            _ => {}
+        }
+    }
+    view
 }
 
 /// The Services and Agents this host runs (placement selects the host).
@@ -675,6 +699,7 @@ fn desired_services(
     selected: &dyn Fn(&ResourceId) -> bool,
 ) -> Vec<DesiredService> {
     let bus_url = format!("http://{}", state.controller().bus_address());
+    let view = host_view(state, state_dir);
     state
         .resources
         .iter()
@@ -687,7 +712,14 @@ fn desired_services(
             Spec::Agent(spec) if spec.placement.as_ref().is_none_or(|p| p.selects(host)) => {
                 let policy = policies.for_agent(&r.metadata.name, spec);
                 let service = agents::as_service(state_dir, &r.metadata.name, spec, &bus_url);
-                Some((r, service, Some((spec.clone(), policy))))
+                let profile = agents::profile(
+                    state_dir,
+                    &r.metadata.name,
+                    spec,
+                    policy.as_ref().map(|p| &p.rules),
+                    &view,
+                );
+                Some((r, service, Some((spec.clone(), policy, profile))))
             }
             _ => None,
         })
@@ -698,7 +730,15 @@ fn desired_services(
                 .map(|p| (p.clone(), std::fs::read(resolve(state_dir, p)).ok()))
                 .collect();
             let mut raw = serde_json::to_value(&spec).expect("specs serialize");
-            if let Some((agent, Some(policy))) = &agent {
+            if let Some((_, Some(policy), _)) = &agent {
+                // What the policy adds to the sandbox: a running sandbox cannot change, so a
+                // change restarts the agent.
+                let rules = &policy.rules;
+                if !rules.network.is_empty() || !rules.hide_paths.is_empty() {
+                    raw["x-sandbox"] = json!({"network": rules.network, "hidePaths": rules.hide_paths});
+                }
+            }
+            if let Some((agent, Some(policy), _)) = &agent {
                 // A policy change restarts an agent that asks for it; others get the new file and
                 // SIGHUP, the spec (and the process) unchanged.
                 if agent.on_policy_change == crate::spec::agent::PolicyReload::Restart {
@@ -885,11 +925,13 @@ fn apply_change(
             let mut run = desired.spec.clone();
             let mut enrolled = String::new();
             let mut log_name = id.name.clone();
-            if let Some((agent, policy)) = &desired.agent {
+            if let Some((agent, policy, profile)) = &desired.agent {
                 let token;
                 (enrolled, token) = enroll_agent(context, key, &id.name, agent, policy.as_ref(), recorder)?;
-                run.env.insert("MIRROR_AGENT_TOKEN".into(), token);
-                run.command = agents::sandboxed_command(&context.state_dir, &id.name, agent);
+                for variable in agents::TOKEN_VARIABLES {
+                    run.env.insert(variable.to_string(), token.clone());
+                }
+                run.command = agents::sandboxed_command(profile, agent);
                 // An agent and a service may share a name: their logs must not.
                 log_name = format!("agent-{}", id.name);
             }
@@ -1016,7 +1058,7 @@ fn reload_policies(
     recorder: &Recorder,
 ) {
     for d in desired {
-        let Some((agent, Some(policy))) = &d.agent else {
+        let Some((agent, Some(policy), _)) = &d.agent else {
             continue;
         };
         if changed.contains(&&d.item.id) || agent.on_policy_change != crate::spec::agent::PolicyReload::Signal {

@@ -1,7 +1,7 @@
 //! Policy versions in a pass: each Policy is compiled; a new content hash is a new version,
 //! shown by the dry-run as a diff from the version before (the review step) and recorded on
 //! apply (the store, a receipt, and `<state dir>/policies/<name>.json` for the next diff).
-//! Agents get their effective policy (`agents/<name>/policy.json`); a running agent is told by
+//! Agents get their effective policy (`agents/<name>/view/policy.json`); a running agent is told by
 //! SIGHUP, or restarted when its spec says `onPolicyChange: restart`.
 
 use std::collections::BTreeMap;

@@ -205,6 +205,25 @@ pub fn validate(parsed: &[Parsed]) -> Vec<Finding> {
                         );
                     }
                 }
+                for (field, ports) in [("connect", &s.network().connect), ("bind", &s.network().bind)] {
+                    for (i, port) in ports.iter().enumerate() {
+                        if !(1..=65535).contains(port) {
+                            report.error(
+                                spec("network").key(field).index(i),
+                                format!("expected a TCP port from 1 to 65535, found {port}"),
+                            );
+                        }
+                    }
+                }
+                for (i, path) in s.hide_paths.iter().enumerate() {
+                    let text = path.to_string_lossy();
+                    if !(path.is_absolute() || text.starts_with("~/")) {
+                        report.error(
+                            spec("hidePaths").index(i),
+                            format!("expected an absolute path or one starting with `~/`, found `{text}`"),
+                        );
+                    }
+                }
                 if let Some(pct) = s.warn_at_percent {
                     if pct == 0 || pct > 100 {
                         report.error(

@@ -66,6 +66,26 @@ pub struct PolicySpec {
     /// Percentage of a budget at which a warning is reported. Default 80.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warn_at_percent: Option<u8>,
+    /// TCP ports agents bound to this policy may connect to and listen on. The bus is always
+    /// reachable; everything else is refused (Landlock ABI 4 and later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkRules>,
+    /// Paths hidden from agents bound to this policy, besides the default list (the state
+    /// dir, other agents' sandboxes, the user's credential stores). `~/` is the daemon's home.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hide_paths: Vec<std::path::PathBuf>,
+}
+
+/// TCP ports an agent may use besides the bus. Landlock filters by port, not by address.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NetworkRules {
+    /// Ports it may connect to (1-65535).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub connect: Vec<u32>,
+    /// Ports it may bind and listen on (1-65535).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bind: Vec<u32>,
 }
 
 impl PolicySpec {
@@ -77,5 +97,8 @@ impl PolicySpec {
     }
     pub fn warn_at_percent(&self) -> u8 {
         self.warn_at_percent.unwrap_or(80)
+    }
+    pub fn network(&self) -> NetworkRules {
+        self.network.clone().unwrap_or_default()
     }
 }

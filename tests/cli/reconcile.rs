@@ -954,7 +954,7 @@ fn an_agent_is_enrolled_sandboxed_told_of_policy_changes_and_revoked_when_remove
         let _ = writeln!(std::io::stderr(), "SKIPPED (Landlock): {}", status["sandbox"]);
     }
     let policy_file: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(state.join("agents/scribe/policy.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(state.join("agents/scribe/view/policy.json")).unwrap()).unwrap();
     assert_eq!(policy_file["policy"]["version"], 1, "{policy_file}");
     let pid = owned(&sandbox).into_iter().find(|(n, _)| n == "scribe").unwrap().1;
 
@@ -979,7 +979,7 @@ fn an_agent_is_enrolled_sandboxed_told_of_policy_changes_and_revoked_when_remove
     let applied = sandbox.run(&["reconcile"]);
     assert_eq!(applied.code, 0, "{applied:?}");
     let policy_file: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(state.join("agents/scribe/policy.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(state.join("agents/scribe/view/policy.json")).unwrap()).unwrap();
     assert_eq!(policy_file["policy"]["version"], 2, "{policy_file}");
     wait_until("the agent told by SIGHUP", || home.join("hup").exists());
     let same_pid = owned(&sandbox).into_iter().find(|(n, _)| n == "scribe").unwrap().1;

@@ -324,7 +324,7 @@ fn without_landlock_the_program_runs_with_one_warning() {
     assert_eq!(warnings.len(), 1, "{result:?}");
     assert!(
         warnings[0].starts_with("mirrorctl: sandbox advisory: Landlock not available on this kernel (")
-            && warnings[0].ends_with("); writes are not restricted"),
+            && warnings[0].ends_with("); nothing is restricted"),
         "{result:?}"
     );
     assert!(outside.path().join("new").exists());
