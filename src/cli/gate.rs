@@ -14,40 +14,30 @@ use crate::policy::{ApprovalRequest, ApprovalState};
 pub enum GateCommand {
     /// List tool requests waiting for approval
     Pending,
-    /// Approve a waiting request: the agent's next identical call is allowed, once
-    Approve {
-        id: String,
-        /// Who decides (recorded in the receipt); default: $USER
-        #[arg(long)]
-        by: Option<String>,
-    },
+    /// Approve a waiting request: the agent's next identical call is allowed, once. The
+    /// receipt names who decided as the daemon sees the caller (user name and uid), and an
+    /// agent's process is refused
+    Approve { id: String },
     /// Deny a waiting request
-    Deny {
-        id: String,
-        #[arg(long)]
-        by: Option<String>,
-    },
+    Deny { id: String },
 }
 
 pub fn run(global: &GlobalArgs, command: &GateCommand) -> u8 {
     let json = global.output == Output::Json;
-    let by = |by: &Option<String>| {
-        by.clone()
-            .or_else(|| std::env::var("USER").ok())
-            .unwrap_or_else(|| "operator".into())
-    };
+    // The daemon records the decider from the socket's peer credentials, never from the request.
+    let by = String::new;
     let request = match command {
         GateCommand::Pending => Request::GatePending { json },
-        GateCommand::Approve { id, by: who } => Request::GateDecide {
+        GateCommand::Approve { id } => Request::GateDecide {
             id: id.clone(),
             approve: true,
-            by: by(who),
+            by: by(),
             json,
         },
-        GateCommand::Deny { id, by: who } => Request::GateDecide {
+        GateCommand::Deny { id } => Request::GateDecide {
             id: id.clone(),
             approve: false,
-            by: by(who),
+            by: by(),
             json,
         },
     };
@@ -111,8 +101,12 @@ pub fn render_decided(decided: &Result<ApprovalRequest, String>, json: bool) -> 
             stdout: if json {
                 json_text(&json!({ "request": request }))
             } else {
+                let by = match &request.state {
+                    ApprovalState::Approved { by, .. } | ApprovalState::Denied { by, .. } => format!(" by {by}"),
+                    _ => String::new(),
+                };
                 format!(
-                    "{} {}: {} for agent {}\n",
+                    "{} {}: {} for agent {}{by}\n",
                     state_word(&request.state),
                     request.id,
                     request.tool,

@@ -171,6 +171,26 @@ pub fn render(request: &Request, report: &StatusReport, daemon: Option<u32>) -> 
                 );
             }
         }
+        for resource in report.resources.iter().filter(|r| r.protections.is_some()) {
+            let protections = resource.protections.as_deref().unwrap_or_default();
+            let names = |state: &str| -> Vec<&str> {
+                protections
+                    .iter()
+                    .filter(|p| p.state == state)
+                    .map(|p| p.name.as_str())
+                    .collect()
+            };
+            let _ = write!(
+                out,
+                "\nagent {} contained: {} enforced",
+                resource.name,
+                names("enforced").join(", ")
+            );
+            for advisory in protections.iter().filter(|p| p.state != "enforced") {
+                let _ = write!(out, "; {} advisory ({})", advisory.name, advisory.how);
+            }
+            out.push('\n');
+        }
         let commit = report.commit.as_deref().map_or("-", |c| &c[..c.len().min(12)]);
         let supervisor = match daemon {
             Some(pid) => format!("daemon pid {pid}"),

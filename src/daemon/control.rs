@@ -150,20 +150,54 @@ pub fn bind(state_dir: &Path) -> Result<tokio::net::UnixListener, ControlError> 
 
 /// Accepts connections and hands each request to the event loop; runs until the listener
 /// fails or the loop is gone.
-pub async fn serve(listener: tokio::net::UnixListener, requests: mpsc::UnboundedSender<Asked>) {
+///
+/// The socket answers people, not agents: a connection from a process of an agent (see
+/// `daemon::peer`) is refused with a clear error and `refused` is told (a receipt), before its
+/// request is even read. A gate decision is recorded as made by the peer's user, whatever the
+/// request says.
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    requests: mpsc::UnboundedSender<Asked>,
+    refused: std::sync::Arc<dyn Fn(&super::peer::Peer, &super::peer::AgentPeer) + Send + Sync>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             return;
         };
         let requests = requests.clone();
+        let refused = refused.clone();
         tokio::spawn(async move {
+            let peer = stream.peer_cred().ok().map(|cred| super::peer::Peer {
+                pid: cred.pid(),
+                uid: cred.uid(),
+            });
             let (read, mut write) = stream.into_split();
+            if let Some((peer, agent)) = peer.as_ref().and_then(|p| super::peer::agent_of(p).map(|a| (p, a))) {
+                refused(peer, &agent);
+                let response = Response {
+                    exit_code: 1,
+                    stdout: String::new(),
+                    stderr: format!(
+                        "mirrorctl: error: the control socket answers people, not agents: {}\n",
+                        agent.evidence
+                    ),
+                };
+                let mut answer = serde_json::to_string(&response).expect("responses serialize");
+                answer.push('\n');
+                let _ = write.write_all(answer.as_bytes()).await;
+                return;
+            }
             let mut line = String::new();
             if tokio::io::BufReader::new(read).read_line(&mut line).await.is_err() {
                 return;
             }
             let response = match serde_json::from_str::<Request>(&line) {
-                Ok(request) => {
+                Ok(mut request) => {
+                    if let Request::GateDecide { by, .. } = &mut request {
+                        *by = peer
+                            .as_ref()
+                            .map_or_else(|| "unknown peer".to_string(), |p| p.describe());
+                    }
                     let (tx, rx) = oneshot::channel();
                     if requests.send((request, tx)).is_err() {
                         return;

@@ -13,6 +13,7 @@ pub mod control;
 pub mod git_watch;
 pub mod log_watch;
 pub mod metrics;
+pub mod peer;
 pub mod routing;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -239,7 +240,20 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
     // Control socket.
     let listener = control::bind(&state_dir)?;
     let (asked_tx, mut asked_rx) = mpsc::unbounded_channel::<Asked>();
-    let server = tokio::spawn(control::serve(listener, asked_tx));
+    let refusals = reconciler.recorder().clone();
+    let refused = Arc::new(move |peer: &peer::Peer, agent: &peer::AgentPeer| {
+        tracing::warn!(pid = ?peer.pid, uid = peer.uid, evidence = %agent.evidence, "control socket: refused an agent's connection");
+        refusals.receipt(crate::store::ReceiptDraft {
+            run_id: None,
+            commit: None,
+            kind: "Agent".into(),
+            name: agent.agent.clone().unwrap_or_else(|| "(unknown)".into()),
+            action: "control-refused".into(),
+            reason: format!("the control socket answers people, not agents: {}", agent.evidence),
+            detail: serde_json::json!({"pid": peer.pid, "uid": peer.uid}).to_string(),
+        });
+    });
+    let server = tokio::spawn(control::serve(listener, asked_tx, refused));
     let tx = events.clone();
     tokio::spawn(async move {
         while let Some(asked) = asked_rx.recv().await {
@@ -1518,7 +1532,10 @@ fn perform(
                         None,
                     );
                 }
-                let (input, applied) = read_trusted(&asked, current, trust, probes);
+                let (mut input, applied) = read_trusted(&asked, current, trust, probes);
+                if !same_source(&asked, &own_source) {
+                    input = input.map(without_credentials);
+                }
                 let options = pass_options(*dry_run, *allow_mass_prune, "cli");
                 match input {
                     Ok(mut input) => {
@@ -1552,7 +1569,11 @@ fn perform(
             }
             Request::DriftReport { source, .. } => {
                 let asked = source_options(source, &own_source);
-                match read_trusted(&asked, current, trust, probes).0 {
+                let mut input = read_trusted(&asked, current, trust, probes).0;
+                if !same_source(&asked, &own_source) {
+                    input = input.map(without_credentials);
+                }
+                match input {
                     Ok(mut input) => {
                         memory_preview(&mut input);
                         let options = pass_options(true, false, "drift-report");
@@ -1693,6 +1714,21 @@ fn recorded_state(
 /// Reads the source and, under `--require-signed`, checks the commit's signature. An untrusted
 /// commit is not applied: the state in force stays, and the report says `untrusted_source`.
 /// Returns the pass input and the state to keep in force afterwards (the new one, if trusted).
+/// A source other than the daemon's own (a preview someone asked for) is read without the
+/// daemon's credentials: no `apiKeyEnv` is resolved, so a repository that names a provider on a
+/// port its author listens on learns no key from the probe.
+fn without_credentials(mut input: PassInput) -> PassInput {
+    if let Ok(state) = &mut input.desired {
+        let state = Arc::make_mut(state);
+        for resource in &mut state.resources {
+            if let Spec::ModelProvider(provider) = &mut resource.spec {
+                provider.api_key_env = None;
+            }
+        }
+    }
+    input
+}
+
 fn read_trusted(
     source: &SourceOptions,
     current: Option<Arc<DesiredState>>,

@@ -25,6 +25,9 @@ pub struct Enrollment {
     pub token_hash: String,
     pub policy: String,
     pub sandbox: PathBuf,
+    /// What contained the agent when it enrolled (enforced or advisory, and how).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub protections: Vec<crate::supervisor::sandbox::Protection>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +110,7 @@ pub fn enroll(
         token_hash: token_hash(&token),
         policy: spec.policy.clone().unwrap_or_default(),
         sandbox,
+        protections: Vec::new(),
     };
     let dir = agent_dir(state_dir, name);
     let json = serde_json::to_vec_pretty(&enrollment).expect("enrollments serialize");
@@ -136,6 +140,20 @@ pub fn ensure(
     }
     let (enrollment, token) = enroll(state_dir, key, name, spec, now_ms)?;
     Ok((enrollment, token, true))
+}
+
+/// Records in the enrollment what contains the agent.
+pub fn record_protections(
+    state_dir: &Path,
+    name: &str,
+    protections: &[crate::supervisor::sandbox::Protection],
+) -> Result<(), EnrollError> {
+    let Some(mut enrollment) = load(state_dir, name) else {
+        return Ok(());
+    };
+    enrollment.protections = protections.to_vec();
+    let json = serde_json::to_vec_pretty(&enrollment).expect("enrollments serialize");
+    write_private(&agent_dir(state_dir, name), "enrollment.json", &json)
 }
 
 /// Revokes the agent's enrollment: its token file and enrollment go, its sandbox stays.
@@ -307,6 +325,50 @@ pub fn profile(
         bind: network.bind,
         scope: true,
     }
+}
+
+/// What contains agent `name` on this host, protection by protection: the kernel's sandbox
+/// (`sandbox::protections`), its cgroup (limits, membership, stop), and the control socket's
+/// peer check. Shown in `status` and recorded with the enrollment.
+pub fn containment(state_dir: &Path, name: &str) -> Vec<crate::supervisor::sandbox::Protection> {
+    use crate::supervisor::{cgroup, sandbox};
+    let mut out = sandbox::protections(&sandbox::support());
+    let group = cgroup::for_agent(state_dir, name);
+    let present = cgroup::Cgroup {
+        v2: group.v2.clone().filter(|d| d.is_dir()),
+        v1: group.v1.iter().filter(|(_, d)| d.is_dir()).cloned().collect(),
+    };
+    out.push(if present.is_empty() {
+        sandbox::Protection {
+            name: "cgroup".into(),
+            state: "advisory".into(),
+            how: match cgroup::support(state_dir) {
+                cgroup::Support::Unavailable { reason } => format!("no writable cgroup ({reason}): rlimits only"),
+                cgroup::Support::Available { .. } => "not started in a cgroup yet".into(),
+            },
+        }
+    } else {
+        sandbox::Protection {
+            name: "cgroup".into(),
+            state: "enforced".into(),
+            how: present.describe(),
+        }
+    });
+    out.push(sandbox::Protection {
+        name: "control-socket".into(),
+        state: if cfg!(target_os = "linux") {
+            "enforced"
+        } else {
+            "advisory"
+        }
+        .into(),
+        how: if cfg!(target_os = "linux") {
+            "SO_PEERCRED: its processes are refused".into()
+        } else {
+            "no /proc to tell its processes from a person's".into()
+        },
+    });
+    out
 }
 
 /// The agent's command line: through the `__sandbox-exec` trampoline of this very binary, which

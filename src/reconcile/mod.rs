@@ -25,6 +25,7 @@ use crate::spec::{parse_dependency, Kind, ResourceId, ServiceSpec, Spec};
 use crate::store::inventory::LocalInventory;
 use crate::store::recorder::{FlushReport, RecorderConfig};
 use crate::store::{new_id, InventoryEntry, ReceiptDraft, Record, Recorder, RunFinished, RunStarted, StoreUrl};
+use crate::supervisor::cgroup;
 use crate::supervisor::probe;
 use crate::supervisor::process::{self, Liveness, ProcessIdentity, SpawnSpec, SPAWN_ENV};
 use crate::supervisor::sandbox::Profile;
@@ -898,11 +899,24 @@ fn apply_change(
             Some(settings) => settings,
             None => ("SIGTERM", Duration::from_secs(10)),
         };
-        format!(
-            "stopped pid {} ({:?}); ",
-            identity.pid,
-            process::stop(&identity, signal, grace)
-        )
+        let outcome = process::stop(&identity, signal, grace);
+        // An agent's descendants that left its group and cleared their environment are still
+        // in its cgroup: they go with it.
+        let strays = if id.kind == Kind::Agent {
+            let cgroup = cgroup::for_agent(&context.state_dir, &id.name);
+            let left = cgroup.members().len();
+            cgroup.kill(Duration::from_secs(2));
+            left
+        } else {
+            0
+        };
+        match strays {
+            0 => format!("stopped pid {} ({outcome:?}); ", identity.pid),
+            n => format!(
+                "stopped pid {} ({outcome:?}) and {n} more process(es) of its cgroup; ",
+                identity.pid
+            ),
+        }
     };
     let local_error = |e: crate::store::StoreError| e.to_string();
     match action {
@@ -923,9 +937,29 @@ fn apply_change(
                 _ => 0,
             };
             let mut run = desired.spec.clone();
+            let mut cgroup_procs = Vec::new();
             let mut enrolled = String::new();
             let mut log_name = id.name.clone();
             if let Some((agent, policy, profile)) = &desired.agent {
+                // The cgroup first: the enrollment records what contains the agent.
+                let mut group = cgroup::for_agent(&context.state_dir, &id.name);
+                match group.prepare(&cgroup::CgroupLimits::for_agent(agent.limits.as_ref())) {
+                    Ok(()) => {
+                        // The cgroup holds the tree's memory: an address-space rlimit would only
+                        // break interpreters that reserve more than they use.
+                        let memory_in_cgroup = group.v1.iter().any(|(c, _)| c == "memory")
+                            || group.v2.as_deref().is_some_and(|d| d.join("memory.max").exists());
+                        if memory_in_cgroup {
+                            if let Some(limits) = run.limits.as_mut() {
+                                limits.memory = None;
+                            }
+                        }
+                        cgroup_procs = group.procs_files();
+                    }
+                    Err(e) => {
+                        tracing::warn!(agent = %id.name, error = %e, "no cgroup for the agent: its limits are rlimits only")
+                    }
+                }
                 let token;
                 (enrolled, token) = enroll_agent(context, key, &id.name, agent, policy.as_ref(), recorder)?;
                 for variable in agents::TOKEN_VARIABLES {
@@ -942,7 +976,7 @@ fn apply_change(
             run.env.insert(SPAWN_ENV.into(), spawn_id.clone());
             let marker = context.state_dir.join(SPAWNING);
             std::fs::write(&marker, &spawn_id).map_err(|e| format!("{}: {e}", marker.display()))?;
-            let identity = start(context, &log_name, &run);
+            let identity = start(context, &log_name, &run, &cgroup_procs);
             let identity = identity.inspect_err(|_| {
                 let _ = std::fs::remove_file(&marker);
             })?;
@@ -993,6 +1027,7 @@ fn apply_change(
                 .remove(&context.host, id.kind.as_str(), &id.name, recorder)
                 .map_err(local_error)?;
             let revoked = if id.kind == Kind::Agent {
+                cgroup::for_agent(&context.state_dir, &id.name).remove();
                 revoke_agent(context, &id.name, recorder)
             } else {
                 String::new()
@@ -1036,6 +1071,8 @@ fn enroll_agent(
         enrollment.policy,
         &policy_hash[..policy_hash.len().min(12)]
     );
+    let protections = agents::containment(&context.state_dir, name);
+    agents::record_protections(&context.state_dir, name, &protections).map_err(|e| e.to_string())?;
     recorder.receipt(ReceiptDraft {
         run_id: None,
         commit: None,
@@ -1043,7 +1080,7 @@ fn enroll_agent(
         name: name.to_string(),
         action: "enroll".into(),
         reason: "first start of the agent".into(),
-        detail: json!({"ok": true, "detail": detail}).to_string(),
+        detail: json!({"ok": true, "detail": detail, "protections": protections}).to_string(),
     });
     Ok((format!("{detail}; "), token))
 }
@@ -1256,7 +1293,12 @@ fn stop_settings(last_applied: &str) -> (&'static str, Duration) {
     (stop.signal().unwrap_or("SIGTERM"), stop.grace().as_std())
 }
 
-fn start(context: &Context, name: &str, spec: &ServiceSpec) -> Result<ProcessIdentity, String> {
+fn start(
+    context: &Context,
+    name: &str,
+    spec: &ServiceSpec,
+    cgroup_procs: &[std::fs::File],
+) -> Result<ProcessIdentity, String> {
     let working_dir = match &spec.working_dir {
         Some(dir) => resolve(&context.state_dir, dir),
         None => context.state_dir.join("services").join(name),
@@ -1277,6 +1319,7 @@ fn start(context: &Context, name: &str, spec: &ServiceSpec) -> Result<ProcessIde
         log_dir: &log_dir,
         log_max_size: logs.max_size().0,
         log_max_files: logs.max_files(),
+        cgroup_procs,
     };
     let identity = process::spawn(&spawn).map_err(|e| e.to_string())?;
     Ok(identity)
@@ -1302,6 +1345,9 @@ pub struct ResourceStatus {
     /// "reason"}` (the daemon routes; null without one, or with no healthy model).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub route: Option<Value>,
+    /// Agents only: what contains it on this host, enforced or advisory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protections: Option<Vec<crate::supervisor::sandbox::Protection>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -1464,6 +1510,7 @@ fn status_of(
                 }),
                 detail: change.reason.clone(),
                 route: (id.kind == Kind::Agent).then_some(Value::Null),
+                protections: (id.kind == Kind::Agent).then(|| agents::containment(state_dir, &id.name)),
             }
         })
         .collect();

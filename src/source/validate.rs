@@ -530,6 +530,14 @@ fn check_process(
         }
     }
     if let Some(limits) = limits {
+        if let Some(cpu) = limits.cpu {
+            if !(cpu.is_finite() && (0.01..=4096.0).contains(&cpu)) {
+                report.error(
+                    FieldPath::from("spec.limits.cpu"),
+                    format!("expected a number of CPU cores from 0.01 to 4096 (e.g. 0.5), found {cpu}"),
+                );
+            }
+        }
         if limits.open_files == Some(0) {
             report.error(
                 FieldPath::from("spec.limits.openFiles"),

@@ -400,10 +400,14 @@ impl Stop {
     }
 }
 
-/// Resource limits applied to the process at start (setrlimit).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// Resource limits applied to the process at start (setrlimit) and, for agents where the host
+/// offers a writable cgroup, to its whole tree (memory, processes, cpu).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Limits {
+    /// CPU cores the tree may use (e.g. `0.5`); agents only, enforced by cgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
     /// Address space limit (RLIMIT_AS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<ByteSize>,

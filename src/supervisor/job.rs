@@ -551,6 +551,7 @@ impl Shared {
             log_dir,
             log_max_size: logs.max_size().0,
             log_max_files: logs.max_files(),
+            cgroup_procs: &[],
         })
         .map_err(|e| e.to_string())?;
         // spawn rotates a full log first: then this run's output starts a new file.

@@ -23,6 +23,7 @@
 //! stop(identity, signal, grace) on prune, update or shutdown of the service
 //! ```
 
+pub mod cgroup;
 pub mod job;
 pub mod probe;
 pub mod process;

@@ -103,6 +103,8 @@ pub struct SpawnSpec<'a> {
     pub log_max_size: u64,
     /// Rotated files kept (`.log.1` newest .. `.log.N` oldest). 0: the old log is removed.
     pub log_max_files: u32,
+    /// `cgroup.procs` files the process joins before `exec` (see `supervisor::cgroup`).
+    pub cgroup_procs: &'a [fs::File],
 }
 
 impl fmt::Debug for SpawnSpec<'_> {
@@ -118,6 +120,7 @@ impl fmt::Debug for SpawnSpec<'_> {
             .field("log_dir", &self.log_dir)
             .field("log_max_size", &self.log_max_size)
             .field("log_max_files", &self.log_max_files)
+            .field("cgroups", &self.cgroup_procs.len())
             .finish()
     }
 }
@@ -381,13 +384,21 @@ pub fn spawn(spec: &SpawnSpec) -> Result<ProcessIdentity, SpawnError> {
         command.current_dir(dir);
     }
     let child_limits: Vec<(Resource, u64)> = limits.iter().map(|l| (l.resource, l.value)).collect();
+    // Raw descriptors: the closure must be 'static; the files outlive the fork (`spec` holds them).
+    let cgroups: Vec<std::os::fd::RawFd> = spec.cgroup_procs.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
     // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
-    // work is allowed. It makes raw system calls through rustix (setsid, setrlimit), reads a
+    // work is allowed. It makes raw system calls through rustix (setsid, write, setrlimit), reads
     // vector built before the fork (by reference, no allocation), and builds errors with
     // `io::Error::from_raw_os_error` (no allocation). It takes no locks.
     unsafe {
         command.pre_exec(move || {
             rustix::process::setsid()?;
+            // Join the cgroups first, so everything after (and every descendant) is inside.
+            for procs in &cgroups {
+                // SAFETY: an open descriptor of `spec.cgroup_procs`, valid until spawn returns.
+                let procs = std::os::fd::BorrowedFd::borrow_raw(*procs);
+                rustix::io::write(procs, b"0")?;
+            }
             for (resource, value) in &child_limits {
                 let limit = Rlimit {
                     current: Some(*value),
@@ -1357,6 +1368,7 @@ mod tests {
                 log_dir: &logs,
                 log_max_size: self.max_size,
                 log_max_files: self.max_files,
+                cgroup_procs: &[],
             })
         }
     }
@@ -1545,6 +1557,7 @@ mod tests {
             log_dir: &logs,
             log_max_size: 0,
             log_max_files: 0,
+            cgroup_procs: &[],
         })
         .unwrap_err();
         assert_eq!(
@@ -1571,6 +1584,7 @@ mod tests {
             log_dir: &logs,
             log_max_size: 0,
             log_max_files: 0,
+            cgroup_procs: &[],
         })
         .unwrap();
         wait_for("exit", || liveness(&id) == Liveness::Exited);
@@ -1903,6 +1917,7 @@ mod tests {
             log_dir: Path::new("/tmp"),
             log_max_size: 0,
             log_max_files: 0,
+            cgroup_procs: &[],
         };
         let text = format!("{spec:?}");
         assert!(text.contains("API_TOKEN") && !text.contains("s3cr3t"), "{text}");

@@ -121,6 +121,7 @@ mod tests {
             log_dir: dir,
             log_max_size: 0,
             log_max_files: 0,
+            cgroup_procs: &[],
         })
         .unwrap()
     }

@@ -1188,9 +1188,16 @@ fn the_gate_asks_a_person_for_risky_tools_and_a_budget_refuses_the_request_after
         pending.stdout.contains(&id) && pending.stdout.contains("shell.exec"),
         "{pending:?}"
     );
-    let approved = sandbox.run(&["gate", "approve", &id, "--by", "alice"]);
+    // A forged approver is not even accepted: who decides is who the daemon sees.
+    assert_eq!(sandbox.run(&["gate", "approve", &id, "--by", "alice"]).code, 1);
+    let approved = sandbox.run(&["gate", "approve", &id]);
     assert_eq!(approved.code, 0, "{approved:?}");
     assert!(approved.stdout.contains("approved"), "{approved:?}");
+    let me = format!("(uid {})", rustix::process::getuid().as_raw());
+    assert!(
+        approved.stdout.contains(&me),
+        "the approver is the caller's uid: {approved:?}"
+    );
     let (_, polled) = http(bus, "GET", &format!("/v1/gate/{id}"), &token, "");
     assert!(polled.contains("\"approved\""), "{polled}");
     let (status, body) = http(bus, "POST", "/v1/gate", &token, shell);
