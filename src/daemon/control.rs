@@ -84,6 +84,9 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 /// periods).
 const ANSWER_WAIT: Duration = Duration::from_secs(600);
 
+/// How long the daemon waits for a connection's request line.
+const REQUEST_WAIT: Duration = Duration::from_secs(10);
+
 /// Asks the daemon, if one listens on the state dir's socket: `Ok(None)` when none does (no
 /// socket, or a stale one nobody accepts on), and the command runs on its own.
 pub fn ask(state_dir: &Path, request: &Request) -> Result<Option<Response>, ControlError> {
@@ -172,6 +175,14 @@ pub async fn serve(
                 uid: cred.uid(),
             });
             let (read, mut write) = stream.into_split();
+            // The request line first (bounded in time), also from a peer about to be refused:
+            // a client whose request is not read sees a broken pipe instead of the refusal.
+            let mut line = String::new();
+            let mut reader = tokio::io::BufReader::new(read);
+            let reading = reader.read_line(&mut line);
+            if !matches!(tokio::time::timeout(REQUEST_WAIT, reading).await, Ok(Ok(_))) {
+                return;
+            }
             if let Some((peer, agent)) = peer.as_ref().and_then(|p| super::peer::agent_of(p).map(|a| (p, a))) {
                 refused(peer, &agent);
                 let response = Response {
@@ -185,10 +196,6 @@ pub async fn serve(
                 let mut answer = serde_json::to_string(&response).expect("responses serialize");
                 answer.push('\n');
                 let _ = write.write_all(answer.as_bytes()).await;
-                return;
-            }
-            let mut line = String::new();
-            if tokio::io::BufReader::new(read).read_line(&mut line).await.is_err() {
                 return;
             }
             let response = match serde_json::from_str::<Request>(&line) {

@@ -206,6 +206,12 @@ struct Daemon {
 /// Runs the daemon until SIGTERM or SIGINT. Services keep running after it ends unless
 /// `stop_services_on_exit`.
 pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
+    // Undumpable: its environment (the keys `apiKeyEnv` names), memory and descriptors are not
+    // readable through /proc by processes of its user without CAP_SYS_PTRACE (agents have none).
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable) {
+        tracing::warn!(error = %e, "could not make the daemon undumpable: agents of its user may read its environment");
+    }
     let state_dir = config.context.state_dir.clone();
     let _lock = crate::state::lock_state_dir_for_daemon(&state_dir).map_err(|e| match e {
         crate::state::LockError::Held { pid } => DaemonError::AlreadyRunning {

@@ -1596,6 +1596,7 @@ mod tests {
     fn limits_are_applied() {
         let mut fx = Fixture::new();
         fx.limits = Some(Limits {
+            cpu: None,
             memory: Some(ByteSize(1 << 30)),
             open_files: Some(64),
             processes: Some(500),

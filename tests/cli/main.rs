@@ -4,6 +4,7 @@
 mod support;
 
 mod bus_failover;
+mod containment;
 mod crds;
 mod daemon;
 mod fake_llm;

@@ -127,7 +127,7 @@ pub fn restrict(profile: &Profile) -> Result<Support, SandboxError> {
     }
     for device in DEVICE_FILES.iter().chain(DEVICE_DIRS) {
         // Missing devices (a minimal container) are simply not allowed.
-        let file_rights = AccessFs::WriteFile | AccessFs::Truncate | AccessFs::IoctlDev | AccessFs::ReadFile;
+        let file_rights = AccessFs::WriteFile | AccessFs::Truncate | AccessFs::IoctlDev | (read & AccessFs::ReadFile);
         ruleset = grant(ruleset, Path::new(device), file_rights, "")?;
     }
     // The program's own stdout and stderr, when they are files (its logs): reopening them
@@ -154,6 +154,9 @@ pub fn restrict(profile: &Profile) -> Result<Support, SandboxError> {
     }
 
     let status = ruleset.restrict_self().map_err(failed)?;
+    if profile.scope {
+        drop_capabilities()?;
+    }
     match status.ruleset {
         RulesetStatus::FullyEnforced | RulesetStatus::PartiallyEnforced => Ok(support),
         // Landlock answered the probe but the crate found nothing it could enforce.
@@ -165,4 +168,31 @@ pub fn restrict(profile: &Profile) -> Result<Support, SandboxError> {
 
 fn is_regular_file(fd: std::os::fd::BorrowedFd<'_>) -> bool {
     rustix::fs::fstat(fd).is_ok_and(|stat| rustix::fs::FileType::from_raw_mode(stat.st_mode).is_file())
+}
+
+/// Drops every capability (bounding, ambient, effective, permitted, inheritable): an agent run
+/// by a root daemon is uid 0 without root's powers. Landlock's ptrace rule covers attach-mode
+/// access only on this kernel line; `CAP_SYS_PTRACE` would let a root agent read the daemon's
+/// environment (cloud keys) although the daemon makes itself undumpable. Without privilege
+/// (a user's daemon) there is nothing to drop and this changes nothing.
+fn drop_capabilities() -> Result<(), SandboxError> {
+    use rustix::thread::{set_capabilities, CapabilitySet, CapabilitySets};
+    for cap in 0..64 {
+        // SAFETY: PR_CAPBSET_DROP takes an integer and touches no memory of ours.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
+            // EINVAL: past the last capability; EPERM: none to drop (no CAP_SETPCAP).
+            break;
+        }
+    }
+    // SAFETY: as above; PR_CAP_AMBIENT_CLEAR_ALL takes no pointer.
+    unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) };
+    set_capabilities(
+        None,
+        CapabilitySets {
+            effective: CapabilitySet::empty(),
+            permitted: CapabilitySet::empty(),
+            inheritable: CapabilitySet::empty(),
+        },
+    )
+    .map_err(|e| failed(format!("dropping capabilities: {e}")))
 }

@@ -1,0 +1,327 @@
+//! The attack suite: an enrolled agent that wants out, under a real daemon. Every escape of
+//! issue 17 is tried from inside the agent (`tests/fixtures/attacker.py`) and must be refused;
+//! the agent must still work (the bus answers it through the standard client environment, its
+//! sandbox is writable, its declared ports work). Needs Landlock ABI 6 and a writable cgroup
+//! (this machine and CI have both, as root); elsewhere it is skipped, visibly.
+
+use std::time::Duration;
+
+use mirrorctl::supervisor::sandbox::{self, Support};
+
+use crate::daemon::{free_port, resource_of, status, wait_for, Cleanup, Daemon};
+use crate::support::*;
+
+/// Says a test is skipped, on the real stderr (a skip must show in a plain `cargo test`).
+fn skipped(why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
+}
+
+/// Landlock with signal scoping (ABI 6) and a writable cgroup v2 or pids hierarchy.
+fn contained_host(test: &str) -> bool {
+    match sandbox::support() {
+        Support::Enforced { abi } if abi >= 6 => {}
+        other => {
+            skipped(&format!("{test}: needs Landlock ABI 6, this kernel: {other}"));
+            return false;
+        }
+    }
+    let probe = tempfile::tempdir().unwrap();
+    match mirrorctl::supervisor::cgroup::support(probe.path()) {
+        mirrorctl::supervisor::cgroup::Support::Available { .. } => true,
+        mirrorctl::supervisor::cgroup::Support::Unavailable { reason } => {
+            skipped(&format!("{test}: needs a writable cgroup ({reason})"));
+            false
+        }
+    }
+}
+
+const PROVIDER: &str = "apiVersion: mirror.os/v1
+kind: ModelProvider
+metadata: {name: solo}
+spec:
+  api: ollama
+  url: http://127.0.0.1:LLM
+  service: llm
+";
+
+#[test]
+fn an_agent_cannot_read_signal_connect_or_approve_its_way_out() {
+    if !contained_host("an_agent_cannot_read_signal_connect_or_approve_its_way_out") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    let state = sandbox.root().join("state");
+    let (llm, bus, service_port, allowed, bind) = (free_port(), free_port(), free_port(), free_port(), free_port());
+    let abstract_name = format!("mirrorctl-test-{}-{llm}", std::process::id());
+
+    // What the agent must not reach: secrets of a Service, another agent's notes, the user's key.
+    std::fs::create_dir_all(state.join("secrets")).unwrap();
+    std::fs::write(state.join("secrets/llm.env"), "CLOUD_API_KEY=sk-do-not-leak\n").unwrap();
+    std::fs::create_dir_all(state.join("sandboxes/victim")).unwrap();
+    std::fs::write(state.join("sandboxes/victim/notes.txt"), "private").unwrap();
+    std::fs::create_dir_all(sandbox.root().join("home/.ssh")).unwrap();
+    std::fs::write(sandbox.root().join("home/.ssh/id_ed25519"), "PRIVATE KEY").unwrap();
+    // A declared port that answers, and an abstract socket made outside the sandbox.
+    let allowed_listener = std::net::TcpListener::bind(("127.0.0.1", allowed)).unwrap();
+    use std::os::linux::net::SocketAddrExt;
+    let abstract_listener = std::os::unix::net::UnixListener::bind_addr(
+        &std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes()).unwrap(),
+    )
+    .unwrap();
+
+    let attacker = sandbox.repo().join("attacker.py");
+    std::fs::copy(project_path("tests/fixtures/attacker.py"), &attacker).unwrap();
+    let fake = project_path("scripts/fake-llm").display().to_string();
+    let args = [
+        state.display().to_string(),
+        llm.to_string(),
+        service_port.to_string(),
+        allowed.to_string(),
+        bind.to_string(),
+        abstract_name.clone(),
+        env!("CARGO_BIN_EXE_mirrorctl").to_string(),
+    ];
+    sandbox.write(
+        "host.yaml",
+        format!(
+            "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {{name: llm}}\nspec:\n  command: [python3, {fake:?}, --port, \"{llm}\", --name, solo]\n  envFiles: [secrets/llm.env]\n---\n{}---\napiVersion: mirror.os/v1\nkind: Policy\nmetadata: {{name: jail}}\nspec:\n  tools: [{{name: shell.exec, risk: high}}]\n  network: {{connect: [{allowed}], bind: [{bind}]}}\n---\napiVersion: mirror.os/v1\nkind: Agent\nmetadata: {{name: mallory}}\nspec:\n  command: [python3, {attacker:?}, {}]\n  policy: jail\n  model: {{primary: {{provider: solo, model: \"llama3.2:1b\"}}}}\n  limits: {{memory: 256Mi}}\n---\napiVersion: mirror.os/v1\nkind: Agent\nmetadata: {{name: victim}}\nspec:\n  command: [sleep, \"4999\"]\n  policy: jail\n---\napiVersion: mirror.os/v1\nkind: Controller\nmetadata: {{name: main}}\nspec:\n  bus: {{address: \"127.0.0.1:{bus}\"}}\n",
+            PROVIDER.replace("LLM", &llm.to_string()),
+            args.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", "),
+        ),
+    );
+    sandbox.commit("an attacker, a victim, a model");
+    let daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
+    let results_path = state.join("sandboxes/mallory/results.json");
+    wait_for("the attacker's results", Duration::from_secs(60), || {
+        results_path.exists()
+    });
+    let results: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&results_path).unwrap()).unwrap();
+    let shown = serde_json::to_string_pretty(&results).unwrap();
+    drop((allowed_listener, abstract_listener));
+
+    let works = [
+        "chat through the bus (OpenAI env)",
+        "list models through the bus (Ollama env)",
+        "write in its sandbox",
+        "read its policy file",
+        "connect to a declared port",
+        "bind a declared port",
+        "read system files",
+    ];
+    assert_eq!(results.len(), 29, "every attempt reported:\n{shown}");
+    for (attempt, outcome) in &results {
+        let outcome = outcome.as_str().unwrap();
+        if works.contains(&attempt.as_str()) {
+            assert!(outcome.starts_with("ok: "), "{attempt}: {outcome}\n{shown}");
+        } else {
+            assert!(outcome.starts_with("refused: "), "{attempt}: {outcome}\n{shown}");
+        }
+    }
+    // Refused by the kernel, not by an accident of the test (a busy port, a missing file).
+    for attempt in [
+        "read another agent's token",
+        "read the host key",
+        "read the user's ssh key",
+        "read another agent's sandbox",
+        "connect to the provider's port",
+        "bind the service's port",
+        "SIGSTOP the daemon",
+        "SIGKILL another agent",
+        "connect to an abstract socket outside",
+        "read another agent's environment",
+        "read the daemon's environment",
+    ] {
+        assert!(
+            results[attempt]
+                .as_str()
+                .unwrap()
+                .starts_with("refused: PermissionError"),
+            "{attempt}: {}",
+            results[attempt]
+        );
+    }
+    assert!(results["chat through the bus (OpenAI env)"]
+        .as_str()
+        .unwrap()
+        .contains("[solo]"));
+
+    // The host is unharmed: the daemon answers, the victim and the model run, nothing restarted.
+    let json = status(&sandbox).json();
+    for name in ["victim", "llm", "mallory"] {
+        let resource = resource_of(&json, name).unwrap();
+        assert_eq!(resource["health"], "Healthy", "{name}: {resource}");
+        assert_eq!(resource["restarts"], 0, "{name}: {resource}");
+    }
+    // What contains the agent is shown, all of it enforced on this host.
+    let protections = resource_of(&json, "mallory").unwrap()["protections"].clone();
+    let names: Vec<&str> = protections
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            assert_eq!(p["state"], "enforced", "{p}");
+            p["name"].as_str().unwrap()
+        })
+        .collect();
+    for expected in [
+        "reads",
+        "writes",
+        "tcp",
+        "signals",
+        "abstract-sockets",
+        "cgroup",
+        "control-socket",
+    ] {
+        assert!(names.contains(&expected), "{expected} in {protections}");
+    }
+    assert!(status_text_says_contained(&sandbox));
+    // The refusals are logged (and receipted) with the agent named.
+    let log = daemon.log();
+    assert!(
+        log.contains("control socket: refused an agent's connection") && log.contains("mallory"),
+        "{log}"
+    );
+    // The enrollment records what contained it.
+    let enrollment = std::fs::read_to_string(state.join("agents/mallory/enrollment.json")).unwrap();
+    assert!(
+        enrollment.contains("\"protections\"") && enrollment.contains("cgroup"),
+        "{enrollment}"
+    );
+}
+
+fn status_text_says_contained(sandbox: &Sandbox) -> bool {
+    let text = sandbox.run(&["status"]).stdout;
+    text.lines()
+        .any(|l| l.starts_with("agent mallory contained: writes, reads, ptrace, tcp, signals, abstract-sockets, cgroup, control-socket enforced"))
+        || panic!("{text}")
+}
+
+#[test]
+fn stopping_an_agent_stops_what_left_its_group_and_cleared_its_environment() {
+    if !contained_host("stopping_an_agent_stops_what_left_its_group_and_cleared_its_environment") {
+        return;
+    }
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    let marker = format!("{}", 4000 + free_port() % 1000);
+    sandbox.write(
+        "policy.yaml",
+        "apiVersion: mirror.os/v1\nkind: Policy\nmetadata: {name: p}\nspec: {}\n",
+    );
+    // Something that stays (removing the only resource would be refused as a mass prune).
+    sandbox.write("svc.yaml", crate::daemon::service("stays", "exec sleep 4701", ""));
+    // The escapee: a new session, an empty environment, its parent gone (reparented to init).
+    sandbox.write(
+        "agent.yaml",
+        format!(
+            "apiVersion: mirror.os/v1\nkind: Agent\nmetadata: {{name: sneaky}}\nspec:\n  command: [sh, -c, \"setsid env -i /bin/sleep 7{marker} & exec sleep 4700\"]\n  policy: p\n"
+        ),
+    );
+    sandbox.commit("a sneaky agent");
+    let _daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
+    let escapee = || pids_with_cmdline(&format!("/bin/sleep 7{marker}"));
+    wait_for("the escapee", Duration::from_secs(15), || escapee().len() == 1);
+    let pid = escapee()[0];
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(environ.is_empty(), "the escapee cleared its environment");
+
+    sandbox.remove("agent.yaml");
+    sandbox.commit("the agent leaves");
+    wait_for("the escapee stopped with its agent", Duration::from_secs(20), || {
+        escapee().is_empty()
+    });
+}
+
+fn pids_with_cmdline(needle: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").trim_end() == needle)
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[test]
+fn a_preview_of_another_repository_gets_none_of_the_daemons_credentials() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    sandbox.write("svc.yaml", crate::daemon::service("a", "exec sleep 4800", ""));
+    sandbox.commit("the daemon's own source");
+    // The daemon has a cloud key in its environment.
+    let log = sandbox.root().join("daemon.log");
+    let mut child = sandbox
+        .cmd(&["run"])
+        .env("CLOUD_API_KEY", "sk-daemon-secret")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("the daemon", Duration::from_secs(20), || {
+        sandbox.root().join("state/control.sock").exists()
+    });
+
+    // Another repository (anyone's) whose provider points at a port its author listens on.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            use std::io::{Read, Write};
+            let mut stream = stream;
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buffer = [0u8; 4096];
+            let n = stream.read(&mut buffer).unwrap_or(0);
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..n]));
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{\"data\":[]}");
+        }
+    });
+    let other = Sandbox::new();
+    other.write("svc.yaml", crate::daemon::service("a", "exec sleep 4800", ""));
+    other.write(
+        "p.yaml",
+        format!("apiVersion: mirror.os/v1\nkind: ModelProvider\nmetadata: {{name: cloud}}\nspec:\n  api: openai\n  url: http://127.0.0.1:{port}/v1\n  local: true\n  apiKeyEnv: CLOUD_API_KEY\n  models: [gpt-x]\n"),
+    );
+    other.commit("a provider that phones home");
+    let preview = sandbox.run(&["reconcile", "--dry-run", "--repo", other.repo().to_str().unwrap()]);
+    assert!(matches!(preview.code, 0 | 2), "{preview:?}");
+    wait_for("the probe", Duration::from_secs(10), || {
+        !seen.lock().unwrap().is_empty()
+    });
+    let requests = seen.lock().unwrap().clone();
+    assert!(!requests.contains("sk-daemon-secret"), "the key leaked:\n{requests}");
+    assert!(!requests.to_ascii_lowercase().contains("authorization"), "{requests}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn ports_and_hidden_paths_of_a_policy_are_checked_with_their_position() {
+    let sandbox = Sandbox::new();
+    sandbox.write(
+        "policy.yaml",
+        "apiVersion: mirror.os/v1\nkind: Policy\nmetadata: {name: p}\nspec:\n  network:\n    connect: [443, 70000]\n    bind: [0]\n  hidePaths: [relative/path]\n",
+    );
+    sandbox.write(
+        "agent.yaml",
+        "apiVersion: mirror.os/v1\nkind: Agent\nmetadata: {name: a}\nspec:\n  command: [sleep, \"1\"]\n  policy: p\n  limits: {cpu: 0}\n",
+    );
+    sandbox.commit("bad ports");
+    let run = sandbox.run(&["validate"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    for expected in [
+        "policy.yaml:6:20: Policy/p: spec.network.connect[1]: expected a TCP port from 1 to 65535, found 70000",
+        "policy.yaml:7:12: Policy/p: spec.network.bind[0]: expected a TCP port from 1 to 65535, found 0",
+        "policy.yaml:8:15: Policy/p: spec.hidePaths[0]: expected an absolute path or one starting with `~/`, found `relative/path`",
+        "agent.yaml:7:17: Agent/a: spec.limits.cpu: expected a number of CPU cores from 0.01 to 4096 (e.g. 0.5), found 0",
+    ] {
+        assert!(run.stdout.contains(expected) || run.stderr.contains(expected), "missing {expected}\n{run:?}");
+    }
+}
