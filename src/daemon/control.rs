@@ -126,6 +126,9 @@ pub fn ask(state_dir: &Path, request: &Request) -> Result<Option<Response>, Cont
         .map_err(|source| ControlError::Answer { path, source })
 }
 
+/// Told of every connection refused because it came from an agent (records a receipt).
+pub type Refused = std::sync::Arc<dyn Fn(&super::peer::Peer, &super::peer::AgentPeer) + Send + Sync>;
+
 /// A request and where its answer goes.
 pub type Asked = (Request, oneshot::Sender<Response>);
 
@@ -155,14 +158,10 @@ pub fn bind(state_dir: &Path) -> Result<tokio::net::UnixListener, ControlError> 
 /// fails or the loop is gone.
 ///
 /// The socket answers people, not agents: a connection from a process of an agent (see
-/// `daemon::peer`) is refused with a clear error and `refused` is told (a receipt), before its
-/// request is even read. A gate decision is recorded as made by the peer's user, whatever the
+/// `daemon::peer`) is refused with a clear error and `refused` is told (a receipt); its request
+/// line is read (within 10 s) but never acted on. A gate decision is recorded as made by the peer's user, whatever the
 /// request says.
-pub async fn serve(
-    listener: tokio::net::UnixListener,
-    requests: mpsc::UnboundedSender<Asked>,
-    refused: std::sync::Arc<dyn Fn(&super::peer::Peer, &super::peer::AgentPeer) + Send + Sync>,
-) {
+pub async fn serve(listener: tokio::net::UnixListener, requests: mpsc::UnboundedSender<Asked>, refused: Refused) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             return;

@@ -371,6 +371,51 @@ pub fn containment(state_dir: &Path, name: &str) -> Vec<crate::supervisor::sandb
     out
 }
 
+/// Agents whose containment is partly advisory on this host (an old kernel, no Landlock, no
+/// writable cgroup): a warning drift item each, never a silent downgrade.
+pub fn containment_drift(state_dir: &Path, agents: &[&str]) -> Vec<crate::report::DriftItem> {
+    use crate::supervisor::{cgroup, sandbox};
+    if agents.is_empty() {
+        return Vec::new();
+    }
+    let mut host = sandbox::protections(&sandbox::support());
+    if let cgroup::Support::Unavailable { reason } = cgroup::support(state_dir) {
+        host.push(sandbox::Protection {
+            name: "cgroup".into(),
+            state: "advisory".into(),
+            how: format!("no writable cgroup ({reason}): rlimits only"),
+        });
+    }
+    advisory_items(agents, &host)
+}
+
+/// One warning per agent naming every advisory protection and why (pure).
+fn advisory_items(
+    agents: &[&str],
+    protections: &[crate::supervisor::sandbox::Protection],
+) -> Vec<crate::report::DriftItem> {
+    use crate::report::{Drift, DriftItem, Severity};
+    let advisory: Vec<String> = protections
+        .iter()
+        .filter(|p| p.state != "enforced")
+        .map(|p| format!("{} ({})", p.name, p.how))
+        .collect();
+    if advisory.is_empty() {
+        return Vec::new();
+    }
+    agents
+        .iter()
+        .map(|agent| DriftItem {
+            kind: "Agent".into(),
+            name: agent.to_string(),
+            drift: Drift::Degraded,
+            corrective: false,
+            severity: Severity::Warning,
+            detail: format!("containment advisory on this host: {}", advisory.join("; ")),
+        })
+        .collect()
+}
+
 /// The agent's command line: through the `__sandbox-exec` trampoline of this very binary, which
 /// restricts itself to `profile` (Landlock, where the kernel has it), then execs the agent's
 /// program in the same process.
@@ -447,6 +492,31 @@ mod tests {
         let (_, fresh, new) = ensure(dir.path(), &key, "scribe", &spec(), 9_000).unwrap();
         assert!(new);
         assert_ne!(fresh, token);
+    }
+
+    #[test]
+    fn advisory_protections_are_a_warning_per_agent_never_silence() {
+        use crate::supervisor::sandbox::{protections, Support};
+        assert!(advisory_items(&["a"], &protections(&Support::Enforced { abi: 7 })).is_empty());
+        let old_kernel = protections(&Support::Enforced { abi: 3 });
+        let items = advisory_items(&["a", "b"], &old_kernel);
+        assert_eq!(items.len(), 2);
+        assert_eq!(items[0].severity, crate::report::Severity::Warning);
+        assert_eq!(items[0].drift, crate::report::Drift::Degraded);
+        assert!(
+            items[0]
+                .detail
+                .contains("tcp (needs Landlock ABI 4, this kernel has 3)")
+                && items[0].detail.contains("signals (needs Landlock ABI 6"),
+            "{}",
+            items[0].detail
+        );
+        let none = protections(&Support::Advisory {
+            reason: "ENOSYS: no Landlock".into(),
+        });
+        assert!(advisory_items(&["a"], &none)[0]
+            .detail
+            .contains("reads (ENOSYS: no Landlock)"));
     }
 
     #[test]

@@ -500,6 +500,12 @@ impl Reconciler {
         let mut items = input.extra_drift;
         items.extend(plan.drift.iter().cloned());
         items.extend(log_space_drift(&context.state_dir, &desired));
+        let running_agents: Vec<&str> = desired
+            .iter()
+            .filter(|d| d.agent.is_some() && !d.item.suspend)
+            .map(|d| d.item.id.name.as_str())
+            .collect();
+        items.extend(agents::containment_drift(&context.state_dir, &running_agents));
         for a in applied.iter().filter(|a| !a.ok) {
             items.push(DriftItem {
                 kind: a.kind.to_string(),
