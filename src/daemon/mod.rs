@@ -646,7 +646,14 @@ impl Daemon {
         if probing.identity != identity {
             return;
         }
+        let hijack = (id.kind == Kind::Service)
+            .then(|| self.current.as_ref().and_then(|s| self.routing.hijack_of(&id.name, s)))
+            .flatten();
         match result {
+            // The answer may have come from whoever holds the port: not healthy while it does.
+            Ok(_) if hijack.is_some() => {
+                self.verdicts.insert(id, (identity, Err(hijack.unwrap_or_default())));
+            }
             Ok(answer) => {
                 probing.failures = 0;
                 self.verdicts.insert(id, (identity, Ok(answer)));
@@ -674,6 +681,15 @@ impl Daemon {
         for (id, identity, exit) in self.pending_exits.drain(..) {
             reconciler.note_exit(&id, identity, exit);
         }
+        // Before the probe tasks start: whose listener each provider's answer must come from.
+        self.routing.set_owners(
+            reconciler
+                .owned_processes()
+                .into_iter()
+                .filter(|(id, _)| id.kind == Kind::Service)
+                .map(|(id, identity)| (id.name, identity))
+                .collect(),
+        );
         if let Some(state) = applied {
             self.sync_jobs(&reconciler, &state);
             self.routing.sync(&state, &self.probed);
@@ -859,6 +875,9 @@ impl Daemon {
                 self.ensure_models(&state);
             }
         }
+        if let crate::router::health::Verdict::Hijacked { why } = &probed.verdict {
+            self.mark_hijacked(&probed.provider, why);
+        }
         if !self.routing.observe(&probed, now) {
             return;
         }
@@ -869,6 +888,30 @@ impl Daemon {
             self.restart_provider_service(&probed);
         }
         self.decide_routes();
+    }
+
+    /// Another process holds a provider's port: its Service (if it runs) is not healthy, with
+    /// who holds the port as the reason; an error in the log when that is news.
+    fn mark_hijacked(&mut self, provider: &str, why: &str) {
+        let Some(state) = self.current.clone() else { return };
+        let Some(Spec::ModelProvider(spec)) = state.get(Kind::ModelProvider, provider).map(|r| &r.spec) else {
+            return;
+        };
+        let Some(service) = spec.service.clone() else { return };
+        let service = ResourceId::new(Kind::Service, service);
+        let reason = format!("provider {provider} hijacked: {why}");
+        // Not running: its own restarts show; the provider's change of health is logged.
+        let Some((identity, _)) = self.watchers.get(&service).cloned() else {
+            return;
+        };
+        let known = self
+            .verdicts
+            .get(&service)
+            .is_some_and(|(_, v)| v.as_ref().err() == Some(&reason));
+        if !known {
+            tracing::error!(service = %service, %provider, %why, "provider port hijacked");
+        }
+        self.verdicts.insert(service, (identity, Err(reason)));
     }
 
     /// A provider that is down or hung and names its Service gets that Service restarted (a hung
@@ -903,6 +946,8 @@ impl Daemon {
             return;
         }
         let why = match &probed.verdict {
+            // Restarting the Service would not free its port (`mark_hijacked` showed it).
+            crate::router::health::Verdict::Hijacked { .. } => return,
             crate::router::health::Verdict::Hung { why } => format!("provider {} is hung: {why}", probed.provider),
             crate::router::health::Verdict::Down { why } => format!("provider {} is down: {why}", probed.provider),
             crate::router::health::Verdict::Healthy { .. } => return,

@@ -17,6 +17,39 @@ use crate::source::DesiredState;
 use crate::spec::agent::ModelRef;
 use crate::spec::{Kind, Spec};
 
+/// When something answered on a provider's port (not down) and the provider names a running
+/// Service, whether the listener is that Service's: a `Hijacked` verdict naming the holder when
+/// it is not.
+async fn stranger_on_port(verdict: &Verdict, served_by: Option<&(String, u16)>, owners: &Owners) -> Option<Verdict> {
+    use crate::supervisor::listener::{self, Ownership};
+    if matches!(verdict, Verdict::Down { .. }) {
+        return None;
+    }
+    let (service, port) = served_by?.clone();
+    // Before the first pass nothing is known; after it, a Service that does not run owns nothing.
+    let expected = owners
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()?
+        .get(&service)
+        .cloned();
+    let running = expected
+        .as_ref()
+        .map_or("not running".to_string(), |e| format!("pid {}", e.pid));
+    let ownership = tokio::task::spawn_blocking(move || listener::check(port, expected.as_ref()))
+        .await
+        .ok()?;
+    let Ownership::Stranger(holder) = ownership else {
+        return None;
+    };
+    let who = holder.map_or("another process".to_string(), |h| {
+        format!("pid {} ({})", h.pid, h.command)
+    });
+    Some(Verdict::Hijacked {
+        why: format!("port {port} is held by {who}, not by Service/{service} ({running})"),
+    })
+}
+
 /// A provider's probe answered.
 pub struct Probed {
     pub provider: String,
@@ -60,22 +93,38 @@ struct Probing {
     task: AbortHandle,
 }
 
+/// The running Services' processes, by name: whose listener a provider's answer must come from.
+/// None until the first pass says what runs.
+pub type Owners =
+    std::sync::Arc<std::sync::RwLock<Option<BTreeMap<String, crate::supervisor::process::ProcessIdentity>>>>;
+
 #[derive(Default)]
 pub struct Routing {
+    owners: Owners,
     probing: BTreeMap<String, Probing>,
     providers: BTreeMap<String, ProviderState>,
     routes: BTreeMap<String, (RouteState, String)>,
 }
 
 impl Routing {
+    /// The Services running now (after a pass): a provider naming one is checked against it.
+    pub fn set_owners(&self, owners: BTreeMap<String, crate::supervisor::process::ProcessIdentity>) {
+        *self.owners.write().unwrap_or_else(|e| e.into_inner()) = Some(owners);
+    }
+
     /// Starts, restarts (spec changed) or stops probe tasks to match the state's providers.
     pub fn sync(&mut self, state: &DesiredState, probed: &mpsc::UnboundedSender<Probed>) {
         let mut wanted: BTreeMap<String, (ProbeTarget, Duration, u32, String)> = BTreeMap::new();
+        let mut served_by: BTreeMap<String, (String, u16)> = BTreeMap::new();
         for resource in &state.resources {
             if let Spec::ModelProvider(spec) = &resource.spec {
                 let name = resource.metadata.name.clone();
                 let health = spec.health();
                 let json = serde_json::to_string(spec).unwrap_or_default();
+                let port = url::Url::parse(&spec.url).ok().and_then(|u| u.port_or_known_default());
+                if let (Some(service), Some(port)) = (&spec.service, port) {
+                    served_by.insert(name.clone(), (service.clone(), port));
+                }
                 wanted.insert(
                     name.clone(),
                     (
@@ -106,9 +155,13 @@ impl Routing {
                 .or_insert_with(|| ProviderState::new(threshold))
                 .set_failure_threshold(threshold);
             let probed = probed.clone();
+            let (owners, served_by) = (self.owners.clone(), served_by.get(&name).cloned());
             let task = tokio::spawn(async move {
                 loop {
-                    let verdict = health::probe(&target).await;
+                    let mut verdict = health::probe(&target).await;
+                    if let Some(hijacked) = stranger_on_port(&verdict, served_by.as_ref(), &owners).await {
+                        verdict = hijacked;
+                    }
                     if probed
                         .send(Probed {
                             provider: target.provider.clone(),
@@ -140,6 +193,20 @@ impl Routing {
             }
             None => false,
         }
+    }
+
+    /// Why Service `service` is not healthy although its own probe may answer: a provider it
+    /// serves is hijacked (another process holds its port, so that answer came from it).
+    pub fn hijack_of(&self, service: &str, state: &DesiredState) -> Option<String> {
+        state.resources.iter().find_map(|r| match &r.spec {
+            Spec::ModelProvider(spec) if spec.service.as_deref() == Some(service) => {
+                match self.providers.get(&r.metadata.name)?.last()? {
+                    Verdict::Hijacked { why } => Some(format!("provider {} hijacked: {why}", r.metadata.name)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        })
     }
 
     /// Healthy by its failure threshold (a restart of its Service is due when not).
@@ -226,8 +293,21 @@ impl Routing {
             .collect()
     }
 
-    /// `degraded` drift items for agents off their primary (or without any healthy route).
+    /// `degraded` drift items for agents off their primary (or without any healthy route), and
+    /// for providers whose port another process holds.
     pub fn drift(&self, state: Option<&DesiredState>) -> Vec<DriftItem> {
+        let hijacked = self.providers.iter().filter_map(|(name, p)| match p.last() {
+            Some(Verdict::Hijacked { why }) => Some(DriftItem {
+                kind: Kind::ModelProvider.to_string(),
+                name: name.clone(),
+                drift: Drift::Degraded,
+                corrective: true,
+                severity: Severity::Critical,
+                detail: format!("hijacked: {why}"),
+            }),
+            _ => None,
+        });
+        let hijacked: Vec<DriftItem> = hijacked.collect();
         self.routes(state)
             .into_iter()
             .filter(|r| r.degraded)
@@ -246,6 +326,7 @@ impl Routing {
                     _ => format!("no healthy model: {}", r.reason),
                 },
             })
+            .chain(hijacked)
             .collect()
     }
 

@@ -68,6 +68,9 @@ pub enum Verdict {
     Down { why: String },
     /// Liveness answers, but generation fails or exceeds the timeout.
     Hung { why: String },
+    /// Something answered, but the listener on the port is not the provider's Service: another
+    /// process took the port (`why` names it). Never routed to.
+    Hijacked { why: String },
 }
 
 impl Verdict {
@@ -82,6 +85,7 @@ impl std::fmt::Display for Verdict {
             Verdict::Healthy { detail } => write!(f, "healthy: {detail}"),
             Verdict::Down { why } => write!(f, "down: {why}"),
             Verdict::Hung { why } => write!(f, "hung: {why}"),
+            Verdict::Hijacked { why } => write!(f, "hijacked: {why}"),
         }
     }
 }

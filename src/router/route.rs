@@ -110,11 +110,11 @@ impl ProviderState {
     }
 
     /// Whether agents may be routed here: healthy, and the latest probe did not find generation
-    /// hung. One hung verdict moves agents at once (a hang holds every request it gets, and a
+    /// hung (nor the port held by a stranger, which is routed away from at once too). One hung verdict moves agents at once (a hang holds every request it gets, and a
     /// failover costs only the failback window); restarting the Service still waits for
     /// `failure_threshold` verdicts, so a provider busy with a long generation is not killed.
     pub fn routable(&self) -> bool {
-        self.healthy && !matches!(self.last, Some(Verdict::Hung { .. }))
+        self.healthy && !matches!(self.last, Some(Verdict::Hung { .. } | Verdict::Hijacked { .. }))
     }
 
     /// Answering since its first successful probe with no failure after it: it was starting,

@@ -25,6 +25,7 @@
 
 pub mod cgroup;
 pub mod job;
+pub mod listener;
 pub mod probe;
 pub mod process;
 pub mod sandbox;

@@ -325,3 +325,92 @@ fn ports_and_hidden_paths_of_a_policy_are_checked_with_their_position() {
         assert!(run.stdout.contains(expected) || run.stderr.contains(expected), "missing {expected}\n{run:?}");
     }
 }
+
+#[test]
+fn a_stranger_on_a_providers_port_is_hijacked_not_healthy() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    let fake = project_path("scripts/fake-llm").display().to_string();
+    let (port, backup, bus) = (free_port(), free_port(), free_port());
+    // The stranger holds the local model's port before its Service starts (or after killing it).
+    let mut stranger = std::process::Command::new("python3")
+        .args([fake.as_str(), "--port", &port.to_string(), "--name", "evil"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the stranger listening", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let health = "{interval: 200ms, timeout: 2s, failureThreshold: 2}";
+    sandbox.write(
+        "host.yaml",
+        format!(
+            "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {{name: llm}}\nspec:\n  command: [python3, {fake:?}, --port, \"{port}\", --name, solo]\n---\napiVersion: mirror.os/v1\nkind: Service\nmetadata: {{name: llm2}}\nspec:\n  command: [python3, {fake:?}, --port, \"{backup}\", --name, backup]\n---\napiVersion: mirror.os/v1\nkind: ModelProvider\nmetadata: {{name: solo}}\nspec:\n  api: ollama\n  url: http://127.0.0.1:{port}\n  service: llm\n  health: {health}\n---\napiVersion: mirror.os/v1\nkind: ModelProvider\nmetadata: {{name: backup}}\nspec:\n  api: ollama\n  url: http://127.0.0.1:{backup}\n  service: llm2\n  health: {health}\n---\napiVersion: mirror.os/v1\nkind: Policy\nmetadata: {{name: p}}\nspec: {{}}\n---\napiVersion: mirror.os/v1\nkind: Agent\nmetadata: {{name: a}}\nspec:\n  command: [sleep, \"4900\"]\n  policy: p\n  model:\n    primary: {{provider: solo, model: \"llama3.2:1b\"}}\n    fallbacks: [{{provider: backup, model: \"llama3.2:1b\"}}]\n---\napiVersion: mirror.os/v1\nkind: Controller\nmetadata: {{name: main}}\nspec:\n  bus: {{address: \"127.0.0.1:{bus}\"}}\n"
+        ),
+    );
+    sandbox.commit("a local model whose port is taken");
+    let daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
+    let provider = |json: &serde_json::Value, name: &str| {
+        json["providers"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name).cloned())
+            .unwrap_or_default()
+    };
+    let held_by = format!("held by pid {}", stranger.id());
+    wait_for(
+        "the provider found hijacked and the agent moved",
+        Duration::from_secs(20),
+        || {
+            let json = status(&sandbox).json();
+            let solo = provider(&json, "solo");
+            solo["verdict"]["state"] == "hijacked"
+                && solo["verdict"]["why"].as_str().is_some_and(|w| w.contains(&held_by))
+                && provider(&json, "backup")["healthy_since_ms"].is_i64()
+                && crate::daemon::route_of(&sandbox, "a") == Some(("backup".into(), true))
+        },
+    );
+    let json = status(&sandbox).json();
+    let why = provider(&json, "solo")["verdict"]["why"].as_str().unwrap().to_string();
+    assert!(why.contains("evil") && why.contains("not by Service/llm"), "{why}");
+    assert_ne!(resource_of(&json, "llm").unwrap()["health"], "Healthy", "{json}");
+    let text = sandbox.run(&["status"]).stdout;
+    assert!(
+        text.lines().any(|l| l.starts_with("solo") && l.contains("Hijacked")),
+        "{text}"
+    );
+
+    // The agent's requests go to the backup, never to the stranger.
+    let token = std::fs::read_to_string(sandbox.root().join("state/agents/a/bus-token")).unwrap();
+    let answer = chat(bus, &token);
+    assert!(answer.contains("[backup]") && !answer.contains("[evil]"), "{answer}");
+    // The drift report names the holder.
+    let report = sandbox.run(&["drift", "report", "--output", "json"]).json();
+    let item = report["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["kind"] == "ModelProvider" && i["name"] == "solo")
+        .cloned()
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(item["detail"].as_str().unwrap().contains(&held_by), "{item}");
+    assert!(daemon.log().contains("hijacked"), "{}", daemon.log());
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+}
+
+/// One chat completion through the bus as the agent; the answer's body.
+fn chat(bus: u16, token: &str) -> String {
+    use std::io::{Read, Write};
+    let body = r#"{"model": "x", "messages": [{"role": "user", "content": "hi"}]}"#;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", bus)).unwrap();
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}
