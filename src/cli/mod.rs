@@ -159,6 +159,7 @@ impl GlobalArgs {
             reference: self.reference.clone(),
             worktree: self.worktree,
             max_file_size: self.max_file_size.0,
+            host_base: Some(self.state_dir()),
         }
     }
 }

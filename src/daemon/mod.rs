@@ -1697,6 +1697,7 @@ fn source_options(asked: &control::SourceRequest, own: &SourceOptions) -> Source
         reference: asked.reference.clone(),
         worktree: asked.worktree,
         max_file_size: own.max_file_size,
+        host_base: own.host_base.clone(),
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod decode;
 pub mod files;
+mod host;
 pub mod trust;
 mod validate;
 pub mod yaml;
@@ -28,6 +29,9 @@ pub struct SourceOptions {
     /// Read the working tree instead of the commit (preview only).
     pub worktree: bool,
     pub max_file_size: u64,
+    /// Where relative sandbox paths point (the state dir). With it, `load` also checks that the
+    /// agents' declared `sandbox.readPaths` exist on this host (the one check that looks at it).
+    pub host_base: Option<PathBuf>,
 }
 
 impl SourceOptions {
@@ -38,6 +42,7 @@ impl SourceOptions {
             reference: "HEAD".into(),
             worktree: false,
             max_file_size: DEFAULT_MAX_FILE_SIZE,
+            host_base: None,
         }
     }
 }
@@ -182,7 +187,22 @@ pub fn source_label(commit: Option<&str>, worktree: bool) -> String {
 /// Reads, parses and validates the desired state. Every problem found is reported at once.
 pub fn load(options: &SourceOptions) -> Result<DesiredState, LoadError> {
     let source = files::read(options)?;
-    load_files(source, options.worktree, options.max_file_size)
+    let state = load_files(source, options.worktree, options.max_file_size)?;
+    let Some(base) = &options.host_base else {
+        return Ok(state);
+    };
+    let placeless = host::missing_read_paths(&state, &[], base);
+    if placeless.is_empty() {
+        return Ok(state);
+    }
+    // Rare: read the files again to place the errors.
+    let source = files::read(options)?;
+    let diagnostics = host::missing_read_paths(&state, &source.files, base);
+    Err(LoadError::Invalid {
+        commit: state.commit,
+        files: state.files,
+        diagnostics,
+    })
 }
 
 /// Parses and validates files already read (pure: no I/O).

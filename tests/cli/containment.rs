@@ -414,3 +414,29 @@ fn chat(bus: u16, token: &str) -> String {
     let _ = stream.read_to_string(&mut answer);
     answer
 }
+
+#[test]
+fn a_declared_read_path_that_does_not_exist_is_an_error_at_its_position() {
+    let sandbox = Sandbox::new();
+    let missing = sandbox.root().join("no-such-dir");
+    sandbox.write(
+        "agent.yaml",
+        format!(
+            "apiVersion: mirror.os/v1\nkind: Policy\nmetadata: {{name: p}}\nspec: {{}}\n---\napiVersion: mirror.os/v1\nkind: Agent\nmetadata: {{name: a}}\nspec:\n  command: [sleep, \"1\"]\n  policy: p\n  sandbox:\n    readPaths: [/etc, {missing:?}]\n"
+        ),
+    );
+    sandbox.commit("a read path that is not there");
+    let run = sandbox.run(&["validate"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let expected = format!(
+        "agent.yaml:13:23: Agent/a: spec.sandbox.readPaths[1]: expected a path that exists on this host, found `{0}` ({0} does not exist)",
+        missing.display()
+    );
+    assert!(run.stdout.contains(&expected), "{run:?}");
+    // Nothing is applied from such a commit.
+    let reconcile = sandbox.run(&["reconcile"]);
+    assert_eq!(reconcile.code, 1, "{reconcile:?}");
+    assert!(!sandbox.root().join("state/agents/a").exists());
+    std::fs::create_dir_all(&missing).unwrap();
+    assert_eq!(sandbox.run(&["validate"]).code, 0);
+}

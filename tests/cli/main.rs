@@ -19,6 +19,7 @@ mod real_llm;
 mod reconcile;
 mod sandbox;
 mod scenario;
+mod sdk;
 mod store_cli;
 mod store_contract;
 mod validate;
