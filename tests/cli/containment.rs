@@ -440,3 +440,54 @@ fn a_declared_read_path_that_does_not_exist_is_an_error_at_its_position() {
     std::fs::create_dir_all(&missing).unwrap();
     assert_eq!(sandbox.run(&["validate"]).code, 0);
 }
+
+#[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
+#[test]
+fn without_landlock_an_agent_still_starts_and_every_protection_says_advisory() {
+    use crate::sandbox::without_landlock;
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    sandbox.write(
+        "agent.yaml",
+        "apiVersion: mirror.os/v1\nkind: Policy\nmetadata: {name: p}\nspec: {}\n---\napiVersion: mirror.os/v1\nkind: Agent\nmetadata: {name: plain}\nspec:\n  command: [sleep, \"4950\"]\n  policy: p\n",
+    );
+    sandbox.commit("an agent on an old kernel");
+    // A kernel without Landlock, emulated: its system calls answer ENOSYS.
+    let Some(applied) = without_landlock(sandbox.cmd(&["reconcile", "--output", "json"])) else {
+        return;
+    };
+    assert_eq!(applied.code, 0, "{applied:?}");
+    let id = applied.json()["report_id"].as_str().unwrap().to_string();
+    let items = sandbox.run(&["drift", "show", &id, "--output", "json"]).json()["items"].clone();
+    let warning = items
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["kind"] == "Agent" && i["name"] == "plain" && i["drift"] == "degraded")
+        .unwrap_or_else(|| panic!("no drift item for the agent: {items}"));
+    assert_eq!(warning["severity"], "warning", "{warning}");
+    assert!(
+        warning["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("containment advisory on this host: writes (ENOSYS"),
+        "{warning}"
+    );
+    let status = without_landlock(sandbox.cmd(&["status", "--output", "json"])).unwrap();
+    let agent = resource_of(&status.json(), "plain").unwrap();
+    assert_eq!(agent["health"], "Healthy", "it still runs: {agent}");
+    let advisory: Vec<&str> = agent["protections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["state"] == "advisory")
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        advisory,
+        ["writes", "reads", "ptrace", "tcp", "signals", "abstract-sockets"],
+        "{agent}"
+    );
+    let log = std::fs::read_to_string(sandbox.root().join("state/logs/agent-plain.log")).unwrap();
+    assert!(log.contains("sandbox advisory: Landlock not available"), "{log}");
+}

@@ -240,7 +240,7 @@ fn the_trampoline_is_hidden_from_help() {
 /// Runs `command` as on a kernel without Landlock: a seccomp filter makes the three Landlock
 /// system calls fail with ENOSYS. None where this cannot be arranged (then the caller skips).
 #[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]
-fn without_landlock(mut command: Command) -> Option<Run> {
+pub(crate) fn without_landlock(mut command: Command) -> Option<Run> {
     use std::os::unix::process::CommandExt;
 
     #[cfg(target_arch = "x86_64")]
