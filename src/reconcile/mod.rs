@@ -303,6 +303,10 @@ impl Reconciler {
             let Some(identity) = identity_of(&entry) else { continue };
             let (signal, grace) = stop_settings(&entry.last_applied);
             let outcome = process::stop(&identity, signal, grace);
+            if let Some(kind) = process_kind(&entry.kind) {
+                cgroup_of(&self.context.state_dir, &ResourceId::new(kind, entry.name.clone()))
+                    .kill(Duration::from_secs(2));
+            }
             stopped.push(format!("{} (pid {}): {outcome:?}", entry.name, identity.pid));
             entry.process = None;
             entry.updated_ms = now_ms();
@@ -886,6 +890,14 @@ fn probe_running(probe: &crate::spec::common::Probe, started_ms: i64) -> Option<
     Some(Err(format!("probe failed {threshold} time(s) in a row: {last}")))
 }
 
+/// The cgroup an owned Service or Agent runs in (where the host offers one).
+fn cgroup_of(state_dir: &Path, id: &ResourceId) -> cgroup::Cgroup {
+    match id.kind {
+        Kind::Agent => cgroup::for_agent(state_dir, &id.name),
+        _ => cgroup::for_service(state_dir, &id.name),
+    }
+}
+
 /// Carries out one change; Ok(detail) or Err(why it failed).
 fn apply_change(
     context: &Context,
@@ -908,13 +920,13 @@ fn apply_change(
         let outcome = process::stop(&identity, signal, grace);
         // An agent's descendants that left its group and cleared their environment are still
         // in its cgroup: they go with it.
-        let strays = if id.kind == Kind::Agent {
-            let cgroup = cgroup::for_agent(&context.state_dir, &id.name);
+        let strays = {
+            let cgroup = cgroup_of(&context.state_dir, id);
             let left = cgroup.members().len();
-            cgroup.kill(Duration::from_secs(2));
+            if left > 0 {
+                cgroup.kill(Duration::from_secs(2));
+            }
             left
-        } else {
-            0
         };
         match strays {
             0 => format!("stopped pid {} ({outcome:?}); ", identity.pid),
@@ -944,6 +956,13 @@ fn apply_change(
             };
             let mut run = desired.spec.clone();
             let mut cgroup_procs = Vec::new();
+            if desired.agent.is_none() {
+                // Membership only (no limits): a stop reaches every descendant.
+                let mut group = cgroup::for_service(&context.state_dir, &id.name);
+                if group.prepare(&cgroup::CgroupLimits::default()).is_ok() {
+                    cgroup_procs = group.procs_files();
+                }
+            }
             let mut enrolled = String::new();
             let mut log_name = id.name.clone();
             if let Some((agent, policy, profile)) = &desired.agent {
@@ -1032,8 +1051,8 @@ fn apply_change(
             inventory
                 .remove(&context.host, id.kind.as_str(), &id.name, recorder)
                 .map_err(local_error)?;
+            cgroup_of(&context.state_dir, id).remove();
             let revoked = if id.kind == Kind::Agent {
-                cgroup::for_agent(&context.state_dir, &id.name).remove();
                 revoke_agent(context, &id.name, recorder)
             } else {
                 String::new()

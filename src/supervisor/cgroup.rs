@@ -24,6 +24,8 @@ use crate::spec::common::Limits;
 const BASE_PREFIX: &str = "mirrorctl.";
 /// Prefix of an agent's cgroup directory.
 const AGENT_PREFIX: &str = "agent.";
+/// Prefix of a Service's cgroup directory.
+const SERVICE_PREFIX: &str = "service.";
 /// Processes an agent may have when its spec sets no `limits.processes`: a fork bomb stays
 /// inside.
 pub const DEFAULT_AGENT_PROCESSES: u64 = 256;
@@ -138,6 +140,20 @@ pub fn for_agent(state_dir: &Path, name: &str) -> Cgroup {
         }
     }
     cgroup
+}
+
+/// The cgroup of Service `name`: cgroup v2 only (membership and the kill that reaches every
+/// descendant; on a pure v2 host its limits could go there too). One directory per Service is
+/// what "where it costs nothing" allows: v1 hierarchies would triple the mkdirs of a start.
+pub fn for_service(state_dir: &Path, name: &str) -> Cgroup {
+    let base = base_name(state_dir);
+    Cgroup {
+        v2: hierarchies()
+            .into_iter()
+            .find(|h| h.controller.is_none())
+            .map(|h| h.own.join(base).join(format!("{SERVICE_PREFIX}{name}"))),
+        v1: Vec::new(),
+    }
 }
 
 /// Whether agents of this state dir can have cgroups: creates (and keeps) the base directory
@@ -359,6 +375,15 @@ mod tests {
         assert_eq!(limits.memory, Some(64 << 20));
         assert_eq!(limits.processes, Some(8));
         assert_eq!(limits.cpu_quota_us, Some(50_000));
+    }
+
+    #[test]
+    fn a_service_cgroup_is_never_taken_for_an_agent() {
+        let dir = Path::new("/var/lib/m");
+        if let Some(v2) = for_service(dir, "web").v2 {
+            assert!(v2.ends_with("service.web"), "{}", v2.display());
+            assert_eq!(agent_of_path(&v2.to_string_lossy()), None);
+        }
     }
 
     #[test]

@@ -200,8 +200,8 @@ fn status_text_says_contained(sandbox: &Sandbox) -> bool {
 }
 
 #[test]
-fn stopping_an_agent_stops_what_left_its_group_and_cleared_its_environment() {
-    if !contained_host("stopping_an_agent_stops_what_left_its_group_and_cleared_its_environment") {
+fn stopping_an_agent_or_a_service_stops_what_left_its_group_and_cleared_its_environment() {
+    if !contained_host("stopping_an_agent_or_a_service_stops_what_left_its_group_and_cleared_its_environment") {
         return;
     }
     let sandbox = Sandbox::new();
@@ -211,28 +211,56 @@ fn stopping_an_agent_stops_what_left_its_group_and_cleared_its_environment() {
         "policy.yaml",
         "apiVersion: mirror.os/v1\nkind: Policy\nmetadata: {name: p}\nspec: {}\n",
     );
-    // Something that stays (removing the only resource would be refused as a mass prune).
+    // What stays (removing most resources at once would be refused as a mass prune).
     sandbox.write("svc.yaml", crate::daemon::service("stays", "exec sleep 4701", ""));
-    // The escapee: a new session, an empty environment, its parent gone (reparented to init).
+    sandbox.write("svc2.yaml", crate::daemon::service("stays2", "exec sleep 4703", ""));
+    sandbox.write("svc3.yaml", crate::daemon::service("stays3", "exec sleep 4704", ""));
+    // The escapees: a new session, an empty environment, the parent gone (reparented to init).
     sandbox.write(
         "agent.yaml",
         format!(
             "apiVersion: mirror.os/v1\nkind: Agent\nmetadata: {{name: sneaky}}\nspec:\n  command: [sh, -c, \"setsid env -i /bin/sleep 7{marker} & exec sleep 4700\"]\n  policy: p\n"
         ),
     );
-    sandbox.commit("a sneaky agent");
+    sandbox.write(
+        "leaky.yaml",
+        crate::daemon::service(
+            "leaky",
+            &format!("setsid env -i /bin/sleep 8{marker} & exec sleep 4702"),
+            "",
+        ),
+    );
+    sandbox.commit("a sneaky agent and a leaky service");
     let _daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
-    let escapee = || pids_with_cmdline(&format!("/bin/sleep 7{marker}"));
-    wait_for("the escapee", Duration::from_secs(15), || escapee().len() == 1);
-    let pid = escapee()[0];
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-    assert!(environ.is_empty(), "the escapee cleared its environment");
+    let escapees = || {
+        let mut pids = pids_with_cmdline(&format!("/bin/sleep 7{marker}"));
+        pids.extend(pids_with_cmdline(&format!("/bin/sleep 8{marker}")));
+        pids
+    };
+    wait_for("the escapees", Duration::from_secs(15), || escapees().len() == 2);
+    for pid in escapees() {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        assert!(environ.is_empty(), "the escapee cleared its environment");
+    }
 
     sandbox.remove("agent.yaml");
-    sandbox.commit("the agent leaves");
-    wait_for("the escapee stopped with its agent", Duration::from_secs(20), || {
-        escapee().is_empty()
-    });
+    sandbox.remove("leaky.yaml");
+    sandbox.commit("they leave");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !escapees().is_empty() {
+        if std::time::Instant::now() > deadline {
+            let left: Vec<String> = escapees()
+                .iter()
+                .map(|pid| {
+                    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+                    format!("{pid} {}: {cgroup}", String::from_utf8_lossy(&cmd))
+                })
+                .collect();
+            panic!("escapees left running: {left:#?}\n{}", _daemon.log());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
 }
 
 fn pids_with_cmdline(needle: &str) -> Vec<i32> {
