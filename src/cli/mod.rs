@@ -121,8 +121,11 @@ impl GlobalArgs {
         self.repo.clone().unwrap_or_else(|| PathBuf::from("."))
     }
 
+    /// Absolute: agents' sandboxes hide it by path, and a relative one would name another place
+    /// from their working directory.
     pub fn state_dir(&self) -> PathBuf {
-        self.state_dir.clone().unwrap_or_else(crate::state::default_state_dir)
+        let dir = self.state_dir.clone().unwrap_or_else(crate::state::default_state_dir);
+        std::path::absolute(&dir).unwrap_or(dir)
     }
 
     pub fn store_url(&self) -> Result<StoreUrl, StoreError> {

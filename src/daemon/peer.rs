@@ -41,10 +41,24 @@ pub struct AgentPeer {
     pub evidence: String,
 }
 
-/// Whether the peer is (part of) an agent.
+/// Whether the peer is (part of) an agent, or cannot be told from one (no pid from the kernel,
+/// or a process already gone: an agent's child that connected and exited, its parent holding
+/// the socket). Call it when the request has arrived: a process that is gone by then is refused.
 pub fn agent_of(peer: &Peer) -> Option<AgentPeer> {
-    let pid = peer.pid?;
-    imp::agent_of(pid)
+    let unknown = |why: String| AgentPeer {
+        agent: None,
+        evidence: why,
+    };
+    let Some(pid) = peer.pid.filter(|p| *p > 0) else {
+        return Some(unknown("the kernel did not say which process connected".into()));
+    };
+    let verdict = imp::agent_of(pid, peer.uid);
+    if verdict.is_none() && !imp::alive(pid) {
+        return Some(unknown(format!(
+            "pid {pid}, which connected, is gone: who it was cannot be told"
+        )));
+    }
+    verdict
 }
 
 /// The user name of `uid`, from the password database.
@@ -94,7 +108,16 @@ mod imp {
         ))
     }
 
-    pub fn agent_of(pid: i32) -> Option<AgentPeer> {
+    /// Whether `pid` still runs (not a zombie).
+    pub fn alive(pid: i32) -> bool {
+        std::fs::read_to_string(proc_file(pid, "stat")).is_ok_and(|stat| {
+            stat.rfind(')')
+                .and_then(|i| stat.get(i + 2..i + 3))
+                .is_some_and(|state| state != "Z" && state != "X")
+        })
+    }
+
+    pub fn agent_of(pid: i32, uid: u32) -> Option<AgentPeer> {
         if let Ok(cgroups) = std::fs::read_to_string(proc_file(pid, "cgroup")) {
             if let Some(agent) = cgroups.lines().find_map(agent_in_cgroup) {
                 return Some(AgentPeer {
@@ -112,7 +135,9 @@ mod imp {
                     });
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            // Only a process of the daemon's own user can hide from it this way (a person's
+            // `sudo mirrorctl` runs as another user, whose environment is simply not ours to read).
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && uid == rustix::process::getuid().as_raw() => {
                 return Some(AgentPeer {
                     agent: None,
                     evidence: format!("pid {pid} hides its environment from the daemon"),
@@ -150,8 +175,12 @@ mod imp {
     use super::*;
 
     /// Without `/proc` only the peer's uid is known: the check is advisory there.
-    pub fn agent_of(_pid: i32) -> Option<AgentPeer> {
+    pub fn agent_of(_pid: i32, _uid: u32) -> Option<AgentPeer> {
         None
+    }
+
+    pub fn alive(_pid: i32) -> bool {
+        true
     }
 }
 
@@ -194,6 +223,17 @@ mod tests {
         if std::env::var_os("MIRROR_AGENT").is_none() {
             assert_eq!(agent_of(&peer), None);
         }
+        // A peer the kernel could not name, or one that is gone, is refused.
+        assert!(agent_of(&Peer { pid: None, uid: 0 }).is_some());
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let gone = child.id() as i32;
+        child.wait().unwrap();
+        let refused = agent_of(&Peer {
+            pid: Some(gone),
+            uid: 0,
+        })
+        .unwrap();
+        assert!(refused.evidence.contains("is gone"), "{refused:?}");
         assert!(peer.describe().contains(&format!("uid {}", peer.uid)));
     }
 }

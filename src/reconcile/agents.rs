@@ -298,6 +298,11 @@ pub fn profile(
     );
     hide.extend(host.env_files.iter().cloned());
     hide.extend(host.runtime.iter().cloned());
+    hide.extend(
+        crate::supervisor::sandbox::hide::SYSTEM_SECRETS
+            .iter()
+            .map(PathBuf::from),
+    );
     if let Some(home) = &host.home {
         hide.extend(crate::supervisor::sandbox::hide::credential_stores(home));
     }
@@ -433,8 +438,16 @@ pub fn sandboxed_command(profile: &Profile, spec: &AgentSpec) -> Vec<String> {
         .collect()
 }
 
+/// Creates `path` (mode 0700). A symbolic link there is refused, not followed: an agent may
+/// plant one in its sandbox (`tmp` -> anywhere) to have the daemon chmod what it points to.
 fn private_dir(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(std::io::Error::other(format!(
+            "{} is a symbolic link, not a directory: refused",
+            path.display()
+        )));
+    }
     std::fs::create_dir_all(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
 }
@@ -492,6 +505,23 @@ mod tests {
         let (_, fresh, new) = ensure(dir.path(), &key, "scribe", &spec(), 9_000).unwrap();
         assert!(new);
         assert_ne!(fresh, token);
+    }
+
+    #[test]
+    fn a_symlink_planted_as_the_sandbox_tmp_is_refused_not_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = [7u8; 32];
+        let (enrollment, _, _) = ensure(dir.path(), &key, "scribe", &spec(), 1_000).unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::remove_dir(enrollment.sandbox.join("tmp")).unwrap();
+        std::os::unix::fs::symlink(&victim, enrollment.sandbox.join("tmp")).unwrap();
+        let error = ensure(dir.path(), &key, "scribe", &spec(), 2_000).unwrap_err();
+        assert!(error.to_string().contains("is a symbolic link"), "{error}");
+        let mode = std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o755, "the link's target was not touched");
     }
 
     #[test]

@@ -926,6 +926,8 @@ fn apply_change(
             if left > 0 {
                 cgroup.kill(Duration::from_secs(2));
             }
+            // Empty now: made again at the next start (no empty cgroups left behind).
+            cgroup.remove();
             left
         };
         match strays {

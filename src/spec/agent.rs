@@ -54,11 +54,14 @@ pub struct MemoryScope {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Sandbox {
-    /// Default: `sandboxes/<name>` in the state dir.
+    /// Default: `sandboxes/<name>` in the state dir. Never the state dir itself or above it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dir: Option<PathBuf>,
+    /// Paths it may read even where they are hidden (a credential store, say). They must exist
+    /// and lie outside the state dir (relative ones are taken in it, so: absolute paths).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub read_paths: Vec<PathBuf>,
+    /// Paths it may write besides its sandbox; outside the state dir (absolute paths).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub write_paths: Vec<PathBuf>,
 }

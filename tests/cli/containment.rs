@@ -450,7 +450,7 @@ fn a_declared_read_path_that_does_not_exist_is_an_error_at_its_position() {
     sandbox.write(
         "agent.yaml",
         format!(
-            "apiVersion: mirror.os/v1\nkind: Policy\nmetadata: {{name: p}}\nspec: {{}}\n---\napiVersion: mirror.os/v1\nkind: Agent\nmetadata: {{name: a}}\nspec:\n  command: [sleep, \"1\"]\n  policy: p\n  sandbox:\n    readPaths: [/etc, {missing:?}]\n"
+            "apiVersion: mirror.os/v1\nkind: Policy\nmetadata: {{name: p}}\nspec: {{}}\n---\napiVersion: mirror.os/v1\nkind: Agent\nmetadata: {{name: a}}\nspec:\n  command: [sleep, \"1\"]\n  policy: p\n  sandbox:\n    readPaths: [/etc, {missing:?}]\n    writePaths: [\".\", agents]\n"
         ),
     );
     sandbox.commit("a read path that is not there");
@@ -461,12 +461,20 @@ fn a_declared_read_path_that_does_not_exist_is_an_error_at_its_position() {
         missing.display()
     );
     assert!(run.stdout.contains(&expected), "{run:?}");
+    // No declared path may open the state dir (its tokens, keys, truth store) to the agent.
+    let state = sandbox.root().join("state");
+    for expected in [
+        format!("agent.yaml:14:18: Agent/a: spec.sandbox.writePaths[0]: expected a path outside the state dir, found `.`, which is or holds {} (tokens, keys, the truth store)", state.display()),
+        format!("agent.yaml:14:23: Agent/a: spec.sandbox.writePaths[1]: expected a path outside the state dir, found `agents` inside {}", state.display()),
+    ] {
+        assert!(run.stdout.contains(&expected), "missing {expected}\n{run:?}");
+    }
     // Nothing is applied from such a commit.
     let reconcile = sandbox.run(&["reconcile"]);
     assert_eq!(reconcile.code, 1, "{reconcile:?}");
     assert!(!sandbox.root().join("state/agents/a").exists());
     std::fs::create_dir_all(&missing).unwrap();
-    assert_eq!(sandbox.run(&["validate"]).code, 0);
+    assert_eq!(sandbox.run(&["validate"]).code, 1, "the write paths are still wrong");
 }
 
 #[cfg(all(target_os = "linux", any(target_arch = "x86_64", target_arch = "aarch64")))]

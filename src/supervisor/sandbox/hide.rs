@@ -162,6 +162,42 @@ pub const CREDENTIAL_STORES: &[&str] = &[
     ".config/chromium",
     "Library/Keychains",
     "Library/Application Support/mirrorctl",
+    // Model hubs and coding assistants keep tokens too.
+    ".cache/huggingface/token",
+    ".huggingface",
+    ".ollama/id_ed25519",
+    ".claude",
+    ".codex",
+    ".config/openai",
+    ".local/share/kwalletd",
+    // Where a daemon's keys often come from (exported in a login shell or a user unit).
+    ".config/environment.d",
+    ".config/systemd",
+    ".profile",
+    ".bash_profile",
+    ".bashrc",
+    ".bash_history",
+    ".zshrc",
+    ".zshenv",
+    ".zprofile",
+    ".zsh_history",
+    ".config/fish",
+    ".python_history",
+];
+
+/// Secrets of the system itself (readable to a root daemon's agents, which run as uid 0 without
+/// capabilities and so still own root's files), and the terminals of people.
+pub const SYSTEM_SECRETS: &[&str] = &[
+    "/etc/shadow",
+    "/etc/gshadow",
+    "/etc/ssh/ssh_host_rsa_key",
+    "/etc/ssh/ssh_host_ecdsa_key",
+    "/etc/ssh/ssh_host_ed25519_key",
+    "/etc/ssh/ssh_host_dsa_key",
+    "/etc/sudoers",
+    "/etc/sudoers.d",
+    "/root/.ssh",
+    "/dev/pts",
 ];
 
 /// The default hidden paths of a user whose home is `home`.

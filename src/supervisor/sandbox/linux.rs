@@ -9,7 +9,7 @@ use landlock::{
 };
 
 use super::hide::{self, FileSystem};
-use super::{unsupported_reason, Profile, SandboxError, Support, DEVICE_DIRS, DEVICE_FILES};
+use super::{unsupported_reason, Profile, SandboxError, Support, DEVICE_FILES};
 
 const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
 
@@ -125,7 +125,7 @@ pub fn restrict(profile: &Profile) -> Result<Support, SandboxError> {
             ruleset = grant(ruleset, &path, read, "")?;
         }
     }
-    for device in DEVICE_FILES.iter().chain(DEVICE_DIRS) {
+    for device in DEVICE_FILES {
         // Missing devices (a minimal container) are simply not allowed.
         let file_rights = AccessFs::WriteFile | AccessFs::Truncate | AccessFs::IoctlDev | (read & AccessFs::ReadFile);
         ruleset = grant(ruleset, Path::new(device), file_rights, "")?;

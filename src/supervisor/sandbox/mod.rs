@@ -18,7 +18,8 @@
 //! What a profile allows:
 //! - **writes** (every write-type right the running kernel's Landlock ABI handles) only
 //!   beneath the `--write` paths, on a few device files every program expects
-//!   ([`DEVICE_FILES`], `/dev/pts`), and on the program's own stdout and stderr when they are
+//!   ([`DEVICE_FILES`]; not `/dev/pts`: a person's terminal is there), and on the program's own
+//!   stdout and stderr when they are
 //!   files (so `echo >/dev/stderr` still reaches its log). Not `/tmp`, not `/dev/shm`: an agent
 //!   gets a temporary directory inside its sandbox (`TMPDIR`), or declares the path;
 //! - **reads and execution** everywhere but the `--hide` paths (the state dir, other agents'
@@ -62,9 +63,6 @@ pub const DEVICE_FILES: &[&str] = &[
     "/dev/tty",
     "/dev/ptmx",
 ];
-
-/// Directories of terminal devices writable inside a sandbox (when they exist).
-pub const DEVICE_DIRS: &[&str] = &["/dev/pts"];
 
 /// Whether this kernel enforces sandboxes.
 #[derive(Debug, Clone, PartialEq, Eq)]
