@@ -356,8 +356,26 @@ pub fn containment(state_dir: &Path, name: &str) -> Vec<crate::supervisor::sandb
         sandbox::Protection {
             name: "cgroup".into(),
             state: "enforced".into(),
-            how: present.describe(),
+            how: format!("{} (clone3 refused: it cannot leave)", present.describe()),
         }
+    });
+    // Which limits its cgroup holds (a pure v2 host without delegated controllers has none).
+    let limits = present.limit_files();
+    out.push(sandbox::Protection {
+        name: "limits".into(),
+        state: if limits.is_empty() { "advisory" } else { "enforced" }.into(),
+        how: if limits.is_empty() {
+            "no memory, pids or cpu controller in its cgroup: rlimits only".into()
+        } else {
+            limits.join(", ")
+        },
+    });
+    // Landlock filters connecting to pathname Unix sockets only from ABI 9 (RESOLVE_UNIX), not
+    // used yet: a D-Bus session bus, an ssh-agent or docker.sock stays reachable if it exists.
+    out.push(sandbox::Protection {
+        name: "unix-sockets".into(),
+        state: "advisory".into(),
+        how: "pathname Unix sockets stay connectable (Landlock RESOLVE_UNIX, ABI 9, not used yet)".into(),
     });
     out.push(sandbox::Protection {
         name: "control-socket".into(),

@@ -339,6 +339,29 @@ impl Cgroup {
         }
     }
 
+    /// The limit files it holds: `pids.max (v1)`, `memory.max (v2)`, ... (those that exist).
+    pub fn limit_files(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(dir) = &self.v2 {
+            for file in ["pids.max", "memory.max", "cpu.max"] {
+                if dir.join(file).exists() {
+                    out.push(format!("{file} (v2)"));
+                }
+            }
+        }
+        for (controller, dir) in &self.v1 {
+            let file = match controller.as_str() {
+                "pids" => "pids.max",
+                "memory" => "memory.limit_in_bytes",
+                _ => "cpu.cfs_quota_us",
+            };
+            if dir.join(file).exists() {
+                out.push(format!("{file} (v1)"));
+            }
+        }
+        out
+    }
+
     /// Where it is, for `status`: `cgroup v2 /sys/fs/cgroup/...`.
     pub fn describe(&self) -> String {
         let mut parts: Vec<String> = self.v2.iter().map(|d| format!("v2 {}", d.display())).collect();

@@ -156,6 +156,7 @@ pub fn restrict(profile: &Profile) -> Result<Support, SandboxError> {
     let status = ruleset.restrict_self().map_err(failed)?;
     if profile.scope {
         drop_capabilities()?;
+        deny_clone_into_cgroup()?;
     }
     match status.ruleset {
         RulesetStatus::FullyEnforced | RulesetStatus::PartiallyEnforced => Ok(support),
@@ -195,4 +196,52 @@ fn drop_capabilities() -> Result<(), SandboxError> {
         },
     )
     .map_err(|e| failed(format!("dropping capabilities: {e}")))
+}
+
+/// `clone3` answers ENOSYS (the C libraries then fall back to `clone`): its `CLONE_INTO_CGROUP`
+/// starts a child in another cgroup given only a read-only descriptor of the target, which
+/// Landlock does not see, so an agent could leave its cgroup (limits, the stop that reaches every
+/// descendant, the control socket's refusal). On x86-64 the x32 system-call numbers are refused
+/// too (another way to the same call). Needs `no_new_privs`, which Landlock has set.
+fn deny_clone_into_cgroup() -> Result<(), SandboxError> {
+    #[cfg(target_arch = "x86_64")]
+    const X32_BIT: u32 = 0x4000_0000;
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    #[cfg(target_arch = "x86_64")]
+    const JSET_K: u16 = 0x45; // BPF_JMP | BPF_JSET | BPF_K
+    const RET_K: u16 = 0x06;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    const SYS_CLONE3: u32 = 435; // the same number on every architecture
+    let stmt = |code: u16, k: u32| libc::sock_filter { code, jt: 0, jf: 0, k };
+    let jump = |code: u16, k: u32, jt: u8, jf: u8| libc::sock_filter { code, jt, jf, k };
+    let enosys = RET_ERRNO | libc::ENOSYS as u32;
+    let mut filter = vec![stmt(LD_W_ABS, 0)]; // seccomp_data.nr
+    #[cfg(target_arch = "x86_64")]
+    filter.extend([jump(JSET_K, X32_BIT, 2, 0)]);
+    filter.extend([
+        jump(JEQ_K, SYS_CLONE3, 1, 0),
+        stmt(RET_K, RET_ALLOW),
+        stmt(RET_K, enosys),
+    ]);
+    let program = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_mut_ptr(),
+    };
+    // SAFETY: the filter program outlives the call, which copies it into the kernel.
+    let installed = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &program as *const libc::sock_fprog,
+        )
+    };
+    if installed != 0 {
+        return Err(failed(format!(
+            "refusing clone3 with seccomp: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
 }
