@@ -692,7 +692,7 @@ impl Daemon {
         );
         if let Some(state) = applied {
             self.sync_jobs(&reconciler, &state);
-            self.routing.sync(&state, &self.probed);
+            self.routing.sync(&state, &self.config.context.state_dir, &self.probed);
             self.current = Some(state.clone());
             self.decide_routes();
             self.sync_bus(&reconciler, &state);

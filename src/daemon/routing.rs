@@ -20,12 +20,17 @@ use crate::spec::{Kind, Spec};
 /// When something answered on a provider's port (not down) and the provider names a running
 /// Service, whether the listener is that Service's: a `Hijacked` verdict naming the holder when
 /// it is not.
-async fn stranger_on_port(verdict: &Verdict, served_by: Option<&(String, u16)>, owners: &Owners) -> Option<Verdict> {
+async fn stranger_on_port(verdict: &Verdict, served_by: Option<&ServedBy>, owners: &Owners) -> Option<Verdict> {
     use crate::supervisor::listener::{self, Ownership};
     if matches!(verdict, Verdict::Down { .. }) {
         return None;
     }
-    let (service, port) = served_by?.clone();
+    let ServedBy {
+        service,
+        ip,
+        port,
+        state_dir,
+    } = served_by?.clone();
     // Before the first pass nothing is known; after it, a Service that does not run owns nothing.
     let expected = owners
         .read()
@@ -36,9 +41,13 @@ async fn stranger_on_port(verdict: &Verdict, served_by: Option<&(String, u16)>, 
     let running = expected
         .as_ref()
         .map_or("not running".to_string(), |e| format!("pid {}", e.pid));
-    let ownership = tokio::task::spawn_blocking(move || listener::check(port, expected.as_ref()))
-        .await
-        .ok()?;
+    let service_name = service.clone();
+    let ownership = tokio::task::spawn_blocking(move || {
+        let members = crate::supervisor::cgroup::for_service(&state_dir, &service_name).members();
+        listener::check(ip, port, expected.as_ref(), &members)
+    })
+    .await
+    .ok()?;
     let Ownership::Stranger(holder) = ownership else {
         return None;
     };
@@ -48,6 +57,15 @@ async fn stranger_on_port(verdict: &Verdict, served_by: Option<&(String, u16)>, 
     Some(Verdict::Hijacked {
         why: format!("port {port} is held by {who}, not by Service/{service} ({running})"),
     })
+}
+
+/// Which Service should answer on a provider's address.
+#[derive(Clone, Debug)]
+struct ServedBy {
+    service: String,
+    ip: Option<std::net::IpAddr>,
+    port: u16,
+    state_dir: std::path::PathBuf,
 }
 
 /// A provider's probe answered.
@@ -113,17 +131,31 @@ impl Routing {
     }
 
     /// Starts, restarts (spec changed) or stops probe tasks to match the state's providers.
-    pub fn sync(&mut self, state: &DesiredState, probed: &mpsc::UnboundedSender<Probed>) {
+    pub fn sync(&mut self, state: &DesiredState, state_dir: &std::path::Path, probed: &mpsc::UnboundedSender<Probed>) {
         let mut wanted: BTreeMap<String, (ProbeTarget, Duration, u32, String)> = BTreeMap::new();
-        let mut served_by: BTreeMap<String, (String, u16)> = BTreeMap::new();
+        let mut served_by: BTreeMap<String, ServedBy> = BTreeMap::new();
         for resource in &state.resources {
             if let Spec::ModelProvider(spec) = &resource.spec {
                 let name = resource.metadata.name.clone();
                 let health = spec.health();
                 let json = serde_json::to_string(spec).unwrap_or_default();
-                let port = url::Url::parse(&spec.url).ok().and_then(|u| u.port_or_known_default());
+                let url = url::Url::parse(&spec.url).ok();
+                let port = url.as_ref().and_then(|u| u.port_or_known_default());
+                let ip = url.as_ref().and_then(|u| match u.host() {
+                    Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+                    Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+                    _ => None,
+                });
                 if let (Some(service), Some(port)) = (&spec.service, port) {
-                    served_by.insert(name.clone(), (service.clone(), port));
+                    served_by.insert(
+                        name.clone(),
+                        ServedBy {
+                            service: service.clone(),
+                            ip,
+                            port,
+                            state_dir: state_dir.to_path_buf(),
+                        },
+                    );
                 }
                 wanted.insert(
                     name.clone(),
@@ -407,7 +439,7 @@ mod tests {
         let state = crate::source::load_texts([("all.yaml", STATE.as_bytes())]).expect("valid");
         let (probed_tx, _probed_rx) = mpsc::unbounded_channel();
         let mut routing = Routing::default();
-        routing.sync(&state, &probed_tx);
+        routing.sync(&state, std::path::Path::new("/nonexistent"), &probed_tx);
         // Before any probe: the primary, presumed healthy, and said to be unprobed.
         routing.decide(&state, 0);
         let route = &routing.routes(Some(&state))[0];

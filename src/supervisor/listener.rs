@@ -30,32 +30,64 @@ pub enum Ownership {
     Unknown,
 }
 
-/// The inodes of the sockets listening on TCP `port`, from `/proc/net/tcp`-format `text`.
-fn listening_inodes(text: &str, port: u16) -> Vec<u64> {
+/// Whether a listener bound to `hex` (the address column of `/proc/net/tcp{,6}`) receives
+/// connections to `ip`: the same address, or the wildcard of its family.
+fn receives(hex: &str, ip: Option<std::net::IpAddr>) -> bool {
+    let Some(ip) = ip else { return true };
+    let wildcard = hex.bytes().all(|b| b == b'0');
+    let bound: Option<std::net::IpAddr> = match hex.len() {
+        // One little-endian 32-bit word.
+        8 => u32::from_str_radix(hex, 16)
+            .ok()
+            .map(|v| std::net::Ipv4Addr::from(v.swap_bytes()).into()),
+        // Four such words.
+        32 => {
+            let mut bytes = [0u8; 16];
+            for (i, chunk) in hex.as_bytes().chunks(8).enumerate() {
+                let word = u32::from_str_radix(std::str::from_utf8(chunk).ok().unwrap_or(""), 16).ok();
+                let Some(word) = word else { return true };
+                bytes[i * 4..i * 4 + 4].copy_from_slice(&word.to_le_bytes());
+            }
+            Some(std::net::Ipv6Addr::from(bytes).into())
+        }
+        _ => None,
+    };
+    let Some(bound) = bound else { return true };
+    let same_family = bound.is_ipv4() == ip.is_ipv4();
+    let mapped =
+        matches!((bound, ip), (std::net::IpAddr::V6(b), std::net::IpAddr::V4(v4)) if b.to_ipv4_mapped() == Some(v4));
+    // A v6 wildcard takes v4 connections too (unless IPV6_V6ONLY, which cannot be told here).
+    (wildcard && (same_family || bound.is_ipv6())) || bound == ip || mapped
+}
+
+/// The inodes of the sockets listening on TCP `port` that receive connections to `ip`, from
+/// `/proc/net/tcp`-format `text`.
+fn listening_inodes(text: &str, port: u16, ip: Option<std::net::IpAddr>) -> Vec<u64> {
     text.lines()
         .skip(1)
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let local = fields.get(1)?;
             let state = fields.get(3)?;
-            let (_, hex_port) = local.rsplit_once(':')?;
-            let listening = *state == "0A" && u16::from_str_radix(hex_port, 16).ok()? == port;
+            let (hex_ip, hex_port) = local.rsplit_once(':')?;
+            let listening = *state == "0A" && u16::from_str_radix(hex_port, 16).ok()? == port && receives(hex_ip, ip);
             listening.then(|| fields.get(9)?.parse().ok()).flatten()
         })
         .filter(|inode| *inode != 0)
         .collect()
 }
 
-/// Whether the listeners on `port` belong to the process group of `service` (None: the Service
-/// does not run, so any listener is a stranger).
-pub fn check(port: u16, service: Option<&ProcessIdentity>) -> Ownership {
+/// Whether the listeners on `port` that receive connections to `ip` belong to `service`: its
+/// process group or `members` (its cgroup's processes, which may have left the group). None:
+/// the Service does not run, so any listener is a stranger.
+pub fn check(ip: Option<std::net::IpAddr>, port: u16, service: Option<&ProcessIdentity>, members: &[i32]) -> Ownership {
     #[cfg(target_os = "linux")]
     {
-        linux::check(port, service)
+        linux::check(ip, port, service, members)
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let _ = (port, service);
+        let _ = (ip, port, service, members);
         Ownership::Unknown
     }
 }
@@ -81,14 +113,19 @@ mod linux {
         rest.split(' ').nth(2)?.parse().ok()
     }
 
-    /// Whether `pid` has a descriptor on socket `inode`.
-    fn holds(pid: i32, inode: u64) -> bool {
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            return false;
+    /// Whether `pid` has a descriptor on socket `inode`; None when its descriptors cannot be
+    /// read (an undumpable process of our user): then who holds the port cannot be told.
+    fn holds(pid: i32, inode: u64) -> Option<bool> {
+        let fds = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            Ok(fds) => fds,
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return None,
+            Err(_) => return Some(false),
         };
         let wanted = format!("socket:[{inode}]");
-        fds.flatten()
-            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == wanted.as_str()))
+        Some(
+            fds.flatten()
+                .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == wanted.as_str())),
+        )
     }
 
     fn command(pid: i32) -> String {
@@ -105,29 +142,47 @@ mod linux {
         }
     }
 
-    pub fn check(port: u16, service: Option<&ProcessIdentity>) -> Ownership {
+    pub fn check(
+        ip: Option<std::net::IpAddr>,
+        port: u16,
+        service: Option<&ProcessIdentity>,
+        members: &[i32],
+    ) -> Ownership {
         let mut inodes = Vec::new();
         for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
             if let Ok(text) = std::fs::read_to_string(table) {
-                inodes.extend(listening_inodes(&text, port));
+                inodes.extend(listening_inodes(&text, port, ip));
             }
         }
         if inodes.is_empty() {
             return Ownership::Unknown;
         }
         let all = pids();
-        let group: Vec<i32> = match service {
+        let mut ours: Vec<i32> = match service {
             Some(service) => all.iter().copied().filter(|p| pgid(*p) == Some(service.pgid)).collect(),
             None => Vec::new(),
         };
+        if service.is_some() {
+            ours.extend_from_slice(members);
+        }
         for inode in inodes {
-            if group.iter().any(|pid| holds(*pid, inode)) {
-                continue;
+            match ours
+                .iter()
+                .map(|pid| holds(*pid, inode))
+                .try_fold(false, |any, h| Some(any || h?))
+            {
+                Some(true) => continue,
+                None => return Ownership::Unknown,
+                Some(false) => {}
             }
-            let holder = all.iter().copied().find(|pid| holds(*pid, inode)).map(|pid| Holder {
-                pid,
-                command: command(pid),
-            });
+            let holder = all
+                .iter()
+                .copied()
+                .find(|pid| holds(*pid, inode) == Some(true))
+                .map(|pid| Holder {
+                    pid,
+                    command: command(pid),
+                });
             return Ownership::Stranger(holder);
         }
         Ownership::Owned
@@ -145,10 +200,25 @@ mod tests {
 ";
 
     #[test]
-    fn only_listening_sockets_of_the_port_count() {
-        assert_eq!(listening_inodes(TABLE, 8080), vec![4242]);
-        assert_eq!(listening_inodes(TABLE, 11486), vec![4444]);
-        assert!(listening_inodes(TABLE, 9).is_empty());
+    fn only_listening_sockets_of_the_port_and_address_count() {
+        let loopback = Some("127.0.0.1".parse().unwrap());
+        assert_eq!(listening_inodes(TABLE, 8080, loopback), vec![4242]);
+        assert_eq!(listening_inodes(TABLE, 8080, None), vec![4242]);
+        // Bound to 127.0.0.1: it does not receive what goes to another address.
+        assert!(listening_inodes(TABLE, 8080, Some("10.0.0.5".parse().unwrap())).is_empty());
+        // The wildcard receives everything of its family.
+        assert_eq!(listening_inodes(TABLE, 11486, loopback), vec![4444]);
+        assert!(listening_inodes(TABLE, 9, loopback).is_empty());
+    }
+
+    #[test]
+    fn v6_addresses_are_read_word_by_word() {
+        let v6_loopback = "00000000000000000000000001000000";
+        assert!(receives(v6_loopback, Some("::1".parse().unwrap())));
+        assert!(!receives(v6_loopback, Some("127.0.0.1".parse().unwrap())));
+        let v6_any = "00000000000000000000000000000000";
+        assert!(receives(v6_any, Some("127.0.0.1".parse().unwrap())));
+        assert!(!receives("0100007F", Some("::1".parse().unwrap())));
     }
 
     #[cfg(target_os = "linux")]
@@ -164,18 +234,21 @@ mod tests {
             start_time: 0,
             boot_id: String::new(),
         };
-        assert_eq!(check(port, Some(&ours)), Ownership::Owned);
+        let ip = Some("127.0.0.1".parse().unwrap());
+        assert_eq!(check(ip, port, Some(&ours), &[]), Ownership::Owned);
         let other = ProcessIdentity {
             pgid: i32::MAX - 7,
             ..ours
         };
+        // Its cgroup's processes count as the Service's too.
+        assert_eq!(check(ip, port, Some(&other), &[me]), Ownership::Owned);
         for service in [Some(&other), None] {
-            match check(port, service) {
+            match check(ip, port, service, &[]) {
                 Ownership::Stranger(Some(holder)) => assert_eq!(holder.pid, me),
                 other => panic!("{other:?}"),
             }
         }
         drop(listener);
-        assert_eq!(check(port, Some(&other)), Ownership::Unknown);
+        assert_eq!(check(ip, port, Some(&other), &[]), Ownership::Unknown);
     }
 }
