@@ -73,9 +73,15 @@ pub enum CgroupError {
     Limit { path: PathBuf, source: std::io::Error },
 }
 
-/// The cgroup hierarchies of this host the daemon is in, from `/proc/self/mountinfo` and
-/// `/proc/self/cgroup`.
+/// The cgroup hierarchies of this host the daemon is in, read once per process (every start
+/// asks; mounts and the daemon's own cgroup do not change under it).
 fn hierarchies() -> Vec<Hierarchy> {
+    static CACHED: std::sync::OnceLock<Vec<Hierarchy>> = std::sync::OnceLock::new();
+    CACHED.get_or_init(read_hierarchies).clone()
+}
+
+/// From `/proc/self/mounts` and `/proc/self/cgroup`.
+fn read_hierarchies() -> Vec<Hierarchy> {
     let (Ok(mounts), Ok(own)) = (
         std::fs::read_to_string("/proc/self/mounts"),
         std::fs::read_to_string("/proc/self/cgroup"),
