@@ -441,8 +441,19 @@ fn advisory_items(
 
 /// The agent's command line: through the `__sandbox-exec` trampoline of this very binary, which
 /// restricts itself to `profile` (Landlock, where the kernel has it), then execs the agent's
-/// program in the same process.
+/// program in the same process; on macOS through `sandbox-exec` with the profile in SBPL.
 pub fn sandboxed_command(profile: &Profile, spec: &AgentSpec) -> Vec<String> {
+    // macOS: Seatbelt, through `sandbox-exec -p PROFILE` (Landlock's trampoline does nothing
+    // there). Not run in CI (no macOS here); the profile's text is unit-tested.
+    if cfg!(target_os = "macos") {
+        let mut argv = vec![
+            "/usr/bin/sandbox-exec".to_string(),
+            "-p".to_string(),
+            crate::supervisor::sandbox::seatbelt::profile_text(profile),
+        ];
+        argv.extend(spec.command.iter().cloned());
+        return argv;
+    }
     // The binary the child is (the daemon's, even after an upgrade replaced the file).
     let exe = if cfg!(target_os = "linux") {
         PathBuf::from("/proc/self/exe")
