@@ -146,7 +146,10 @@ impl Routing {
                     Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
                     _ => None,
                 });
-                if let (Some(service), Some(port)) = (&spec.service, port) {
+                // A suspended Service is not ours to run: whoever serves the port then (Ollama
+                // started by hand, say) is not judged.
+                let run_by_us = |service: &String| matches!(state.get(Kind::Service, service).map(|r| &r.spec), Some(Spec::Service(s)) if !s.suspend);
+                if let (Some(service), Some(port)) = (spec.service.as_ref().filter(|s| run_by_us(s)), port) {
                     served_by.insert(
                         name.clone(),
                         ServedBy {

@@ -110,7 +110,8 @@ fn a_host_lives_through_a_series_of_commits() {
     assert_eq!(init.code, 0, "{init:?}");
 
     // 1. This host's ports (the example's are fixed), committed; the daemon makes it so.
-    let (web, bus, backup) = (free_port(), free_port(), free_port());
+    // Never a well-known port of the host: a real Ollama on 11434 must not change the test.
+    let (web, bus, backup, ollama) = (free_port(), free_port(), free_port(), free_port());
     let edit = |file: &str, from: &str, to: &str| {
         let path = sandbox.repo().join(file);
         let text = std::fs::read_to_string(&path).unwrap();
@@ -127,6 +128,16 @@ fn a_host_lives_through_a_series_of_commits() {
         "desired/providers.yaml",
         "127.0.0.1:8080",
         &format!("127.0.0.1:{backup}"),
+    );
+    edit(
+        "desired/providers.yaml",
+        "127.0.0.1:11434",
+        &format!("127.0.0.1:{ollama}"),
+    );
+    edit(
+        "desired/services.yaml",
+        "127.0.0.1:11434",
+        &format!("127.0.0.1:{ollama}"),
     );
     sandbox.commit("this host's ports");
     let daemon = Daemon::start(&sandbox, &["--path", "desired"]).ready(&sandbox);
