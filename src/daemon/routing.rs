@@ -59,6 +59,36 @@ async fn stranger_on_port(verdict: &Verdict, served_by: Option<&ServedBy>, owner
     })
 }
 
+/// Which Service should answer on a provider's address: the one it names, when that Service is
+/// ours to run. A suspended one is not, so whoever serves the port then (Ollama started by hand,
+/// say) is not judged.
+fn served_by_of(
+    state: &DesiredState,
+    spec: &crate::spec::provider::ModelProviderSpec,
+    state_dir: &std::path::Path,
+) -> Option<ServedBy> {
+    let service = spec.service.as_ref()?;
+    let running_it = matches!(
+        state.get(Kind::Service, service).map(|r| &r.spec),
+        Some(Spec::Service(s)) if !s.suspend
+    );
+    if !running_it {
+        return None;
+    }
+    let url = url::Url::parse(&spec.url).ok()?;
+    let ip = match url.host() {
+        Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+        _ => None,
+    };
+    Some(ServedBy {
+        service: service.clone(),
+        ip,
+        port: url.port_or_known_default()?,
+        state_dir: state_dir.to_path_buf(),
+    })
+}
+
 /// Which Service should answer on a provider's address.
 #[derive(Clone, Debug)]
 struct ServedBy {
@@ -138,27 +168,11 @@ impl Routing {
             if let Spec::ModelProvider(spec) = &resource.spec {
                 let name = resource.metadata.name.clone();
                 let health = spec.health();
-                let json = serde_json::to_string(spec).unwrap_or_default();
-                let url = url::Url::parse(&spec.url).ok();
-                let port = url.as_ref().and_then(|u| u.port_or_known_default());
-                let ip = url.as_ref().and_then(|u| match u.host() {
-                    Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
-                    Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
-                    _ => None,
-                });
-                // A suspended Service is not ours to run: whoever serves the port then (Ollama
-                // started by hand, say) is not judged.
-                let run_by_us = |service: &String| matches!(state.get(Kind::Service, service).map(|r| &r.spec), Some(Spec::Service(s)) if !s.suspend);
-                if let (Some(service), Some(port)) = (spec.service.as_ref().filter(|s| run_by_us(s)), port) {
-                    served_by.insert(
-                        name.clone(),
-                        ServedBy {
-                            service: service.clone(),
-                            ip,
-                            port,
-                            state_dir: state_dir.to_path_buf(),
-                        },
-                    );
+                let mut json = serde_json::to_string(spec).unwrap_or_default();
+                if let Some(served) = served_by_of(state, spec, state_dir) {
+                    // Whether answers are judged is part of what the probe task was started with.
+                    json.push_str("|judged");
+                    served_by.insert(name.clone(), served);
                 }
                 wanted.insert(
                     name.clone(),

@@ -431,6 +431,17 @@ fn a_stranger_on_a_providers_port_is_hijacked_not_healthy() {
         .unwrap_or_else(|| panic!("{report}"));
     assert!(item["detail"].as_str().unwrap().contains(&held_by), "{item}");
     assert!(daemon.log().contains("hijacked"), "{}", daemon.log());
+
+    // Suspended, the Service is not ours to run: whoever serves the port is not judged (Ollama
+    // started by hand on a host whose Ollama Service ships suspended).
+    let text = std::fs::read_to_string(sandbox.repo().join("host.yaml")).unwrap();
+    let suspended = text.replacen("--name, solo]\n", "--name, solo]\n  suspend: true\n", 1);
+    assert_ne!(text, suspended);
+    sandbox.write("host.yaml", suspended);
+    sandbox.commit("the local model's Service suspended");
+    wait_for("the provider answering, not judged", Duration::from_secs(20), || {
+        provider(&status(&sandbox).json(), "solo")["verdict"]["state"] == "healthy"
+    });
     let _ = stranger.kill();
     let _ = stranger.wait();
 }
