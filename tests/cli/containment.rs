@@ -9,13 +9,8 @@ use std::time::Duration;
 use mirrorctl::supervisor::sandbox::{self, Support};
 
 use crate::daemon::{free_port, resource_of, status, wait_for, Cleanup, Daemon};
+use crate::sandbox::skipped;
 use crate::support::*;
-
-/// Says a test is skipped, on the real stderr (a skip must show in a plain `cargo test`).
-fn skipped(why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
-}
 
 /// Landlock with signal scoping (ABI 6) and a writable cgroup v2 or pids hierarchy.
 fn contained_host(test: &str) -> bool {

@@ -29,7 +29,7 @@ fn sandboxed_sh(sandbox: &Sandbox, extra: &[&str], write: &Path, script: &str) -
 
 /// Says a test is skipped, on the real stderr: `eprintln!` is captured for passing tests, and
 /// a skip must show in a plain `cargo test`.
-fn skipped(why: &str) {
+pub(crate) fn skipped(why: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
 }
