@@ -718,6 +718,16 @@ impl Daemon {
             if let Some(plan) = &outcome.plan {
                 self.arm_backoff(plan.retry_at);
             }
+            // Each failed action at WARN with its resource and reason (the pass line below only
+            // counts them): a typo'd program name shows where people look.
+            for failed in outcome.applied.iter().filter(|a| !a.ok) {
+                tracing::warn!(
+                    resource = %format!("{}/{}", failed.kind, failed.name),
+                    action = failed.action.as_str(),
+                    reason = %failed.detail,
+                    "action failed"
+                );
+            }
             let level_error = outcome.error.as_deref();
             tracing::info!(
                 trigger,

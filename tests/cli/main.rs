@@ -7,6 +7,7 @@ mod bus_failover;
 mod containment;
 mod crds;
 mod daemon;
+mod everyday;
 mod fake_llm;
 mod faults;
 mod fuzz_corpus;
