@@ -1,6 +1,7 @@
 //! The command line: global options (DESIGN.md §4), one file per command, exit codes.
 
 mod audit;
+mod completions;
 mod crds;
 mod drift;
 pub mod gate;
@@ -111,9 +112,10 @@ pub enum Command {
     /// Memory items in the truth store: add, list, search, show, touch, verify, history
     #[command(subcommand)]
     Memory(memory::MemoryCommand),
-    /// Run a program with writes restricted to the given paths (the supervisor's trampoline)
-    #[command(name = "__sandbox-exec", hide = true)]
-    SandboxExec(sandbox_exec::SandboxExecArgs),
+    /// Shell completions for bash, zsh or fish
+    Completions(completions::CompletionsArgs),
+    /// The manual page, in roff (`mirrorctl man | man -l -`)
+    Man,
 }
 
 impl GlobalArgs {
@@ -175,6 +177,11 @@ pub mod exit {
 }
 
 pub fn main() -> ExitCode {
+    // The supervisor's trampoline is not a command of the CLI: parsed on its own (no clap tree
+    // for every agent start, and never in completions or the manual).
+    if std::env::args_os().nth(1).is_some_and(|a| a == sandbox_exec::COMMAND) {
+        return ExitCode::from(sandbox_exec::main());
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -195,7 +202,8 @@ pub fn main() -> ExitCode {
         Command::Audit(command) => audit::run(&cli.global, command),
         Command::Gate(command) => gate::run(&cli.global, command),
         Command::Memory(command) => memory::run(&cli.global, command),
-        Command::SandboxExec(args) => sandbox_exec::run(args),
+        Command::Completions(args) => completions::run(args),
+        Command::Man => completions::man(),
     };
     ExitCode::from(code)
 }

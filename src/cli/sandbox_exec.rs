@@ -7,7 +7,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::Parser;
 
 use crate::supervisor::sandbox::{self, Profile, SandboxError, Support};
 
@@ -17,7 +17,14 @@ pub const SANDBOX_FAILED: u8 = 126;
 /// Exit code when the program cannot be executed.
 pub const CANNOT_EXECUTE: u8 = 127;
 
-#[derive(Debug, Args)]
+/// Its name on the command line (`argv[1]`).
+pub const COMMAND: &str = crate::supervisor::sandbox::TRAMPOLINE_COMMAND;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mirrorctl __sandbox-exec",
+    about = "Run a program in an agent's sandbox (the supervisor's trampoline)"
+)]
 pub struct SandboxExecArgs {
     /// A directory (or file) the program may write beneath; repeatable. Missing paths are
     /// skipped with a warning
@@ -47,6 +54,22 @@ pub struct SandboxExecArgs {
     /// The program and its arguments, after `--`
     #[arg(last = true, required = true, value_name = "PROGRAM")]
     pub argv: Vec<OsString>,
+}
+
+/// Parses `mirrorctl __sandbox-exec ...` and runs it; usage errors exit 1 like the CLI's.
+pub fn main() -> u8 {
+    let args = std::env::args_os().skip(1);
+    match SandboxExecArgs::try_parse_from(args) {
+        Ok(args) => run(&args),
+        Err(e) => {
+            let _ = e.print();
+            if e.use_stderr() {
+                crate::cli::exit::ERROR
+            } else {
+                crate::cli::exit::OK
+            }
+        }
+    }
 }
 
 /// Never returns on success: the process becomes the program.

@@ -30,3 +30,39 @@ fn a_failed_start_is_logged_by_the_daemon_at_warn_with_the_resource_and_the_reas
         .to_string();
     assert!(line.contains("pyhton3"), "the reason names the program: {line}");
 }
+
+#[test]
+fn completions_for_bash_zsh_and_fish_and_a_manual_page() {
+    let sandbox = Sandbox::bare_dir();
+    for shell in ["bash", "zsh", "fish"] {
+        let run = sandbox.run(&["completions", shell]);
+        assert_eq!(run.code, 0, "{shell}: {run:?}");
+        for command in ["reconcile", "status", "drift", "memory", "completions"] {
+            assert!(run.stdout.contains(command), "{shell} completes {command}");
+        }
+        assert!(
+            !run.stdout.contains("__sandbox-exec"),
+            "{shell}: the trampoline stays hidden"
+        );
+    }
+    // The bash script is valid bash.
+    let script = sandbox.root().join("mirrorctl.bash");
+    std::fs::write(&script, sandbox.run(&["completions", "bash"]).stdout).unwrap();
+    let check = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let unknown = sandbox.run(&["completions", "powershell"]);
+    assert_eq!(unknown.code, 1, "{unknown:?}");
+
+    let man = sandbox.run(&["man"]);
+    assert_eq!(man.code, 0, "{man:?}");
+    assert!(
+        man.stdout.starts_with(".ie") && man.stdout.contains(".SH NAME"),
+        "{}",
+        man.stdout
+    );
+    assert!(man.stdout.contains("reconcile"), "{}", man.stdout);
+}
