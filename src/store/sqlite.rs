@@ -43,7 +43,25 @@ pub async fn open(url: &StoreUrl) -> Result<SqlStore, StoreError> {
     pool.execute(sqlx::raw_sql("PRAGMA journal_mode = WAL;"))
         .await
         .map_err(|e| connect_error(&e))?;
-    sql::migrate(&pool, url, &MIGRATOR).await?;
+    // Two openers of a new store (a pass's recorder and its memory step, or two commands) would
+    // both see migration 1 unapplied and one would fail ("table runs already exists"): SQLite
+    // has no lock for sqlx to take, so migrations are serialized with a file lock beside it.
+    let lock_path = std::path::PathBuf::from(format!("{}.migrate-lock", path.display()));
+    let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)?;
+        Ok(file)
+    })
+    .await
+    .map_err(|e| connect_error(&e))?
+    .map_err(|e| connect_error(&format!("locking the store for its migrations: {e}")))?;
+    let migrated = sql::migrate(&pool, url, &MIGRATOR).await;
+    drop(lock);
+    migrated?;
     let reader_options = SqliteConnectOptions::new()
         .filename(&path)
         .read_only(true)
