@@ -788,6 +788,18 @@ impl Daemon {
                 .or(Some(serde_json::Value::Null));
         }
         report.routes = serde_json::to_value(routes).unwrap_or_default();
+        // A Service whose provider's port another process holds is not healthy, whichever of
+        // its (crash-looping) processes runs this instant.
+        if let Some(state) = self.current.as_deref() {
+            for resource in report.resources.iter_mut().filter(|r| r.kind == Kind::Service) {
+                if let Some(why) = self.routing.hijack_of(&resource.name, state) {
+                    if resource.health == "Healthy" || resource.health == "Progressing" {
+                        resource.health = "Degraded";
+                    }
+                    resource.detail = why;
+                }
+            }
+        }
         // Launch agents come from the runner (waiting for a sync in progress).
         let (jobs, render) = (self.jobs.clone(), self.render.clone());
         tokio::spawn(async move {
