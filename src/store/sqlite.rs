@@ -40,12 +40,10 @@ pub async fn open(url: &StoreUrl) -> Result<SqlStore, StoreError> {
         .connect(&connect_url)
         .await
         .map_err(|e| connect_error(&e))?;
-    pool.execute(sqlx::raw_sql("PRAGMA journal_mode = WAL;"))
-        .await
-        .map_err(|e| connect_error(&e))?;
     // Two openers of a new store (a pass's recorder and its memory step, or two commands) would
-    // both see migration 1 unapplied and one would fail ("table runs already exists"): SQLite
-    // has no lock for sqlx to take, so migrations are serialized with a file lock beside it.
+    // both see migration 1 unapplied and one would fail ("table runs already exists"), or find
+    // the switch to WAL busy: SQLite has no lock for sqlx to take, so both are serialized with a
+    // file lock beside the store.
     let lock_path = std::path::PathBuf::from(format!("{}.migrate-lock", path.display()));
     let lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
         let file = std::fs::OpenOptions::new()
@@ -59,6 +57,9 @@ pub async fn open(url: &StoreUrl) -> Result<SqlStore, StoreError> {
     .await
     .map_err(|e| connect_error(&e))?
     .map_err(|e| connect_error(&format!("locking the store for its migrations: {e}")))?;
+    pool.execute(sqlx::raw_sql("PRAGMA journal_mode = WAL;"))
+        .await
+        .map_err(|e| connect_error(&e))?;
     let migrated = sql::migrate(&pool, url, &MIGRATOR).await;
     drop(lock);
     migrated?;
