@@ -11,6 +11,7 @@ mod memory;
 mod reconcile;
 mod run;
 mod sandbox_exec;
+pub mod source;
 mod status;
 mod validate;
 
@@ -40,21 +41,17 @@ pub struct Cli {
 /// Options accepted before or after the command, each also from the environment.
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
-    /// The git repository holding the desired state [default: current directory]
+    /// The git repository holding the desired state [default: the source in force on this host
+    /// (the daemon's, or the one last applied), or the repository around the current directory]
     #[arg(long, global = true, env = "MIRROR_REPO", value_name = "DIR")]
     pub repo: Option<PathBuf>,
-    /// The desired state's directory inside the repository
-    #[arg(long, global = true, env = "MIRROR_PATH", value_name = "SUBDIR", default_value = ".")]
-    pub path: PathBuf,
-    /// Branch, tag or commit to read
-    #[arg(
-        long = "ref",
-        global = true,
-        env = "MIRROR_REF",
-        value_name = "REF",
-        default_value = "HEAD"
-    )]
-    pub reference: String,
+    /// The desired state's directory inside the repository [default: the source in force's, or
+    /// where you stand in the repository]
+    #[arg(long, global = true, env = "MIRROR_PATH", value_name = "SUBDIR")]
+    pub path: Option<PathBuf>,
+    /// Branch, tag or commit to read [default: HEAD]
+    #[arg(long = "ref", global = true, env = "MIRROR_REF", value_name = "REF")]
+    pub reference: Option<String>,
     /// Read uncommitted files from the working tree (preview only; never applied)
     #[arg(long, global = true)]
     pub worktree: bool,
@@ -123,6 +120,14 @@ impl GlobalArgs {
         self.repo.clone().unwrap_or_else(|| PathBuf::from("."))
     }
 
+    pub fn path(&self) -> PathBuf {
+        self.path.clone().unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    pub fn reference(&self) -> &str {
+        self.reference.as_deref().unwrap_or("HEAD")
+    }
+
     /// Absolute: agents' sandboxes hide it by path, and a relative one would name another place
     /// from their working directory.
     pub fn state_dir(&self) -> PathBuf {
@@ -151,8 +156,8 @@ impl GlobalArgs {
     pub fn source_request(&self) -> crate::daemon::control::SourceRequest {
         crate::daemon::control::SourceRequest {
             repo: self.repo_dir().canonicalize().unwrap_or_else(|_| self.repo_dir()),
-            path: self.path.clone(),
-            reference: self.reference.clone(),
+            path: self.path(),
+            reference: self.reference().to_string(),
             worktree: self.worktree,
         }
     }
@@ -160,8 +165,8 @@ impl GlobalArgs {
     pub fn source_options(&self) -> SourceOptions {
         SourceOptions {
             repo: self.repo_dir(),
-            path: self.path.clone(),
-            reference: self.reference.clone(),
+            path: self.path(),
+            reference: self.reference().to_string(),
             worktree: self.worktree,
             max_file_size: self.max_file_size.0,
             host_base: Some(self.state_dir()),
@@ -182,7 +187,7 @@ pub fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == sandbox_exec::COMMAND) {
         return ExitCode::from(sandbox_exec::main());
     }
-    let cli = match Cli::try_parse() {
+    let mut cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -190,6 +195,19 @@ pub fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { exit::ERROR } else { exit::OK });
         }
     };
+    let prefer = match &cli.command {
+        Command::Reconcile(args) if !args.dry_run => Some(source::Prefer::Apply),
+        Command::Reconcile(_) | Command::Status | Command::Drift(drift::DriftCommand::Report) => {
+            Some(source::Prefer::Host)
+        }
+        Command::Validate | Command::Run(_) | Command::Crds(_) => Some(source::Prefer::Here),
+        _ => None,
+    };
+    if let Some(prefer) = prefer {
+        if let Some(note) = source::resolve(&mut cli.global, prefer) {
+            eprintln!("mirrorctl: {note}");
+        }
+    }
     let code = match &cli.command {
         Command::Init(args) => init::run(&cli.global, args),
         Command::Validate => validate::run(&cli.global),

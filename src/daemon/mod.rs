@@ -230,6 +230,11 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
         })?),
         None => None,
     };
+    // Commands run without --repo/--path (from any directory) default to this daemon's source.
+    let source = crate::reconcile::in_force::applied_source(&config.context.source);
+    if let Some(Err(e)) = source.map(|s| crate::reconcile::in_force::remember_source(&state_dir, &s)) {
+        tracing::warn!(state_dir = %state_dir.display(), error = %e, "cannot record the daemon's source: commands from other directories will not find it");
+    }
     let reconciler = Reconciler::open(config.context.clone())?;
     let (events, mut inbox) = mpsc::unbounded_channel();
     let metrics = Metrics::new();

@@ -4,6 +4,10 @@
 //! Every full pass that applies a commit (the daemon's, a one-shot `reconcile`) records it, so
 //! the file never names a commit older than what was last applied. A running daemon keeps its
 //! state in force in memory; this file only bridges restarts.
+//!
+//! Beside it, the source in force (`applied-source.json`: repository, path, ref), written by a
+//! daemon when it starts and by every pass that applies a commit: one-shot commands run from
+//! any directory default to it (`cli::source`), so `mirrorctl status` in `/tmp` shows the host.
 
 use std::fs;
 use std::io;
@@ -37,6 +41,48 @@ pub fn remember(state_dir: &Path, commit: &str) -> io::Result<()> {
     fs::rename(&partial, &target)
 }
 
+/// `<state dir>/applied-source.json`.
+const SOURCE_FILE: &str = "applied-source.json";
+
+/// Where the desired state in force is read from.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AppliedSource {
+    /// Absolute (canonical when it was recorded).
+    pub repo: PathBuf,
+    pub path: PathBuf,
+    pub reference: String,
+}
+
+/// The source recorded by the last daemon or applying pass; None when there is none, or the
+/// file does not hold one (a damaged file counts as none: commands then use the current
+/// directory, as before anything was applied).
+pub fn recall_source(state_dir: &Path) -> Option<AppliedSource> {
+    let text = fs::read(state_dir.join(SOURCE_FILE)).ok()?;
+    let source: AppliedSource = serde_json::from_slice(&text).ok()?;
+    source.repo.is_absolute().then_some(source)
+}
+
+/// Records the source in force (write then rename); nothing when it is the one recorded.
+pub fn remember_source(state_dir: &Path, source: &AppliedSource) -> io::Result<()> {
+    if recall_source(state_dir).as_ref() == Some(source) {
+        return Ok(());
+    }
+    let text = serde_json::to_vec_pretty(source).map_err(io::Error::other)?;
+    let partial = state_dir.join(format!("{SOURCE_FILE}.partial"));
+    fs::write(&partial, text)?;
+    fs::rename(&partial, state_dir.join(SOURCE_FILE))
+}
+
+/// The recorded form of a source: its repository made absolute and canonical.
+pub fn applied_source(source: &crate::source::SourceOptions) -> Option<AppliedSource> {
+    let repo = source.repo.canonicalize().ok()?;
+    Some(AppliedSource {
+        repo,
+        path: source.path.clone(),
+        reference: source.reference.clone(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,6 +99,23 @@ mod tests {
         let other = "f".repeat(64);
         remember(dir.path(), &other).unwrap();
         assert_eq!(recall(dir.path()), Some(other));
+    }
+
+    #[test]
+    fn remembers_a_source_and_ignores_a_damaged_or_relative_one() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(recall_source(dir.path()), None);
+        let source = AppliedSource {
+            repo: "/home/me/host".into(),
+            path: "desired".into(),
+            reference: "HEAD".into(),
+        };
+        remember_source(dir.path(), &source).unwrap();
+        assert_eq!(recall_source(dir.path()), Some(source));
+        for text in ["", "{", r#"{"repo":"host","path":".","reference":"HEAD"}"#] {
+            fs::write(dir.path().join(SOURCE_FILE), text).unwrap();
+            assert_eq!(recall_source(dir.path()), None, "{text:?}");
+        }
     }
 
     #[test]

@@ -490,6 +490,10 @@ impl Reconciler {
                     if let Err(e) = in_force::remember(&context.state_dir, applied_commit) {
                         tracing::warn!(state_dir = %context.state_dir.display(), error = %e, "cannot record the commit in force");
                     }
+                    let source = in_force::applied_source(&context.source);
+                    if let Some(Err(e)) = source.map(|s| in_force::remember_source(&context.state_dir, &s)) {
+                        tracing::warn!(state_dir = %context.state_dir.display(), error = %e, "cannot record the source in force");
+                    }
                 }
                 let changed: Vec<&ResourceId> = desired
                     .iter()

@@ -66,3 +66,106 @@ fn completions_for_bash_zsh_and_fish_and_a_manual_page() {
     );
     assert!(man.stdout.contains("reconcile"), "{}", man.stdout);
 }
+
+/// Runs the binary from `dir` (the sandbox's isolated HOME and state dir).
+fn run_in(sandbox: &Sandbox, dir: &std::path::Path, args: &[&str]) -> Run {
+    std::fs::create_dir_all(dir).unwrap();
+    let output = sandbox.cmd(args).current_dir(dir).output().unwrap();
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+fn sync_of(run: &Run, name: &str) -> String {
+    let json = run.json();
+    let resource = json["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("{name} in {}", run.stdout));
+    resource["sync"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn commands_without_a_source_use_the_one_last_applied_from_any_directory() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    sandbox.write("desired/web.yaml", service("web", "exec sleep 4401", ""));
+    sandbox.write("staging/api.yaml", service("api", "exec sleep 4404", ""));
+    sandbox.commit("a host, and a staging one beside it");
+    let applied = sandbox.run(&["reconcile", "--path", "desired"]);
+    assert_eq!(applied.code, 0, "{applied:?}");
+
+    // Outside any repository, at the repository's top, and in its subdirectory: the host.
+    let elsewhere = sandbox.root().join("elsewhere");
+    for dir in [elsewhere.clone(), sandbox.repo(), sandbox.repo().join("desired")] {
+        let status = run_in(&sandbox, &dir, &["status", "--output", "json"]);
+        assert_eq!(status.code, 0, "{}: {status:?}", dir.display());
+        assert_eq!(sync_of(&status, "web"), "Synced", "from {}: {status:?}", dir.display());
+        assert!(status.stderr.is_empty(), "no note needed: {}", status.stderr);
+        let again = run_in(&sandbox, &dir, &["reconcile", "--dry-run"]);
+        assert_eq!(again.code, 0, "nothing to change from {}: {again:?}", dir.display());
+    }
+
+    // Inside another repository, status still shows the host, and says which source it used.
+    let other = sandbox.root().join("other");
+    git2::Repository::init(&other).unwrap();
+    let status = run_in(&sandbox, &other, &["status", "--output", "json"]);
+    assert_eq!(sync_of(&status, "web"), "Synced", "{status:?}");
+    assert!(
+        status.stderr.contains("source in force") && status.stderr.contains("--repo"),
+        "says which source, and how to choose another: {}",
+        status.stderr
+    );
+
+    // Naming another path is a preview, and says so.
+    let preview = sandbox.run(&["status", "--path", "staging", "--output", "json"]);
+    assert!(preview.stderr.contains("preview"), "{preview:?}");
+    assert_eq!(sync_of(&preview, "web"), "OutOfSync", "{preview:?}");
+}
+
+#[test]
+fn validate_from_a_subdirectory_finds_the_repository_and_checks_where_the_user_stands() {
+    let sandbox = Sandbox::new();
+    sandbox.write("desired/web.yaml", service("web", "exec sleep 4402", ""));
+    sandbox.write("elsewhere/broken.yaml", "kind: [\n");
+    sandbox.commit("a host and a broken file beside it");
+    let run = run_in(&sandbox, &sandbox.repo().join("desired"), &["validate"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("1 resource(s)"), "{}", run.stdout);
+    let broken = run_in(&sandbox, &sandbox.repo().join("elsewhere"), &["validate"]);
+    assert_eq!(broken.code, 1, "{broken:?}");
+    assert!(broken.stdout.contains("broken.yaml"), "{}", broken.stdout);
+    let outside = run_in(&sandbox, &sandbox.root().join("elsewhere"), &["validate"]);
+    assert_eq!(outside.code, 1, "{outside:?}");
+    assert!(outside.stderr.contains("not a git repository"), "{}", outside.stderr);
+}
+
+#[test]
+fn with_a_daemon_running_commands_from_any_directory_use_its_source() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    sandbox.write("desired/web.yaml", service("web", "exec sleep 4403", ""));
+    sandbox.commit("a host");
+    let daemon = Daemon::start(&sandbox, &["--path", "desired"]);
+    let socket = sandbox.root().join("state/control.sock");
+    wait_for("the daemon's socket", Duration::from_secs(20), || socket.exists());
+    let elsewhere = sandbox.root().join("elsewhere");
+    wait_for("web synced, seen from elsewhere", Duration::from_secs(20), || {
+        let status = run_in(&sandbox, &elsewhere, &["status", "--output", "json"]);
+        status.json()["daemon"].as_u64() == Some(u64::from(daemon.child.id()))
+            && status.stdout.contains("\"Synced\"")
+    });
+    // `cd ~/host; mirrorctl reconcile` applies the daemon's source through it.
+    let pass = sandbox.run(&["reconcile"]);
+    assert_eq!(pass.code, 0, "{pass:?}");
+    let status = run_in(&sandbox, &elsewhere, &["status", "--output", "json"]);
+    assert_eq!(sync_of(&status, "web"), "Synced", "{status:?}");
+    // Another source is a preview: an apply is refused by the daemon, and says why.
+    let other = sandbox.run(&["reconcile", "--path", "."]);
+    assert_eq!(other.code, 1, "{other:?}");
+    assert!(other.stderr.contains("--dry-run"), "{other:?}");
+}
