@@ -1,71 +1,201 @@
-//! `mirrorctl logs NAME [-f]`: a service's stdout and stderr, from the state dir.
+//! `mirrorctl logs NAME [-f] [--tail N] [--output json]`: a service's (or agent's) stdout and
+//! stderr, from the state dir. When there is nothing to print, it says why (never started, its
+//! start failed and how, or started and silent) instead of printing nothing.
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
 
-use super::{exit, GlobalArgs};
+use super::{exit, GlobalArgs, Output};
+use crate::reconcile::failures::Failures;
+use crate::spec::{Kind, ResourceId};
+use crate::store::inventory::LocalInventory;
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  mirrorctl logs web --tail 50\n  mirrorctl logs web -f\n  \
+                        mirrorctl logs web --output json | jq -r .line"
+)]
 pub struct LogsArgs {
     /// The service (or agent) name
     pub name: String,
     /// Keep printing what is appended (follows rotation)
     #[arg(short, long)]
     pub follow: bool,
+    /// Only the last N lines (with -f: then what is appended)
+    #[arg(long, value_name = "N")]
+    pub tail: Option<usize>,
 }
 
 pub fn run(global: &GlobalArgs, args: &LogsArgs) -> u8 {
     let logs = global.state_dir().join("logs");
     // A service's log is NAME.log; an agent's agent-NAME.log (the two may share a name: a
     // service wins, `agent-NAME` names the agent's).
-    let path = [format!("{}.log", args.name), format!("agent-{}.log", args.name)]
-        .into_iter()
-        .map(|file| logs.join(file))
-        .find(|path| path.exists())
-        .unwrap_or_else(|| logs.join(format!("{}.log", args.name)));
-    let mut file = match std::fs::File::open(&path) {
-        Ok(file) => file,
+    let found = [
+        (Kind::Service, format!("{}.log", args.name)),
+        (Kind::Agent, format!("agent-{}.log", args.name)),
+    ]
+    .into_iter()
+    .map(|(kind, file)| (kind, logs.join(file)))
+    .find(|(_, path)| path.exists());
+    let Some((kind, path)) = found else {
+        eprintln!("mirrorctl: error: {}", no_log(&global.state_dir(), &args.name));
+        return exit::ERROR;
+    };
+    let mut printer = Printer {
+        out: std::io::stdout().lock(),
+        json: global.output == Output::Json,
+        name: &args.name,
+    };
+    let (text, mut position) = match read_start(&path, args.tail) {
+        Ok(read) => read,
         Err(e) => {
-            eprintln!(
-                "mirrorctl: error: {}: {e} (has `{}` been started by mirrorctl?)",
-                path.display(),
-                args.name
-            );
+            eprintln!("mirrorctl: error: {}: {e}", path.display());
             return exit::ERROR;
         }
     };
-    let mut out = std::io::stdout().lock();
-    let mut buffer = Vec::new();
-    if file.read_to_end(&mut buffer).is_err() || out.write_all(&buffer).is_err() {
-        return exit::ERROR;
+    if text.is_empty() && !args.follow {
+        // Empty: a failed start is an error (exit 1), a silent process is not.
+        let state_dir = global.state_dir();
+        let id = ResourceId::new(kind, args.name.as_str());
+        if let Some(failure) = Failures::load(&state_dir).get(&id) {
+            let why = failure.describe(crate::report::now_ms());
+            eprintln!("mirrorctl: error: {id}: the log is empty: {why}");
+            return exit::ERROR;
+        }
+        eprintln!("mirrorctl: {}", silent(&state_dir, &id));
     }
-    let _ = out.flush();
-    let mut position = buffer.len() as u64;
+    if printer.print(&text).is_err() {
+        return exit::OK; // the reader went away
+    }
     if !args.follow {
         return exit::OK;
     }
+    follow(&path, &mut position, &mut printer)
+}
+
+/// Prints log text as it is, or as one JSON object a line (`{"name", "line"}`).
+struct Printer<'a, W: Write> {
+    out: W,
+    json: bool,
+    name: &'a str,
+}
+
+impl<W: Write> Printer<'_, W> {
+    fn print(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.json {
+            for line in bytes.split_inclusive(|b| *b == b'\n') {
+                let line = String::from_utf8_lossy(line);
+                let value = serde_json::json!({"name": self.name, "line": line.trim_end_matches('\n')});
+                writeln!(self.out, "{value}")?;
+            }
+        } else {
+            self.out.write_all(bytes)?;
+        }
+        self.out.flush()
+    }
+}
+
+/// The text to print first (all of it, or the last `tail` lines) and where following resumes.
+fn read_start(path: &Path, tail: Option<usize>) -> std::io::Result<(Vec<u8>, u64)> {
+    let mut file = std::fs::File::open(path)?;
+    let Some(n) = tail else {
+        let mut buffer = Vec::new();
+        file.read_to_end(&mut buffer)?;
+        let length = buffer.len() as u64;
+        return Ok((buffer, length));
+    };
+    // The last N lines: from the rotated file too when the current one holds fewer.
+    let mut last: VecDeque<Vec<u8>> = VecDeque::with_capacity(n.min(4096));
+    let rotated = PathBuf::from(format!("{}.1", path.display()));
+    let mut length = 0;
+    for (i, source) in [rotated.as_path(), path].into_iter().enumerate() {
+        let Ok(file) = std::fs::File::open(source) else {
+            continue;
+        };
+        let mut reader = BufReader::new(file);
+        let mut line = Vec::new();
+        while reader.read_until(b'\n', &mut line)? > 0 {
+            if i == 1 {
+                length += line.len() as u64;
+            }
+            if n > 0 {
+                if last.len() == n {
+                    last.pop_front();
+                }
+                last.push_back(std::mem::take(&mut line));
+            }
+            line.clear();
+        }
+    }
+    Ok((last.into_iter().flatten().collect(), length))
+}
+
+/// Prints what is appended until the reader goes away; follows rotation and truncation.
+fn follow<W: Write>(path: &Path, position: &mut u64, printer: &mut Printer<'_, W>) -> u8 {
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(_) => return exit::ERROR,
+    };
+    let mut buffer = Vec::new();
     loop {
         std::thread::sleep(Duration::from_millis(200));
-        let length = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        if length < position {
+        let length = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        if length < *position {
             // Rotated or truncated: start over with the new file.
-            match std::fs::File::open(&path) {
+            match std::fs::File::open(path) {
                 Ok(reopened) => file = reopened,
                 Err(_) => continue,
             }
-            position = 0;
+            *position = 0;
         }
-        if length > position {
+        if length > *position {
             buffer.clear();
-            if file.seek(SeekFrom::Start(position)).is_err() || file.read_to_end(&mut buffer).is_err() {
+            if file.seek(SeekFrom::Start(*position)).is_err() || file.read_to_end(&mut buffer).is_err() {
                 continue;
             }
-            position += buffer.len() as u64;
-            if out.write_all(&buffer).and_then(|()| out.flush()).is_err() {
+            *position += buffer.len() as u64;
+            if printer.print(&buffer).is_err() {
                 return exit::OK; // the reader went away
             }
         }
     }
+}
+
+/// Why a name has no log at all.
+fn no_log(state_dir: &Path, name: &str) -> String {
+    let now = crate::report::now_ms();
+    let failures = Failures::load(state_dir);
+    for kind in [Kind::Service, Kind::Agent] {
+        if let Some(failure) = failures.get(&ResourceId::new(kind, name)) {
+            return format!("{kind}/{name} has no log: it never started: {}", failure.describe(now));
+        }
+    }
+    format!(
+        "no service or agent `{name}` has been started on this host (state dir {}); `mirrorctl status` lists what runs",
+        state_dir.display()
+    )
+}
+
+/// A log that is empty because its process printed nothing (yet).
+fn silent(state_dir: &Path, id: &ResourceId) -> String {
+    let now = crate::report::now_ms();
+    let started = LocalInventory::load(state_dir)
+        .ok()
+        .and_then(|inventory| inventory.get(id.kind.as_str(), &id.name).cloned())
+        .as_ref()
+        .and_then(crate::reconcile::process_record)
+        .map(|record| {
+            let ago = Duration::from_secs(((now - record.started_ms).max(0) / 1000) as u64);
+            format!(
+                " since it last started {} ago (pid {})",
+                humantime::format_duration(ago),
+                record.identity.pid
+            )
+        })
+        .unwrap_or_default();
+    format!("{id}: the log is empty: it has printed nothing{started}")
 }

@@ -82,7 +82,11 @@ pub fn resolve(global: &mut GlobalArgs, prefer: Prefer) -> Option<String> {
     if named {
         if global.repo.is_none() {
             // `--path` and `--ref` are inside the repository the user stands in.
-            global.repo = std::env::current_dir().ok().as_deref().and_then(discover).map(|h| h.repo);
+            global.repo = std::env::current_dir()
+                .ok()
+                .as_deref()
+                .and_then(discover)
+                .map(|h| h.repo);
         }
         let named = describe(&global.repo_dir(), &global.path(), global.reference());
         return match &in_force {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod agents;
+pub mod failures;
 pub mod in_force;
 pub mod memory;
 pub mod models;
@@ -475,6 +476,7 @@ impl Reconciler {
             if !failed.is_empty() {
                 error = Some(format!("{} action(s) failed", failed.len()));
             }
+            record_failures(context, &applied, &desired, input.only.is_none(), &commit);
             if let Err(e) = refresh_unchanged(&plan, &desired, &mut self.inventory, &recorder) {
                 error.get_or_insert(e.to_string());
             }
@@ -519,7 +521,8 @@ impl Reconciler {
                 kind: a.kind.to_string(),
                 name: a.name.clone(),
                 drift: Drift::Failed,
-                corrective: false,
+                // The next pass tries again: acting on it repairs the host.
+                corrective: true,
                 severity: Severity::Error,
                 detail: a.detail.clone(),
             });
@@ -1372,6 +1375,8 @@ pub struct ResourceStatus {
     /// One probe run now, for running services that have one.
     pub last_probe: Option<String>,
     pub detail: String,
+    /// The last action on it that failed, while it does not run as desired (null otherwise).
+    pub failure: Option<failures::Failure>,
     /// Agents only: the model the bus routes them to, `{"provider", "model", "degraded",
     /// "reason"}` (the daemon routes; null without one, or with no healthy model).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1422,6 +1427,41 @@ impl StatusReport {
         self.source_error = Some(head_error);
         self.kept_in_force = true;
         self
+    }
+}
+
+/// Keeps `failures.json` in step with this pass's actions (and, on a full pass, forgets what is
+/// no longer desired), so `status` can say why a resource does not run.
+fn record_failures(
+    context: &Context,
+    applied: &[Applied],
+    desired: &[DesiredService],
+    full: bool,
+    commit: &Option<String>,
+) {
+    let mut failures = failures::Failures::load(&context.state_dir);
+    let mut changed = false;
+    for a in applied {
+        let id = ResourceId::new(a.kind, a.name.clone());
+        let outcome = if a.ok {
+            Ok(())
+        } else {
+            Err(failures::Failure {
+                action: a.action.as_str().to_string(),
+                reason: a.detail.clone(),
+                at_ms: now_ms(),
+                commit: commit.clone(),
+            })
+        };
+        changed |= failures.record(&id, outcome);
+    }
+    if full {
+        changed |= failures.retain(|key| desired.iter().any(|d| d.item.id.to_string() == key));
+    }
+    if changed {
+        if let Err(e) = failures.save(&context.state_dir) {
+            tracing::warn!(state_dir = %context.state_dir.display(), error = %e, "cannot record failed actions for status");
+        }
     }
 }
 
@@ -1493,6 +1533,7 @@ fn status_of(
         now_ms: now_ms(),
     });
     let now = now_ms();
+    let failures = failures::Failures::load(state_dir);
     let resources = plan
         .changes
         .iter()
@@ -1511,8 +1552,11 @@ fn status_of(
             // Started, with a probe that has not answered for this process yet (its start
             // period, or the daemon's first probe still to come).
             let unproven = last_probe.is_none() && d.is_some_and(|d| d.spec.health.is_some());
+            // The last action on it failed and it does not run as desired: say why and when.
+            let failure = failures.get(&id).filter(|_| d.is_some() && !(synced && running));
             let health = match (d, o) {
                 (Some(d), _) if d.item.suspend && !running => "Suspended",
+                _ if failure.is_some() => "Degraded",
                 (_, Some(_)) if running && matches!(last_probe, Some(Err(_))) => "Degraded",
                 (_, Some(_)) if running && unproven => "Progressing",
                 (_, Some(_)) if running => "Healthy",
@@ -1539,7 +1583,8 @@ fn status_of(
                     Ok(answer) => format!("ok: {answer}"),
                     Err(why) => format!("failed: {why}"),
                 }),
-                detail: change.reason.clone(),
+                detail: failure.map_or_else(|| change.reason.clone(), |f| f.describe(now)),
+                failure: failure.cloned(),
                 route: (id.kind == Kind::Agent).then_some(Value::Null),
                 protections: (id.kind == Kind::Agent).then(|| agents::containment(state_dir, &id.name)),
             }

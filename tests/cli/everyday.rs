@@ -156,8 +156,7 @@ fn with_a_daemon_running_commands_from_any_directory_use_its_source() {
     let elsewhere = sandbox.root().join("elsewhere");
     wait_for("web synced, seen from elsewhere", Duration::from_secs(20), || {
         let status = run_in(&sandbox, &elsewhere, &["status", "--output", "json"]);
-        status.json()["daemon"].as_u64() == Some(u64::from(daemon.child.id()))
-            && status.stdout.contains("\"Synced\"")
+        status.json()["daemon"].as_u64() == Some(u64::from(daemon.child.id())) && status.stdout.contains("\"Synced\"")
     });
     // `cd ~/host; mirrorctl reconcile` applies the daemon's source through it.
     let pass = sandbox.run(&["reconcile"]);
@@ -168,4 +167,105 @@ fn with_a_daemon_running_commands_from_any_directory_use_its_source() {
     let other = sandbox.run(&["reconcile", "--path", "."]);
     assert_eq!(other.code, 1, "{other:?}");
     assert!(other.stderr.contains("--dry-run"), "{other:?}");
+}
+
+#[test]
+fn a_failed_start_shows_in_status_with_the_reason_and_when_and_logs_says_why_it_is_empty() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    sandbox.write("web.yaml", service("web", "exec sleep 4405", ""));
+    sandbox.write(
+        "typo.yaml",
+        "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {name: typo}\nspec:\n  command: [pyhton3, -m, http.server]\n",
+    );
+    let commit = sandbox.commit("a typo in a program name");
+    let pass = sandbox.run(&["reconcile"]);
+    assert_eq!(pass.code, 1, "{pass:?}");
+
+    let status = sandbox.run(&["status", "--output", "json"]);
+    let json = status.json();
+    let typo = json["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "typo")
+        .unwrap();
+    assert_eq!(typo["health"], "Degraded", "{typo}");
+    let detail = typo["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("pyhton3") && detail.contains("ago") && detail.contains(&commit[..12]),
+        "{detail}"
+    );
+    assert_eq!(typo["failure"]["action"], "create", "{typo}");
+    let text = sandbox.run(&["status"]);
+    let line = text.stdout.lines().find(|l| l.contains("typo")).unwrap();
+    assert!(line.contains("Degraded") && line.contains("pyhton3"), "{line}");
+
+    let logs = sandbox.run(&["logs", "typo"]);
+    assert_eq!(logs.code, 1, "{logs:?}");
+    assert!(
+        logs.stderr.contains("pyhton3") && logs.stderr.contains("Service/typo"),
+        "{logs:?}"
+    );
+    let unknown = sandbox.run(&["logs", "nosuch"]);
+    assert_eq!(unknown.code, 1, "{unknown:?}");
+    assert!(unknown.stderr.contains("no service or agent `nosuch`"), "{unknown:?}");
+
+    // The drift item of the failure is corrective: the next pass tries again.
+    let drift = sandbox.run(&["drift", "report", "--output", "json"]);
+    let report = drift.json();
+    let item = report["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "typo" && i["drift"] == "failed");
+    assert!(item.is_none_or(|i| i["corrective"] == true), "{report}");
+
+    // Fixed: the failure is gone from status.
+    sandbox.write(
+        "typo.yaml",
+        "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {name: typo}\nspec:\n  command: [sleep, \"4406\"]\n",
+    );
+    sandbox.commit("fixed");
+    assert_eq!(sandbox.run(&["reconcile"]).code, 0);
+    let json = sandbox.run(&["status", "--output", "json"]).json();
+    let typo = json["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "typo")
+        .unwrap();
+    assert_eq!(typo["health"], "Healthy", "{typo}");
+    assert!(typo["failure"].is_null(), "{typo}");
+}
+
+#[test]
+fn logs_tail_and_json() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    sandbox.write(
+        "talk.yaml",
+        service("talk", "for i in 1 2 3 4 5; do echo line $i; done; exec sleep 4407", ""),
+    );
+    sandbox.commit("a talker");
+    assert_eq!(sandbox.run(&["reconcile"]).code, 0);
+    wait_for("five lines", Duration::from_secs(10), || {
+        sandbox.run(&["logs", "talk"]).stdout.lines().count() == 5
+    });
+    let tail = sandbox.run(&["logs", "talk", "--tail", "2"]);
+    assert_eq!(tail.stdout, "line 4\nline 5\n", "{tail:?}");
+    let json = sandbox.run(&["logs", "talk", "--tail", "1", "--output", "json"]);
+    let line: serde_json::Value = serde_json::from_str(json.stdout.trim()).unwrap();
+    assert_eq!(line["line"], "line 5");
+    assert_eq!(line["name"], "talk");
+
+    sandbox.write("quiet.yaml", service("quiet", "exec sleep 4408", ""));
+    sandbox.commit("a quiet one");
+    assert_eq!(sandbox.run(&["reconcile"]).code, 0);
+    let quiet = sandbox.run(&["logs", "quiet"]);
+    assert_eq!(quiet.code, 0, "{quiet:?}");
+    assert!(
+        quiet.stderr.contains("printed nothing since it last started"),
+        "{quiet:?}"
+    );
 }
