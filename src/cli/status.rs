@@ -43,6 +43,7 @@ pub fn render(request: &Request, report: &StatusReport, daemon: Option<u32>) -> 
             "resources": report.resources,
             "source_error": report.source_error,
             "kept_in_force": report.kept_in_force,
+            "head": report.head,
             "launch_agents": report.launch_agents,
             "providers": report.providers,
             "routes": report.routes,
@@ -54,9 +55,14 @@ pub fn render(request: &Request, report: &StatusReport, daemon: Option<u32>) -> 
         match (&report.source_error, &report.commit) {
             (Some(problem), Some(commit)) if report.kept_in_force => {
                 let commit = &commit[..commit.len().min(12)];
+                let head = report
+                    .head
+                    .as_deref()
+                    .map(|h| format!(" (commit {})", &h[..h.len().min(12)]))
+                    .unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "HEAD is not applied ({problem}); commit {commit} stays in force and is what this shows\n"
+                    "HEAD{head} is not applied ({problem}); commit {commit} stays in force and is what this shows\n"
                 );
             }
             (Some(problem), _) => {

@@ -826,6 +826,7 @@ impl Daemon {
         let asked = source_options(source, &own);
         let context = self.config.context.clone();
         let current = self.current.clone();
+        let trust = self.trust.clone();
         let probes = Probes::Known(self.verdicts.clone());
         let pass_running = self.busy.map(|(trigger, since)| crate::reconcile::PassRunning {
             trigger: trigger.to_string(),
@@ -834,7 +835,7 @@ impl Daemon {
         let events = self.events.clone();
         tokio::spawn(async move {
             let read = tokio::task::spawn_blocking(move || {
-                let (desired, kept) = status_source(&asked, &own, current);
+                let (desired, kept) = status_source(&asked, &own, current, trust.as_ref());
                 crate::reconcile::status_from_disk(&context, desired, &probes).map(|report| with_kept(report, kept))
             })
             .await;
@@ -1668,7 +1669,8 @@ fn perform(
                 (Answer::Error("gate requests are not passes".into()), None)
             }
             Request::Status { source, .. } => {
-                let (desired, kept) = status_source(&source_options(source, &own_source), &own_source, current);
+                let asked = source_options(source, &own_source);
+                let (desired, kept) = status_source(&asked, &own_source, current, trust);
                 let report = reconciler.status(desired, &probes);
                 (Answer::Status(Box::new(with_kept(report, kept))), None)
             }
@@ -1677,24 +1679,66 @@ fn perform(
 }
 
 /// What `status` compares the host with: the asked source as read, or, when it is the daemon's
-/// own and HEAD broke (or was broken when the daemon started), the commit the daemon keeps in
-/// force, since that is what it supervises; then also HEAD's error.
+/// own and HEAD broke (or was broken when the daemon started) or is not trusted
+/// (`--require-signed`), the commit the daemon keeps in force, since that is what it
+/// supervises; then also why HEAD is not in force, and HEAD's commit when it has one.
 fn status_source(
     asked: &SourceOptions,
     own: &SourceOptions,
     current: Option<Arc<DesiredState>>,
-) -> (Result<Arc<DesiredState>, String>, Option<String>) {
+    trust: Option<&AllowedSigners>,
+) -> (Result<Arc<DesiredState>, String>, Option<HeadRefused>) {
+    let own_asked = same_source(asked, own);
     match (crate::source::load(asked), current) {
+        (Ok(state), Some(in_force)) if own_asked && state.commit != in_force.commit => {
+            match untrusted(asked, &state, trust) {
+                Some(why) => (
+                    Ok(in_force),
+                    Some(HeadRefused {
+                        why,
+                        head: state.commit.clone(),
+                    }),
+                ),
+                None => (Ok(Arc::new(state)), None),
+            }
+        }
         (Ok(state), _) => (Ok(Arc::new(state)), None),
-        (Err(e), Some(in_force)) if same_source(asked, own) => (Ok(in_force), Some(e.summary())),
+        (Err(e), Some(in_force)) if own_asked => (
+            Ok(in_force),
+            Some(HeadRefused {
+                why: e.summary(),
+                head: None,
+            }),
+        ),
         (Err(e), _) => (Err(e.summary()), None),
     }
 }
 
-/// A status report marked as comparing with the commit in force when HEAD could not be loaded.
-fn with_kept(report: StatusReport, head_error: Option<String>) -> StatusReport {
-    match head_error {
-        Some(error) => report.kept_in_force(error),
+/// Why HEAD is not the commit in force, as `status` says it.
+struct HeadRefused {
+    why: String,
+    head: Option<String>,
+}
+
+/// Under `--require-signed`, why a loaded commit is not trusted (None: trusted, or no trust
+/// required).
+fn untrusted(source: &SourceOptions, state: &DesiredState, trust: Option<&AllowedSigners>) -> Option<String> {
+    let allowed = trust?;
+    let Some(commit) = &state.commit else {
+        return Some("no commit to verify".to_string());
+    };
+    match git2::Repository::discover(&source.repo) {
+        Err(e) => Some(e.message().to_string()),
+        Ok(repo) => crate::source::trust::verify_commit(&repo, commit, allowed)
+            .err()
+            .map(|e| format!("not trusted: {e}")),
+    }
+}
+
+/// A status report marked as comparing with the commit in force when HEAD is not applied.
+fn with_kept(report: StatusReport, refused: Option<HeadRefused>) -> StatusReport {
+    match refused {
+        Some(refused) => report.kept_in_force(refused.why, refused.head),
         None => report,
     }
 }

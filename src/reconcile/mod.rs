@@ -1395,8 +1395,11 @@ pub struct StatusReport {
     /// Set when the desired state could not be loaded: status then shows the inventory alone, or,
     /// when a daemon keeps an earlier commit in force (`kept_in_force`), compares with that.
     pub source_error: Option<String>,
-    /// HEAD could not be loaded and `commit` is the commit the daemon keeps in force.
+    /// HEAD is not applied (it could not be loaded, or is not trusted) and `commit` is the
+    /// commit the daemon keeps in force.
     pub kept_in_force: bool,
+    /// HEAD's commit when it is not the one in force (read, but not trusted); null otherwise.
+    pub head: Option<String>,
     /// Launch agents, as the daemon's runner knows them (empty without a daemon).
     pub launch_agents: Vec<crate::supervisor::job::JobStatus>,
     /// Model providers' health (the daemon probes them; null without a daemon).
@@ -1420,12 +1423,13 @@ pub struct PassRunning {
 impl StatusReport {
     /// HEAD could not be loaded (`head_error`) and the report compares with the commit kept in
     /// force: none is Synced (HEAD is not applied).
-    pub fn kept_in_force(mut self, head_error: String) -> Self {
+    pub fn kept_in_force(mut self, head_error: String, head: Option<String>) -> Self {
         for resource in &mut self.resources {
             resource.sync = "OutOfSync";
         }
         self.source_error = Some(head_error);
         self.kept_in_force = true;
+        self.head = head;
         self
     }
 }
@@ -1596,6 +1600,7 @@ fn status_of(
         resources,
         source_error,
         kept_in_force: false,
+        head: None,
         launch_agents: Vec::new(),
         providers: Value::Null,
         routes: Value::Null,

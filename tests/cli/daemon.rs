@@ -718,6 +718,33 @@ fn an_unsigned_commit_is_refused_under_require_signed() {
     );
     assert!(running_pid(&sandbox, "b").is_none(), "b came in an unsigned commit");
     assert!(running_pid(&sandbox, "a").is_some());
+    // Status names the commit in force, HEAD, and why HEAD is not in force; it does not claim
+    // that the unsigned commit's changes are on their way.
+    let head = git2::Repository::open(sandbox.repo())
+        .unwrap()
+        .head()
+        .unwrap()
+        .peel_to_commit()
+        .unwrap()
+        .id()
+        .to_string();
+    let json = status(&sandbox).json();
+    assert_eq!(json["kept_in_force"], true, "{json}");
+    assert_eq!(json["head"], head.as_str(), "{json}");
+    assert_ne!(json["commit"], head.as_str(), "{json}");
+    assert!(json["source_error"].as_str().unwrap().contains("not trusted"), "{json}");
+    let names: Vec<&str> = json["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a"], "b is not shown as pending: {json}");
+    let text = sandbox.run(&["status"]).stdout;
+    assert!(
+        text.contains(&format!("HEAD (commit {}) is not applied", &head[..12])) && text.contains("stays in force"),
+        "{text}"
+    );
 
     // A signed commit on top is applied.
     sandbox.write("c.yaml", service("c", "exec sleep 4000", ""));
