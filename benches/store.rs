@@ -136,6 +136,8 @@ fn drift_report(host: &str) -> DriftReport {
         run_id: Some(new_id()),
         started_at: rfc3339(now_ms()),
         observe_only: false,
+        repeats: 0,
+        last_seen_at: None,
         items: (0..REPORT_ITEMS)
             .map(|i| DriftItem {
                 kind: KINDS[i % KINDS.len()].to_string(),

@@ -114,7 +114,7 @@ mod tests {
     #[test]
     fn a_failure_is_kept_until_the_resource_succeeds_or_leaves() {
         let dir = tempfile::tempdir().unwrap();
-        let web = ResourceId::new(Kind::Service, "web".into());
+        let web = ResourceId::new(Kind::Service, "web");
         let mut failures = Failures::load(dir.path());
         assert!(failures.record(&web, Err(failure("program pyhton3 not found on PATH"))));
         let later = Failure {

@@ -10,6 +10,7 @@ use std::time::Duration;
 pub mod agents;
 pub mod failures;
 pub mod in_force;
+pub mod last_report;
 pub mod memory;
 pub mod models;
 pub mod policies;
@@ -342,7 +343,7 @@ impl Reconciler {
                 let mut items = input.extra_drift;
                 items.push(source_item(context, Drift::InvalidSource, e.to_string()));
                 let report = drift_report(context, &None, &run_id, options, started_ms, items);
-                recorder.record(Record::DriftReport(report.clone()));
+                let report = store_report(context, &recorder, report, options);
                 recorder.record(run_finished(&run_id, "unreadable-source", "nothing applied".into()));
                 return PassOutcome {
                     commit: None,
@@ -369,7 +370,7 @@ impl Reconciler {
                     items.push(source_item(context, Drift::InvalidSource, detail));
                 }
                 let report = drift_report(context, &commit, &run_id, options, started_ms, items);
-                recorder.record(Record::DriftReport(report.clone()));
+                let report = store_report(context, &recorder, report, options);
                 recorder.record(run_finished(&run_id, "invalid-source", "nothing applied".into()));
                 let error = if diagnostics.is_empty() {
                     "the commit is not trusted and none was before it: nothing was applied"
@@ -529,7 +530,7 @@ impl Reconciler {
         }
         let report = drift_report(context, &commit, &run_id, options, started_ms, items);
         recorder.set_report_retention(controller.report_retention().as_std());
-        recorder.record(Record::DriftReport(report.clone()));
+        let report = store_report(context, &recorder, report, options);
         let outcome = match (&error, options.dry_run, plan.pending().count()) {
             (Some(_), _, _) => "failed",
             (None, true, 0) | (None, false, _) => "converged",
@@ -635,6 +636,8 @@ fn drift_report(
         started_at: rfc3339(started_ms),
         observe_only: options.dry_run,
         items,
+        repeats: 0,
+        last_seen_at: None,
     }
 }
 
@@ -1431,6 +1434,47 @@ impl StatusReport {
         self.kept_in_force = true;
         self.head = head;
         self
+    }
+}
+
+/// Stores the pass's drift report, or, when it says exactly what the last stored one said,
+/// counts it there (`last_report`); returns the report as stored (its id, and its count).
+fn store_report(context: &Context, recorder: &Recorder, report: DriftReport, options: &PassOptions) -> DriftReport {
+    let scheduled = options.trigger == "schedule";
+    match last_report::decide(&context.state_dir, &report, scheduled) {
+        last_report::Decision::Repeat(last) => {
+            let seen_ms = now_ms();
+            recorder.record(Record::DriftRepeated {
+                id: last.id.clone(),
+                repeats: last.repeats,
+                seen_ms,
+            });
+            remember_report(context, &last);
+            DriftReport {
+                id: last.id,
+                started_at: last.started_at,
+                repeats: last.repeats,
+                last_seen_at: Some(rfc3339(seen_ms)),
+                ..report
+            }
+        }
+        last_report::Decision::Store => {
+            recorder.record(Record::DriftReport(report.clone()));
+            let last = last_report::LastReport {
+                id: report.id.clone(),
+                fingerprint: last_report::fingerprint(&report),
+                started_at: report.started_at.clone(),
+                repeats: 0,
+            };
+            remember_report(context, &last);
+            report
+        }
+    }
+}
+
+fn remember_report(context: &Context, last: &last_report::LastReport) {
+    if let Err(e) = last_report::remember(&context.state_dir, last) {
+        tracing::warn!(state_dir = %context.state_dir.display(), error = %e, "cannot remember the last drift report: the next one is stored whole");
     }
 }
 

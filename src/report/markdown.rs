@@ -227,6 +227,8 @@ mod tests {
             run_id: None,
             started_at: "2024-05-01T12:34:56.789Z".into(),
             observe_only: false,
+            repeats: 0,
+            last_seen_at: None,
             items,
         }
     }

@@ -90,6 +90,12 @@ pub struct DriftReport {
     #[serde(default)]
     pub observe_only: bool,
     pub items: Vec<DriftItem>,
+    /// Later passes that found exactly these items and were counted here instead of stored.
+    #[serde(default)]
+    pub repeats: u64,
+    /// When the last of them ran (RFC 3339); null when none did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_at: Option<String>,
 }
 
 /// One line of `drift list`.
@@ -101,6 +107,25 @@ pub struct ReportSummary {
     pub started_at: String,
     pub observe_only: bool,
     pub items: u64,
+    /// Identical passes counted on it since (see [`DriftReport::repeats`]).
+    #[serde(default)]
+    pub repeats: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_at: Option<String>,
+}
+
+/// Which stored reports `drift list` shows.
+#[derive(Clone, Debug, Default)]
+pub struct ReportFilter {
+    pub limit: u32,
+    /// Reports seen (started, or repeated) at or after this time.
+    pub since_ms: Option<i64>,
+    /// Reports with an item at least this severe.
+    pub min_severity: Option<Severity>,
+    /// Reports with an item of this kind (`Service`, `Agent`, `Source`, ...).
+    pub kind: Option<String>,
+    /// Reports with an item about this resource name.
+    pub resource: Option<String>,
 }
 
 /// Milliseconds since the Unix epoch as RFC 3339 (UTC, milliseconds).
@@ -138,6 +163,14 @@ pub fn render_text(report: &DriftReport) -> String {
         report.started_at,
         if report.observe_only { " (observe-only)" } else { "" }
     );
+    if report.repeats > 0 {
+        let _ = writeln!(
+            out,
+            "seen the same by {} later pass(es), the last at {} (counted here, not stored again)",
+            report.repeats,
+            report.last_seen_at.as_deref().unwrap_or("-")
+        );
+    }
     if report.items.is_empty() {
         let _ = writeln!(out, "no drift");
     }
@@ -165,18 +198,20 @@ pub fn render_list(reports: &[ReportSummary]) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<36}  {:<24}  {:<16}  {:<12}  {:>5}",
-        "ID", "STARTED", "HOST", "COMMIT", "ITEMS"
+        "{:<36}  {:<24}  {:<16}  {:<12}  {:>5}  {:>7}  LAST SEEN",
+        "ID", "STARTED", "HOST", "COMMIT", "ITEMS", "REPEATS"
     );
     for r in reports {
         let _ = writeln!(
             out,
-            "{:<36}  {:<24}  {:<16}  {:<12}  {:>5}{}",
+            "{:<36}  {:<24}  {:<16}  {:<12}  {:>5}  {:>7}  {}{}",
             r.id,
             r.started_at,
             r.host,
             short(r.commit.as_deref()),
             r.items,
+            r.repeats,
+            r.last_seen_at.as_deref().unwrap_or("-"),
             if r.observe_only { "  observe-only" } else { "" }
         );
     }

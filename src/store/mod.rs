@@ -26,7 +26,7 @@ use std::pin::Pin;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::report::{DriftItem, DriftReport, ReportSummary};
+pub use crate::report::{DriftItem, DriftReport, ReportFilter, ReportSummary};
 pub use chain::{verify_chain, ChainBreak, Receipt, ReceiptDraft};
 pub use memory::{MemoryAdded, MemoryFilter, MemoryItem, MemoryQuery, MemoryTransition, NewMemory};
 pub use recorder::Recorder;
@@ -292,6 +292,13 @@ pub enum Record {
     RunFinished(RunFinished),
     Receipt(Receipt),
     DriftReport(DriftReport),
+    /// A pass found what report `id` says: counted there (`repeats` is the new count, so a
+    /// replay writes the same), not stored again.
+    DriftRepeated {
+        id: String,
+        repeats: u64,
+        seen_ms: i64,
+    },
     Inventory(InventoryEntry),
     InventoryRemoved {
         host: String,
@@ -317,10 +324,12 @@ pub trait Store: Send + Sync {
     fn url(&self) -> &StoreUrl;
     /// Writes records in order, in one transaction; already-written records are skipped.
     fn write<'a>(&'a self, records: &'a [Record]) -> BoxFuture<'a, Result<(), StoreError>>;
-    /// Newest first.
-    fn drift_reports(&self, limit: u32) -> BoxFuture<'_, Result<Vec<ReportSummary>, StoreError>>;
+    /// Newest first, those the filter keeps.
+    fn drift_reports<'a>(&'a self, filter: &'a ReportFilter) -> BoxFuture<'a, Result<Vec<ReportSummary>, StoreError>>;
     fn drift_report<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<DriftReport>, StoreError>>;
-    /// Deletes drift reports started before `before_ms`; receipts are kept. Returns how many.
+    /// Ids of drift reports starting with `prefix` (at most `limit`), for `drift show PREFIX`.
+    fn drift_report_ids<'a>(&'a self, prefix: &'a str, limit: u32) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
+    /// Deletes drift reports last seen before `before_ms`; receipts are kept. Returns how many.
     fn delete_drift_reports_before(&self, before_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>>;
     /// Every receipt, by host then sequence.
     fn receipts(&self) -> BoxFuture<'_, Result<Vec<Receipt>, StoreError>>;

@@ -12,7 +12,8 @@ use super::memory::{self, MAX_LIMIT};
 use super::memory_rules::{MemoryPass, PassRule, RuleMoves};
 use super::{
     new_id, Backend, BoxFuture, DriftItem, DriftReport, InventoryEntry, JobRun, MemoryAdded, MemoryFilter, MemoryItem,
-    MemoryQuery, MemoryTransition, NewMemory, Receipt, Record, ReportSummary, Store, StoreError, StoreUrl,
+    MemoryQuery, MemoryTransition, NewMemory, Receipt, Record, ReportFilter, ReportSummary, Store, StoreError,
+    StoreUrl,
 };
 use crate::report::{parse_rfc3339, rfc3339, Drift, Severity};
 
@@ -150,6 +151,16 @@ async fn write_record(tx: &mut Transaction<'static, Any>, record: &Record, backe
         .await
         .map(drop),
         Record::DriftReport(report) => return write_drift_report(tx, report, backend).await,
+        Record::DriftRepeated { id, repeats, seen_ms } => sqlx::query(
+            "UPDATE drift_reports SET repeats = CASE WHEN repeats < $2 THEN $2 ELSE repeats END, \
+             last_seen_ms = CASE WHEN last_seen_ms IS NULL OR last_seen_ms < $3 THEN $3 ELSE last_seen_ms END WHERE id = $1",
+        )
+        .bind(id)
+        .bind(*repeats as i64)
+        .bind(*seen_ms)
+        .execute(&mut **tx)
+        .await
+        .map(drop),
         Record::Inventory(e) => sqlx::query(
             "INSERT INTO inventory (host, kind, name, spec_hash, last_applied, process, updated_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) \
              ON CONFLICT (host, kind, name) DO UPDATE SET spec_hash = excluded.spec_hash, last_applied = excluded.last_applied, \
@@ -300,6 +311,59 @@ async fn write_record(tx: &mut Transaction<'static, Any>, record: &Record, backe
     result.map_err(query_error("write record"))
 }
 
+/// A value bound to a built query.
+enum Bind {
+    Int(i64),
+    Text(String),
+}
+
+/// `drift list`'s query: the filter's conditions as placeholders, never as text.
+fn report_list_query(filter: &ReportFilter) -> (String, Vec<Bind>) {
+    let mut sql = String::from(
+        "SELECT id, host, commit_id, started_ms, CAST(observe_only AS INTEGER) AS observe_only, item_count, repeats, last_seen_ms \
+         FROM drift_reports r WHERE 1 = 1",
+    );
+    let mut binds = Vec::new();
+    let placeholder = |binds: &mut Vec<Bind>, bind: Bind| {
+        binds.push(bind);
+        format!("${}", binds.len())
+    };
+    if let Some(since) = filter.since_ms {
+        let p = placeholder(&mut binds, Bind::Int(since));
+        sql.push_str(&format!(" AND COALESCE(last_seen_ms, started_ms) >= {p}"));
+    }
+    let mut item_conditions = Vec::new();
+    if let Some(min) = filter.min_severity {
+        let severities: Vec<String> = [Severity::Info, Severity::Warning, Severity::Error, Severity::Critical]
+            .into_iter()
+            .filter(|s| *s >= min)
+            .map(|s| placeholder(&mut binds, Bind::Text(s.as_str().to_string())))
+            .collect();
+        item_conditions.push(format!("i.severity IN ({})", severities.join(", ")));
+    }
+    if let Some(kind) = &filter.kind {
+        item_conditions.push(format!(
+            "i.kind = {}",
+            placeholder(&mut binds, Bind::Text(kind.clone()))
+        ));
+    }
+    if let Some(name) = &filter.resource {
+        item_conditions.push(format!(
+            "i.name = {}",
+            placeholder(&mut binds, Bind::Text(name.clone()))
+        ));
+    }
+    if !item_conditions.is_empty() {
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM drift_items i WHERE i.report_id = r.id AND {})",
+            item_conditions.join(" AND ")
+        ));
+    }
+    let p = placeholder(&mut binds, Bind::Int(i64::from(filter.limit)));
+    sql.push_str(&format!(" ORDER BY started_ms DESC, id DESC LIMIT {p}"));
+    (sql, binds)
+}
+
 async fn write_drift_report(
     tx: &mut Transaction<'static, Any>,
     report: &DriftReport,
@@ -408,16 +472,21 @@ impl Store for SqlStore {
         Box::pin(self.write_records(records))
     }
 
-    fn drift_reports(&self, limit: u32) -> BoxFuture<'_, Result<Vec<ReportSummary>, StoreError>> {
+    fn drift_reports<'a>(&'a self, filter: &'a ReportFilter) -> BoxFuture<'a, Result<Vec<ReportSummary>, StoreError>> {
         Box::pin(async move {
-            let rows = sqlx::query(
-                "SELECT id, host, commit_id, started_ms, CAST(observe_only AS INTEGER) AS observe_only, item_count FROM drift_reports \
-                 ORDER BY started_ms DESC, id DESC LIMIT $1",
-            )
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(query_error("list drift reports"))?;
+            let (sql, binds) = report_list_query(filter);
+            // Built from fixed text and numbered placeholders only (`report_list_query`).
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for bind in binds {
+                query = match bind {
+                    Bind::Int(value) => query.bind(value),
+                    Bind::Text(value) => query.bind(value),
+                };
+            }
+            let rows = query
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error("list drift reports"))?;
             rows.iter()
                 .map(|row| {
                     Ok(ReportSummary {
@@ -427,6 +496,8 @@ impl Store for SqlStore {
                         started_at: rfc3339(row.try_get("started_ms")?),
                         observe_only: get_bool(row, "observe_only")?,
                         items: row.try_get::<i64, _>("item_count")? as u64,
+                        repeats: row.try_get::<i64, _>("repeats")? as u64,
+                        last_seen_at: row.try_get::<Option<i64>, _>("last_seen_ms")?.map(rfc3339),
                     })
                 })
                 .collect::<Result<_, sqlx::Error>>()
@@ -434,10 +505,31 @@ impl Store for SqlStore {
         })
     }
 
+    fn drift_report_ids<'a>(&'a self, prefix: &'a str, limit: u32) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        Box::pin(async move {
+            // Ids are UUIDs: a prefix with anything else matches nothing (and no LIKE wildcard
+            // reaches the query).
+            if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                return Ok(Vec::new());
+            }
+            let rows = sqlx::query("SELECT id FROM drift_reports WHERE id LIKE $1 ORDER BY id LIMIT $2")
+                .bind(format!("{}%", prefix.to_ascii_lowercase()))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error("find drift reports by id prefix"))?;
+            rows.iter()
+                .map(|row| row.try_get("id"))
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(query_error("read drift report ids"))
+        })
+    }
+
     fn drift_report<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<DriftReport>, StoreError>> {
         Box::pin(async move {
             let Some(row) = sqlx::query(
-                "SELECT id, host, commit_id, run_id, started_ms, CAST(observe_only AS INTEGER) AS observe_only FROM drift_reports WHERE id = $1",
+                "SELECT id, host, commit_id, run_id, started_ms, CAST(observe_only AS INTEGER) AS observe_only, repeats, last_seen_ms \
+                 FROM drift_reports WHERE id = $1",
             )
             .bind(id)
             .fetch_optional(&self.pool)
@@ -479,6 +571,8 @@ impl Store for SqlStore {
                     started_at: rfc3339(row.try_get("started_ms")?),
                     observe_only: get_bool(&row, "observe_only")?,
                     items,
+                    repeats: row.try_get::<i64, _>("repeats")? as u64,
+                    last_seen_at: row.try_get::<Option<i64>, _>("last_seen_ms")?.map(rfc3339),
                 })
             };
             read().map(Some).map_err(query_error("decode drift report"))
@@ -490,13 +584,14 @@ impl Store for SqlStore {
             let mut tx = self.pool.begin().await.map_err(query_error("begin"))?;
             // Items first: SQLite enforces ON DELETE CASCADE only with foreign keys on.
             sqlx::query(
-                "DELETE FROM drift_items WHERE report_id IN (SELECT id FROM drift_reports WHERE started_ms < $1)",
+                "DELETE FROM drift_items WHERE report_id IN \
+                 (SELECT id FROM drift_reports WHERE COALESCE(last_seen_ms, started_ms) < $1)",
             )
             .bind(before_ms)
             .execute(&mut *tx)
             .await
             .map_err(query_error("delete drift items"))?;
-            let deleted = sqlx::query("DELETE FROM drift_reports WHERE started_ms < $1")
+            let deleted = sqlx::query("DELETE FROM drift_reports WHERE COALESCE(last_seen_ms, started_ms) < $1")
                 .bind(before_ms)
                 .execute(&mut *tx)
                 .await

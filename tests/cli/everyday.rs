@@ -269,3 +269,56 @@ fn logs_tail_and_json() {
         "{quiet:?}"
     );
 }
+
+#[test]
+fn an_idle_daemon_stores_one_drift_report_and_counts_the_identical_passes() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    sandbox.write(
+        "controller.yaml",
+        "apiVersion: mirror.os/v1\nkind: Controller\nmetadata: {name: main}\nspec:\n  resync: 1s\n",
+    );
+    sandbox.write("web.yaml", service("web", "exec sleep 4409", ""));
+    sandbox.commit("an idle host resyncing every second");
+    let daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
+    wait_for("four resync passes", Duration::from_secs(10), || {
+        daemon.log().matches("trigger=\"resync\"").count() >= 4
+    });
+    let list = |args: &[&str]| {
+        let mut all = vec!["drift", "list", "--output", "json"];
+        all.extend_from_slice(args);
+        let run = sandbox.run(&all);
+        assert_eq!(run.code, 0, "{run:?}");
+        run.json()["reports"].as_array().unwrap().clone()
+    };
+    wait_for("the repeats stored", Duration::from_secs(10), || {
+        list(&[]).iter().any(|r| r["repeats"].as_u64() >= Some(3))
+    });
+    let reports = list(&[]);
+    // The startup pass (web new) and the first resync (nothing) differ; the rest repeat it.
+    assert!(reports.len() <= 2, "one report per change, not per pass: {reports:?}");
+    let idle = &reports[0];
+    assert_eq!(idle["items"], 0, "{idle}");
+    assert!(idle["last_seen_at"].is_string(), "{idle}");
+
+    // Filters, and an id prefix like git's.
+    assert_eq!(list(&["--resource", "web"]).len(), reports.len() - 1, "{reports:?}");
+    assert!(list(&["--severity", "critical"]).is_empty());
+    assert_eq!(list(&["--since", "1h"]).len(), reports.len());
+    let id = idle["id"].as_str().unwrap();
+    let show = sandbox.run(&["drift", "show", &id[..id.len() - 4]]);
+    assert_eq!(show.code, 0, "{show:?}");
+    assert!(
+        show.stdout.contains(id) && show.stdout.contains("later pass(es)"),
+        "{}",
+        show.stdout
+    );
+    if reports.len() == 2 {
+        let ambiguous = sandbox.run(&["drift", "show", &id[..2]]);
+        assert_eq!(ambiguous.code, 1, "{ambiguous:?}");
+        assert!(ambiguous.stderr.contains("ambiguous"), "{ambiguous:?}");
+    }
+    let bad = sandbox.run(&["drift", "list", "--since", "soon"]);
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(bad.stderr.contains("30m"), "{bad:?}");
+}

@@ -16,6 +16,8 @@ fn report(id: &str, minutes_ago: i64) -> DriftReport {
         run_id: None,
         started_at: rfc3339(now_ms() - minutes_ago * 60_000),
         observe_only: true,
+        repeats: 0,
+        last_seen_at: None,
         items: vec![
             DriftItem {
                 kind: "Service".into(),

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mirrorctl::report::{now_ms, rfc3339, Drift, DriftItem, DriftReport, Severity};
+use mirrorctl::report::{now_ms, rfc3339, Drift, DriftItem, DriftReport, ReportFilter, Severity};
 use mirrorctl::store::chain::{verify_chain, ChainBreak, ChainHead};
 use mirrorctl::store::inventory::LocalInventory;
 use mirrorctl::store::recorder::{FlushReport, RecorderConfig};
@@ -111,6 +111,8 @@ fn report(id: &str, started_ms: i64, items: usize) -> DriftReport {
         run_id: None,
         started_at: rfc3339(started_ms),
         observe_only: true,
+        repeats: 0,
+        last_seen_at: None,
         items: (0..items)
             .map(|i| DriftItem {
                 kind: "Service".into(),
@@ -289,7 +291,13 @@ async fn records_round_trip_and_replay_once(db: TestDb) {
     assert_eq!(first["route_history"], 2);
 
     assert_eq!(store.drift_report(&drift.id).await.unwrap(), Some(drift.clone()));
-    let listed = store.drift_reports(10).await.unwrap();
+    let listed = store
+        .drift_reports(&ReportFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].items, 3);
     let owned = store.inventory("mini").await.unwrap();
@@ -411,7 +419,10 @@ async fn retention_deletes_old_reports_and_keeps_receipts(db: TestDb) {
     recorder.receipt(draft(2));
     drain(&recorder, Duration::from_secs(30)).await;
     let ids: Vec<String> = store
-        .drift_reports(10)
+        .drift_reports(&ReportFilter {
+            limit: 10,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_iter()
@@ -834,7 +845,101 @@ async fn memory_list_search_touch_verify_and_move(db: TestDb) {
     assert_eq!(count(&*store, "memory_items").await, 4, "nothing is deleted");
 }
 
+/// Identical passes counted on a report (idempotently: a replay counts nothing twice), `drift
+/// list` filters, and ids found by a unique prefix.
+async fn drift_repeats_filters_and_id_prefixes(db: TestDb) {
+    let store = db.open().await;
+    let hour = 3600 * 1000;
+    let old = report("0193aaaa-0000-7000-8000-000000000001", now_ms() - 3 * hour, 2);
+    let mut severe = report("0193aaaa-0000-7000-8000-000000000002", now_ms() - 2 * hour, 1);
+    severe.items[0].severity = Severity::Critical;
+    severe.items[0].kind = "Source".into();
+    let recent = report("0193bbbb-0000-7000-8000-000000000003", now_ms(), 3);
+    let repeated = Record::DriftRepeated {
+        id: old.id.clone(),
+        repeats: 4,
+        seen_ms: now_ms() - 60_000,
+    };
+    let records = vec![
+        Record::DriftReport(old.clone()),
+        Record::DriftReport(severe.clone()),
+        Record::DriftReport(recent.clone()),
+        repeated.clone(),
+    ];
+    store.write(&records).await.unwrap();
+    store.write(&[repeated]).await.unwrap();
+    let stored = store.drift_report(&old.id).await.unwrap().unwrap();
+    assert_eq!(stored.repeats, 4, "a replayed count is not added twice");
+    assert!(stored.last_seen_at.is_some());
+
+    let list = |filter: ReportFilter| {
+        let store = &store;
+        async move {
+            let reports = store.drift_reports(&filter).await.unwrap();
+            reports.into_iter().map(|r| r.id).collect::<Vec<_>>()
+        }
+    };
+    let all = ReportFilter {
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(
+        list(all.clone()).await,
+        [recent.id.as_str(), severe.id.as_str(), old.id.as_str()]
+    );
+    let since = ReportFilter {
+        since_ms: Some(now_ms() - hour),
+        ..all.clone()
+    };
+    assert_eq!(
+        list(since).await,
+        [recent.id.as_str(), old.id.as_str()],
+        "the old one was seen again a minute ago"
+    );
+    let critical = ReportFilter {
+        min_severity: Some(Severity::Error),
+        ..all.clone()
+    };
+    assert_eq!(list(critical).await, [severe.id.as_str()]);
+    let kind = ReportFilter {
+        kind: Some("Source".into()),
+        ..all.clone()
+    };
+    assert_eq!(list(kind).await, [severe.id.as_str()]);
+    let resource = ReportFilter {
+        resource: Some("svc-2".into()),
+        ..all.clone()
+    };
+    assert_eq!(
+        list(resource).await,
+        [recent.id.as_str()],
+        "only the recent one has a third item"
+    );
+    let hostile = ReportFilter {
+        resource: Some("x' OR 1=1 --".into()),
+        ..all
+    };
+    assert!(list(hostile).await.is_empty(), "filters are bound, never spliced");
+
+    assert_eq!(store.drift_report_ids("0193b", 10).await.unwrap(), [recent.id.clone()]);
+    assert_eq!(store.drift_report_ids("0193AAAA", 10).await.unwrap().len(), 2);
+    assert!(
+        store.drift_report_ids("%", 10).await.unwrap().is_empty(),
+        "no wildcard gets through"
+    );
+    assert!(store.drift_report_ids("", 10).await.unwrap().is_empty());
+
+    // Retention keeps a report that is still being seen.
+    assert_eq!(
+        store.delete_drift_reports_before(now_ms() - 30 * 60_000).await.unwrap(),
+        1
+    );
+    assert!(store.drift_report(&old.id).await.unwrap().is_some());
+    assert!(store.drift_report(&severe.id).await.unwrap().is_none());
+}
+
 on_both_backends!(
+    drift_repeats_filters_and_id_prefixes,
     memory_items_merge_duplicates_per_namespace,
     memory_concurrent_duplicates_make_one_item,
     memory_list_search_touch_verify_and_move,

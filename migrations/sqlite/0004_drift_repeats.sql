@@ -1,0 +1,6 @@
+-- The truth store, version 4: a drift report identical to the last one stored is not stored
+-- again; the pass is counted on it (`repeats`) with when it was last seen (`last_seen_ms`).
+-- Retention keeps a report as long as it is still being seen.
+
+ALTER TABLE drift_reports ADD COLUMN repeats BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE drift_reports ADD COLUMN last_seen_ms BIGINT;
