@@ -8,6 +8,7 @@ pub mod gate;
 mod init;
 mod logs;
 mod memory;
+mod operate;
 mod reconcile;
 mod run;
 mod sandbox_exec;
@@ -21,6 +22,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::reconcile::overrides::Verb;
 use crate::source::SourceOptions;
 use crate::spec::common::ByteSize;
 use crate::store::{StoreError, StoreUrl};
@@ -95,6 +97,18 @@ pub enum Command {
     Run(run::RunArgs),
     /// Per resource: sync and health, pid, restarts, uptime
     Status,
+    /// Stop a service or agent and keep it stopped until `start` or the next commit (recorded,
+    /// shown in status and as intentional drift)
+    #[command(
+        after_help = "Example:\n  mirrorctl stop web      # like `systemctl stop`: the unit stays in the desired state"
+    )]
+    Stop(operate::OperateArgs),
+    /// Start a service or agent again: ends a `stop`
+    #[command(after_help = "Example:\n  mirrorctl start web")]
+    Start(operate::OperateArgs),
+    /// Restart a service or agent now (same spec; recorded with who asked)
+    #[command(after_help = "Example:\n  mirrorctl restart web")]
+    Restart(operate::OperateArgs),
     /// A service's stdout and stderr
     Logs(logs::LogsArgs),
     /// Drift reports stored in the truth store
@@ -197,9 +211,12 @@ pub fn main() -> ExitCode {
     };
     let prefer = match &cli.command {
         Command::Reconcile(args) if !args.dry_run => Some(source::Prefer::Apply),
-        Command::Reconcile(_) | Command::Status | Command::Drift(drift::DriftCommand::Report) => {
-            Some(source::Prefer::Host)
-        }
+        Command::Reconcile(_)
+        | Command::Status
+        | Command::Stop(_)
+        | Command::Start(_)
+        | Command::Restart(_)
+        | Command::Drift(drift::DriftCommand::Report) => Some(source::Prefer::Host),
         Command::Validate | Command::Run(_) | Command::Crds(_) => Some(source::Prefer::Here),
         _ => None,
     };
@@ -215,6 +232,9 @@ pub fn main() -> ExitCode {
         Command::Reconcile(args) => reconcile::run(&cli.global, args),
         Command::Run(args) => run::run(&cli.global, args),
         Command::Status => status::run(&cli.global),
+        Command::Stop(args) => operate::run(&cli.global, args, Verb::Stop),
+        Command::Start(args) => operate::run(&cli.global, args, Verb::Start),
+        Command::Restart(args) => operate::run(&cli.global, args, Verb::Restart),
         Command::Logs(args) => logs::run(&cli.global, args),
         Command::Drift(command) => drift::run(&cli.global, command),
         Command::Audit(command) => audit::run(&cli.global, command),

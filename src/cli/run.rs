@@ -81,11 +81,13 @@ fn renderer() -> Renderer {
             | Request::Status { json, .. }
             | Request::DriftReport { json, .. }
             | Request::GatePending { json }
-            | Request::GateDecide { json, .. } => *json,
+            | Request::GateDecide { json, .. }
+            | Request::Operate { json, .. } => *json,
         };
         match (request, answer) {
             (Request::Reconcile { .. }, Answer::Pass(outcome)) => super::reconcile::render(request, &outcome),
             (Request::DriftReport { .. }, Answer::Pass(outcome)) => super::drift::render(request, &outcome),
+            (Request::Operate { .. }, Answer::Pass(outcome)) => super::operate::render(request, &outcome),
             (Request::Status { .. }, Answer::Status(report)) => {
                 super::status::render(request, &report, Some(std::process::id()))
             }

@@ -40,6 +40,13 @@ pub enum Request {
         json: bool,
         source: SourceRequest,
     },
+    /// A person's `stop|start|restart NAME`; `by` is filled in from the socket's peer.
+    Operate {
+        name: String,
+        verb: crate::reconcile::overrides::Verb,
+        by: String,
+        json: bool,
+    },
     /// Tool-gate requests waiting for a person.
     GatePending {
         json: bool,
@@ -199,7 +206,7 @@ pub async fn serve(listener: tokio::net::UnixListener, requests: mpsc::Unbounded
             }
             let response = match serde_json::from_str::<Request>(&line) {
                 Ok(mut request) => {
-                    if let Request::GateDecide { by, .. } = &mut request {
+                    if let Request::GateDecide { by, .. } | Request::Operate { by, .. } = &mut request {
                         *by = peer
                             .as_ref()
                             .map_or_else(|| "unknown peer".to_string(), |p| p.describe());

@@ -1539,6 +1539,7 @@ fn perform(
                 desired: Ok(state),
                 extra_drift: Vec::new(),
                 only: Some(id.clone()),
+                operation: None,
                 probes,
             };
             let options = pass_options(false, false, trigger);
@@ -1565,6 +1566,7 @@ fn perform(
                             desired: Ok(state),
                             extra_drift: Vec::new(),
                             only: None,
+                            operation: None,
                             probes,
                         }),
                         None,
@@ -1662,6 +1664,27 @@ fn perform(
                         )
                     }
                     Err(e) => (Answer::Error(e), None),
+                }
+            }
+            Request::Operate { name, verb, by, .. } => {
+                let Some(state) = current else {
+                    return (Answer::Error("no desired state in force yet".into()), None);
+                };
+                let state_dir = reconciler.context().state_dir.clone();
+                match crate::reconcile::overrides::prepare(&state_dir, &state, name, *verb, by, now_ms()) {
+                    Ok(operation) => {
+                        tracing::info!(resource = %operation.id, verb = verb.as_str(), %by, "asked by a person");
+                        let input = PassInput {
+                            desired: Ok(state),
+                            extra_drift: Vec::new(),
+                            only: Some(operation.id.clone()),
+                            operation: Some(operation),
+                            probes,
+                        };
+                        let options = pass_options(false, false, verb.as_str());
+                        (Answer::Pass(Box::new(reconciler.pass(input, &options))), None)
+                    }
+                    Err(e) => (Answer::Error(e.to_string()), None),
                 }
             }
             // Answered by the event loop itself (see `Daemon::control`).
@@ -1870,6 +1893,7 @@ fn read_trusted(
                     })),
                     extra_drift: Vec::new(),
                     only: None,
+                    operation: None,
                     probes,
                 }),
                 None,
@@ -1884,6 +1908,7 @@ fn read_trusted(
                     desired: Err(invalid),
                     extra_drift: Vec::new(),
                     only: None,
+                    operation: None,
                     probes,
                 }),
                 None,
@@ -1897,6 +1922,7 @@ fn read_trusted(
                 desired: Ok(state.clone()),
                 extra_drift: Vec::new(),
                 only: None,
+                operation: None,
                 probes,
             }),
             Some(state),
@@ -1918,6 +1944,7 @@ fn read_trusted(
                     desired: Ok(state.clone()),
                     extra_drift: Vec::new(),
                     only: None,
+                    operation: None,
                     probes,
                 }),
                 Some(state),
@@ -1956,6 +1983,7 @@ fn read_trusted(
                     desired,
                     extra_drift: vec![item],
                     only: None,
+                    operation: None,
                     probes,
                 }),
                 None,

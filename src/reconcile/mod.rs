@@ -13,6 +13,7 @@ pub mod in_force;
 pub mod last_report;
 pub mod memory;
 pub mod models;
+pub mod overrides;
 pub mod policies;
 
 use serde::Serialize;
@@ -124,6 +125,7 @@ pub async fn run_pass(
         desired: loaded,
         extra_drift: memory_preview.as_ref().map(memory::pending_drift).unwrap_or_default(),
         only: None,
+        operation: None,
         probes: Probes::RunNow,
     };
     let mut outcome = reconciler.pass(input, options);
@@ -174,6 +176,8 @@ pub struct PassInput {
     pub extra_drift: Vec<DriftItem>,
     /// Only this resource (the daemon's answer to one exited or unhealthy service); None: all.
     pub only: Option<ResourceId>,
+    /// A person's `stop|start|restart NAME` (with `only` on that resource).
+    pub operation: Option<overrides::Operation>,
     pub probes: Probes,
 }
 
@@ -183,6 +187,7 @@ impl PassInput {
             desired: desired.map(Arc::new),
             extra_drift: Vec::new(),
             only: None,
+            operation: None,
             probes: Probes::RunNow,
         }
     }
@@ -414,7 +419,7 @@ impl Reconciler {
             true,
         );
         let controller = state.controller();
-        let plan = plan::plan(PlanInput {
+        let mut plan = plan::plan(PlanInput {
             commit: commit.clone(),
             desired: desired.iter().map(|d| d.item.clone()).collect(),
             owned,
@@ -422,6 +427,7 @@ impl Reconciler {
             allow_mass_prune: options.allow_mass_prune || input.only.is_some(),
             now_ms: now_ms(),
         });
+        overrides::apply_to_plan(&mut plan, &stopped_of(&desired), input.operation.as_ref(), now_ms());
 
         let mut applied = Vec::new();
         let mut error = plan.refused.clone();
@@ -487,6 +493,10 @@ impl Reconciler {
                 }
                 if let Err(e) = policies.record(&context.state_dir, &recorder, &commit) {
                     error.get_or_insert(e);
+                }
+                // A new commit ends the overrides made at the one before.
+                if let Err(e) = overrides::Overrides::end_stale(&context.state_dir, &commit) {
+                    tracing::warn!(error = %e, "cannot end the overrides of an earlier commit");
                 }
                 // What a daemon starting on a HEAD it cannot apply keeps in force (`in_force`).
                 if let Some(applied_commit) = commit.as_deref().filter(|_| !state.worktree) {
@@ -676,6 +686,9 @@ struct DesiredService {
     spec: ServiceSpec,
     /// For an agent: its spec and its effective policy (enrollment, the policy file).
     agent: Option<(AgentSpec, Option<crate::policy::AgentPolicy>, Profile)>,
+    /// Kept stopped by a person (`mirrorctl stop`) until `start` or the next commit: planned as
+    /// suspended.
+    stopped: Option<overrides::Stopped>,
 }
 
 /// Relative env files and working dirs are relative to the state dir (secrets live outside git).
@@ -721,6 +734,7 @@ fn desired_services(
 ) -> Vec<DesiredService> {
     let bus_url = format!("http://{}", state.controller().bus_address());
     let view = host_view(state, state_dir);
+    let overrides = overrides::Overrides::load(state_dir);
     state
         .resources
         .iter()
@@ -777,12 +791,13 @@ fn desired_services(
             if !resource.metadata.prune_allowed() {
                 last_applied["x-prune"] = json!("disabled");
             }
+            let stopped = overrides.active(&resource.id(), &state.commit).cloned();
             DesiredService {
                 item: DesiredItem {
                     id: resource.id(),
                     rendered: last_applied,
                     hash,
-                    suspend: spec.suspend,
+                    suspend: spec.suspend || stopped.is_some(),
                     prune_allowed: resource.metadata.prune_allowed(),
                     depends_on: spec
                         .depends_on
@@ -794,6 +809,7 @@ fn desired_services(
                 },
                 spec,
                 agent,
+                stopped,
             }
         })
         .collect()
@@ -1478,6 +1494,14 @@ fn remember_report(context: &Context, last: &last_report::LastReport) {
     }
 }
 
+/// The resources people keep stopped (`mirrorctl stop`).
+fn stopped_of(desired: &[DesiredService]) -> Vec<(ResourceId, overrides::Stopped)> {
+    desired
+        .iter()
+        .filter_map(|d| Some((d.item.id.clone(), d.stopped.clone()?)))
+        .collect()
+}
+
 /// Keeps `failures.json` in step with this pass's actions (and, on a full pass, forgets what is
 /// no longer desired), so `status` can say why a resource does not run.
 fn record_failures(
@@ -1602,7 +1626,9 @@ fn status_of(
             let unproven = last_probe.is_none() && d.is_some_and(|d| d.spec.health.is_some());
             // The last action on it failed and it does not run as desired: say why and when.
             let failure = failures.get(&id).filter(|_| d.is_some() && !(synced && running));
+            let stopped = d.and_then(|d| d.stopped.as_ref());
             let health = match (d, o) {
+                (Some(_), _) if stopped.is_some() && !running => "Stopped",
                 (Some(d), _) if d.item.suspend && !running => "Suspended",
                 _ if failure.is_some() => "Degraded",
                 (_, Some(_)) if running && matches!(last_probe, Some(Err(_))) => "Degraded",
@@ -1631,7 +1657,11 @@ fn status_of(
                     Ok(answer) => format!("ok: {answer}"),
                     Err(why) => format!("failed: {why}"),
                 }),
-                detail: failure.map_or_else(|| change.reason.clone(), |f| f.describe(now)),
+                detail: match (stopped, failure) {
+                    (Some(stop), _) => stop.describe(&id.name, now),
+                    (None, Some(f)) => f.describe(now),
+                    (None, None) => change.reason.clone(),
+                },
                 failure: failure.cloned(),
                 route: (id.kind == Kind::Agent).then_some(Value::Null),
                 protections: (id.kind == Kind::Agent).then(|| agents::containment(state_dir, &id.name)),

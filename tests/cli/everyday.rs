@@ -322,3 +322,97 @@ fn an_idle_daemon_stores_one_drift_report_and_counts_the_identical_passes() {
     assert_eq!(bad.code, 1, "{bad:?}");
     assert!(bad.stderr.contains("30m"), "{bad:?}");
 }
+
+fn resource(sandbox: &Sandbox, name: &str) -> serde_json::Value {
+    let json = sandbox.run(&["status", "--output", "json"]).json();
+    json["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} in {json}"))
+}
+
+/// `stop`, `start` and `restart`, with and without a daemon: a stop holds across passes until
+/// `start` or the next commit, shows in status as Stopped with who and when, and as
+/// intentional drift.
+fn stop_start_restart(sandbox: &Sandbox, daemon: Option<&Daemon>) {
+    let pid = resource(sandbox, "web")["pid"].as_i64().unwrap();
+    let stop = sandbox.run(&["stop", "web"]);
+    assert_eq!(stop.code, 0, "{stop:?}");
+    assert!(stop.stdout.contains(&format!("stopped pid {pid}")), "{stop:?}");
+    assert!(stop.stdout.contains("mirrorctl start web"), "{stop:?}");
+    let web = resource(sandbox, "web");
+    assert_eq!(web["health"], "Stopped", "{web}");
+    assert!(
+        web["detail"].as_str().unwrap().contains("stopped by root (uid 0)"),
+        "{web}"
+    );
+    // A pass (a resync, a `reconcile`) keeps it stopped; the drift item is intentional.
+    assert_eq!(sandbox.run(&["reconcile"]).code, 0);
+    assert_eq!(resource(sandbox, "web")["health"], "Stopped");
+    let report = sandbox.run(&["drift", "report", "--output", "json"]).json();
+    let item = report["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "web")
+        .cloned()
+        .unwrap();
+    assert_eq!(item["corrective"], false, "{item}");
+    assert!(item["detail"].as_str().unwrap().contains("stopped by"), "{item}");
+    if let Some(daemon) = daemon {
+        assert!(daemon.log().contains("asked by a person"), "{}", daemon.log());
+    }
+    // `start` ends it.
+    let start = sandbox.run(&["start", "web"]);
+    assert_eq!(start.code, 0, "{start:?}");
+    let web = resource(sandbox, "web");
+    assert_eq!(web["health"], "Healthy", "{web}");
+    let started = web["pid"].as_i64().unwrap();
+    // `restart` restarts what runs, and the receipt names who asked.
+    let restart = sandbox.run(&["restart", "web"]);
+    assert_eq!(restart.code, 0, "{restart:?}");
+    assert!(
+        restart.stdout.contains(&format!("stopped pid {started}")),
+        "{restart:?}"
+    );
+    assert_ne!(resource(sandbox, "web")["pid"].as_i64().unwrap(), started);
+    // A new commit ends a stop.
+    assert_eq!(sandbox.run(&["stop", "web"]).code, 0);
+    sandbox.write("other.yaml", service("other", "exec sleep 4412", ""));
+    sandbox.commit("another commit");
+    if daemon.is_none() {
+        assert_eq!(sandbox.run(&["reconcile"]).code, 0);
+    }
+    wait_for("web started by the new commit", Duration::from_secs(15), || {
+        resource(sandbox, "web")["health"] == "Healthy"
+    });
+    let unknown = sandbox.run(&["stop", "nosuch"]);
+    assert_eq!(unknown.code, 1, "{unknown:?}");
+    assert!(unknown.stderr.contains("no service or agent `nosuch`"), "{unknown:?}");
+}
+
+#[test]
+fn stop_start_and_restart_without_a_daemon() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    sandbox.write("web.yaml", service("web", "exec sleep 4411", ""));
+    sandbox.commit("web");
+    assert_eq!(sandbox.run(&["reconcile"]).code, 0);
+    stop_start_restart(&sandbox, None);
+}
+
+#[test]
+fn stop_start_and_restart_through_the_daemon() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    sandbox.write("web.yaml", service("web", "exec sleep 4413", ""));
+    sandbox.commit("web");
+    let daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
+    wait_for("web running", Duration::from_secs(10), || {
+        resource(&sandbox, "web")["health"] == "Healthy"
+    });
+    stop_start_restart(&sandbox, Some(&daemon));
+}
