@@ -4,3 +4,6 @@
 
 ALTER TABLE drift_reports ADD COLUMN repeats BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE drift_reports ADD COLUMN last_seen_ms BIGINT;
+
+-- `status NAME` shows a resource's last actions: receipts by resource, newest first.
+CREATE INDEX receipts_resource ON receipts (host, kind, name, seq);

@@ -14,6 +14,7 @@ mod run;
 mod sandbox_exec;
 pub mod source;
 mod status;
+mod status_detail;
 mod validate;
 
 use std::io::Write;
@@ -95,8 +96,8 @@ pub enum Command {
     Reconcile(reconcile::ReconcileArgs),
     /// The daemon: watch git, resync, restart what dies, launch agents, drift reports, metrics
     Run(run::RunArgs),
-    /// Per resource: sync and health, pid, restarts, uptime
-    Status,
+    /// Per resource: sync and health, pid, restarts, uptime; with names, each in detail
+    Status(status::StatusArgs),
     /// Stop a service or agent and keep it stopped until `start` or the next commit (recorded,
     /// shown in status and as intentional drift)
     #[command(
@@ -212,7 +213,7 @@ pub fn main() -> ExitCode {
     let prefer = match &cli.command {
         Command::Reconcile(args) if !args.dry_run => Some(source::Prefer::Apply),
         Command::Reconcile(_)
-        | Command::Status
+        | Command::Status(_)
         | Command::Stop(_)
         | Command::Start(_)
         | Command::Restart(_)
@@ -231,7 +232,7 @@ pub fn main() -> ExitCode {
         Command::Crds(args) => crds::run(&cli.global, args),
         Command::Reconcile(args) => reconcile::run(&cli.global, args),
         Command::Run(args) => run::run(&cli.global, args),
-        Command::Status => status::run(&cli.global),
+        Command::Status(args) => status::run(&cli.global, args),
         Command::Stop(args) => operate::run(&cli.global, args, Verb::Stop),
         Command::Start(args) => operate::run(&cli.global, args, Verb::Start),
         Command::Restart(args) => operate::run(&cli.global, args, Verb::Restart),

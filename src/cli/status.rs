@@ -4,33 +4,62 @@ use std::fmt::Write as _;
 
 use serde_json::json;
 
-use super::{ask_daemon, emit, exit, json_text, report_error, GlobalArgs, Output};
+use super::{emit, exit, json_text, report_error, GlobalArgs, Output};
 use crate::daemon::control::{Request, Response};
 use crate::reconcile::{status, StatusReport};
 
-pub fn run(global: &GlobalArgs) -> u8 {
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  mirrorctl status\n  mirrorctl status web ollama   # each in detail: \
+                        pid, restarts, last actions, probe, route, spec, last log lines"
+)]
+pub struct StatusArgs {
+    /// Show these resources in detail
+    pub names: Vec<String>,
+}
+
+pub fn run(global: &GlobalArgs, args: &StatusArgs) -> u8 {
+    let json = global.output == Output::Json || !args.names.is_empty();
     let request = Request::Status {
-        json: global.output == Output::Json,
+        json,
         source: global.source_request(),
     };
-    if let Some(code) = ask_daemon(global, &request) {
-        return code;
-    }
-    let context = match global.reconcile_context() {
-        Ok(context) => context,
+    let response = match crate::daemon::control::ask(&global.state_dir(), &request) {
+        Ok(Some(response)) => response,
+        Ok(None) => match global
+            .reconcile_context()
+            .map_err(|e| e.to_string())
+            .and_then(|context| status(&context).map_err(|e| e.to_string()))
+        {
+            Ok(report) => render(&request, &report, None),
+            Err(e) => {
+                report_error(global.output, &StatusError(e));
+                return exit::ERROR;
+            }
+        },
         Err(e) => {
             report_error(global.output, &e);
             return exit::ERROR;
         }
     };
-    match status(&context) {
-        Ok(report) => emit(&render(&request, &report, None)),
+    if args.names.is_empty() || response.exit_code != exit::OK {
+        return emit(&response);
+    }
+    match serde_json::from_str::<serde_json::Value>(&response.stdout) {
+        Ok(report) => emit(&super::status_detail::render(global, &report, &args.names)),
         Err(e) => {
-            report_error(global.output, &e);
+            report_error(
+                global.output,
+                &StatusError(format!("the status report is not understood: {e}")),
+            );
             exit::ERROR
         }
     }
 }
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct StatusError(String);
 
 /// What `status` prints (also what the daemon answers; it names itself in `daemon`).
 pub fn render(request: &Request, report: &StatusReport, daemon: Option<u32>) -> Response {

@@ -333,6 +333,14 @@ pub trait Store: Send + Sync {
     fn delete_drift_reports_before(&self, before_ms: i64) -> BoxFuture<'_, Result<u64, StoreError>>;
     /// Every receipt, by host then sequence.
     fn receipts(&self) -> BoxFuture<'_, Result<Vec<Receipt>, StoreError>>;
+    /// The newest `limit` receipts of one resource on one host, newest first.
+    fn resource_receipts<'a>(
+        &'a self,
+        host: &'a str,
+        kind: &'a str,
+        name: &'a str,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<Receipt>, StoreError>>;
     fn inventory<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<InventoryEntry>, StoreError>>;
     /// Runs of one LaunchAgent on one host, newest first.
     fn job_runs<'a>(

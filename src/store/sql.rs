@@ -619,6 +619,32 @@ impl Store for SqlStore {
         })
     }
 
+    fn resource_receipts<'a>(
+        &'a self,
+        host: &'a str,
+        kind: &'a str,
+        name: &'a str,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<Receipt>, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT id, host, seq, run_id, commit_id, kind, name, action, reason, detail, at_ms, prev_hash, hash \
+                 FROM receipts WHERE host = $1 AND kind = $2 AND name = $3 ORDER BY seq DESC LIMIT $4",
+            )
+            .bind(host)
+            .bind(kind)
+            .bind(name)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("read a resource's receipts"))?;
+            rows.iter()
+                .map(receipt_from_row)
+                .collect::<Result<_, _>>()
+                .map_err(query_error("decode receipts"))
+        })
+    }
+
     fn inventory<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<InventoryEntry>, StoreError>> {
         Box::pin(async move {
             let rows = sqlx::query(

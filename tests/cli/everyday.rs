@@ -258,6 +258,12 @@ fn logs_tail_and_json() {
     let line: serde_json::Value = serde_json::from_str(json.stdout.trim()).unwrap();
     assert_eq!(line["line"], "line 5");
     assert_eq!(line["name"], "talk");
+    let detail = sandbox.run(&["status", "talk"]);
+    assert!(
+        detail.stdout.contains("last log lines:\n    line 1"),
+        "{}",
+        detail.stdout
+    );
 
     sandbox.write("quiet.yaml", service("quiet", "exec sleep 4408", ""));
     sandbox.commit("a quiet one");
@@ -379,6 +385,24 @@ fn stop_start_restart(sandbox: &Sandbox, daemon: Option<&Daemon>) {
         "{restart:?}"
     );
     assert_ne!(resource(sandbox, "web")["pid"].as_i64().unwrap(), started);
+    // `status web`: the resource in detail, with its last actions and who asked for them.
+    let detail = sandbox.run(&["status", "web"]);
+    assert_eq!(detail.code, 0, "{detail:?}");
+    for expected in [
+        "Service/web",
+        "health    Healthy",
+        "last actions",
+        "restart asked by root (uid 0)",
+        "command   sh -c",
+    ] {
+        assert!(detail.stdout.contains(expected), "{expected:?} in:\n{}", detail.stdout);
+    }
+    let json = sandbox.run(&["status", "web", "--output", "json"]).json();
+    assert_eq!(json["resources"][0]["history"][0]["action"], "restart", "{json}");
+    assert_eq!(json["resources"][0]["spec"]["command"][0], "sh", "{json}");
+    let missing = sandbox.run(&["status", "web", "nosuch"]);
+    assert_eq!(missing.code, 1, "{missing:?}");
+    assert!(missing.stderr.contains("`nosuch`"), "{missing:?}");
     // A new commit ends a stop.
     assert_eq!(sandbox.run(&["stop", "web"]).code, 0);
     sandbox.write("other.yaml", service("other", "exec sleep 4412", ""));
