@@ -820,10 +820,23 @@ fn desired_services(
 pub struct ProcessRecord {
     #[serde(flatten)]
     pub identity: ProcessIdentity,
+    /// Restarts in a row that count towards the backoff (0 again after a stable run).
     #[serde(default)]
     pub restarts: u32,
     #[serde(default)]
     pub started_ms: i64,
+    /// Every restart since it was created or last updated: what `status` shows (it never goes
+    /// down while the spec stays).
+    #[serde(default)]
+    pub total_restarts: u32,
+}
+
+impl ProcessRecord {
+    /// What `status` shows as RESTARTS (records from before `total_restarts` have only
+    /// `restarts`).
+    pub fn restarts_shown(&self) -> u32 {
+        self.total_restarts.max(self.restarts)
+    }
 }
 
 pub fn process_record(entry: &InventoryEntry) -> Option<ProcessRecord> {
@@ -975,12 +988,14 @@ fn apply_change(
                 stop_current(&current)
             };
             // A restart counts towards the backoff unless the last run was stable.
-            let restarts = match (action, current.as_ref().and_then(process_record)) {
+            let (restarts, total_restarts) = match (action, current.as_ref().and_then(process_record)) {
                 (Action::Restart, Some(previous)) => {
                     let backoff = desired.spec.backoff();
-                    crate::plan::next_restart(&backoff, previous.restarts, previous.started_ms, now_ms()).0 + 1
+                    let in_a_row =
+                        crate::plan::next_restart(&backoff, previous.restarts, previous.started_ms, now_ms()).0 + 1;
+                    (in_a_row, previous.restarts_shown() + 1)
                 }
-                _ => 0,
+                _ => (0, 0),
             };
             let mut run = desired.spec.clone();
             let mut cgroup_procs = Vec::new();
@@ -1038,6 +1053,7 @@ fn apply_change(
                 identity: identity.clone(),
                 restarts,
                 started_ms: now_ms(),
+                total_restarts,
             };
             let entry = InventoryEntry {
                 host: context.host.clone(),
@@ -1647,7 +1663,7 @@ fn status_of(
                 },
                 health,
                 pid: record.as_ref().filter(|_| running).map(|r| r.identity.pid),
-                restarts: record.as_ref().map_or(0, |r| r.restarts),
+                restarts: record.as_ref().map_or(0, ProcessRecord::restarts_shown),
                 uptime_s: record
                     .as_ref()
                     .filter(|_| running)

@@ -440,3 +440,30 @@ fn stop_start_and_restart_through_the_daemon() {
     });
     stop_start_restart(&sandbox, Some(&daemon));
 }
+
+/// RESTARTS counts every restart; the backoff's own count starts again after a stable run, and
+/// status used to show that one (2, then 1 after another restart).
+#[test]
+fn restarts_never_go_down_while_the_spec_stays() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    sandbox.write(
+        "flaky.yaml",
+        service(
+            "flaky",
+            "sleep 0.6; exit 3",
+            "  restart: always\n  backoff: {initial: 100ms, max: 1s, resetAfter: 500ms}\n",
+        ),
+    );
+    sandbox.commit("a service that runs stably, then exits");
+    let _daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
+    let mut seen = Vec::new();
+    wait_for("three restarts", Duration::from_secs(20), || {
+        let restarts = resource(&sandbox, "flaky")["restarts"].as_u64().unwrap();
+        if seen.last() != Some(&restarts) {
+            seen.push(restarts);
+        }
+        restarts >= 3
+    });
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "RESTARTS went down: {seen:?}");
+}
