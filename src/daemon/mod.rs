@@ -1264,7 +1264,11 @@ impl Daemon {
             if self.ended.contains(identity) {
                 continue;
             }
-            running += 1;
+            // The gauge is about services (agents run as processes too, but are not desired
+            // services: counting them showed 2 running of 1 desired).
+            if name.kind == Kind::Service {
+                running += 1;
+            }
             if !self.watchers.contains_key(name) {
                 let events = self.events.clone();
                 let (name_c, identity_c) = (name.clone(), identity.clone());
@@ -1302,10 +1306,14 @@ impl Daemon {
                 }
             }
         }
+        let host = &self.config.context.host;
         let desired = self.current.as_ref().map_or(0, |s| {
             s.resources
                 .iter()
-                .filter(|r| r.id().kind == Kind::Service && !matches!(&r.spec, Spec::Service(s) if s.suspend))
+                .filter(|r| match &r.spec {
+                    Spec::Service(s) => !s.suspend && s.placement.as_ref().is_none_or(|p| p.selects(host)),
+                    _ => false,
+                })
                 .count()
         });
         self.metrics.set_services(running as u64, desired as u64);

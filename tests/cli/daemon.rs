@@ -603,7 +603,12 @@ fn metrics_and_healthz_are_served() {
     let sandbox = Sandbox::new();
     let _cleanup = Cleanup(sandbox.root().to_path_buf());
     sandbox.write("a.yaml", service("a", "exec sleep 4000", ""));
-    sandbox.commit("a");
+    // An agent runs as a process too; it is not a desired service (the gauges said 2 of 1).
+    sandbox.write(
+        "agent.yaml",
+        format!("apiVersion: mirror.os/v1\nkind: Policy\nmetadata: {{name: p}}\nspec: {{}}\n---\napiVersion: mirror.os/v1\nkind: Agent\nmetadata: {{name: helper}}\nspec:\n  command: [sleep, \"4001\"]\n  policy: p\n---\napiVersion: mirror.os/v1\nkind: Controller\nmetadata: {{name: main}}\nspec:\n  bus: {{address: \"127.0.0.1:{}\"}}\n", free_port()),
+    );
+    sandbox.commit("a, and an agent");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -611,8 +616,8 @@ fn metrics_and_healthz_are_served() {
         .port();
     let addr = format!("127.0.0.1:{port}");
     let daemon = Daemon::start(&sandbox, &["--metrics-addr", &addr, "--log-format", "json"]).ready(&sandbox);
-    wait_for("a running", Duration::from_secs(10), || {
-        running_pid(&sandbox, "a").is_some()
+    wait_for("a and the agent running", Duration::from_secs(10), || {
+        running_pid(&sandbox, "a").is_some() && running_pid(&sandbox, "helper").is_some()
     });
     kill9(running_pid(&sandbox, "a").unwrap());
     wait_for("a restarted", Duration::from_secs(5), || {
@@ -632,7 +637,8 @@ fn metrics_and_healthz_are_served() {
         "mirrorctl_reconcile_total{",
         "trigger=\"startup\"",
         "mirrorctl_service_restarts_total{service=\"a\"} 1",
-        "mirrorctl_services_running 1",
+        "mirrorctl_services_running 1\n",
+        "mirrorctl_services_desired 1\n",
         "mirrorctl_reconcile_duration_seconds_bucket",
     ] {
         assert!(metrics.contains(expected), "{expected} missing:\n{metrics}");
