@@ -315,7 +315,9 @@ impl Reconciler {
                     .kill(Duration::from_secs(2));
             }
             stopped.push(format!("{} (pid {}): {outcome:?}", entry.name, identity.pid));
-            entry.process = None;
+            // No process any more, and why: `status` shows it Stopped, not Degraded.
+            let note = StoppedOnExit { stopped_ms: now_ms() };
+            entry.process = Some(serde_json::to_string(&note).expect("notes serialize"));
             entry.updated_ms = now_ms();
             let _ = self.inventory.upsert(entry, &self.recorder);
         }
@@ -836,6 +838,28 @@ impl ProcessRecord {
     /// `restarts`).
     pub fn restarts_shown(&self) -> u32 {
         self.total_restarts.max(self.restarts)
+    }
+}
+
+/// What the inventory keeps of a process the daemon stopped on its way out
+/// (`--stop-services-on-exit`): not a process record, so planning sees nothing running.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoppedOnExit {
+    stopped_ms: i64,
+}
+
+impl StoppedOnExit {
+    fn of(entry: &InventoryEntry) -> Option<StoppedOnExit> {
+        entry.process.as_deref().and_then(|p| serde_json::from_str(p).ok())
+    }
+
+    fn describe(&self, now_ms: i64) -> String {
+        let ago = std::time::Duration::from_secs(((now_ms - self.stopped_ms).max(0) / 1000) as u64);
+        format!(
+            "stopped {} ago when the daemon exited (--stop-services-on-exit); the next pass starts it again",
+            humantime::format_duration(ago)
+        )
     }
 }
 
@@ -1643,8 +1667,13 @@ fn status_of(
             // The last action on it failed and it does not run as desired: say why and when.
             let failure = failures.get(&id).filter(|_| d.is_some() && !(synced && running));
             let stopped = d.and_then(|d| d.stopped.as_ref());
+            let on_exit = inventory
+                .get(id.kind.as_str(), &id.name)
+                .and_then(StoppedOnExit::of)
+                .filter(|_| !running);
             let health = match (d, o) {
                 (Some(_), _) if stopped.is_some() && !running => "Stopped",
+                (_, Some(_)) if on_exit.is_some() => "Stopped",
                 (Some(d), _) if d.item.suspend && !running => "Suspended",
                 _ if failure.is_some() => "Degraded",
                 (_, Some(_)) if running && matches!(last_probe, Some(Err(_))) => "Degraded",
@@ -1673,10 +1702,11 @@ fn status_of(
                     Ok(answer) => format!("ok: {answer}"),
                     Err(why) => format!("failed: {why}"),
                 }),
-                detail: match (stopped, failure) {
-                    (Some(stop), _) => stop.describe(&id.name, now),
-                    (None, Some(f)) => f.describe(now),
-                    (None, None) => change.reason.clone(),
+                detail: match (stopped, failure, &on_exit) {
+                    (Some(stop), _, _) => stop.describe(&id.name, now),
+                    (None, Some(f), _) => f.describe(now),
+                    (None, None, Some(exit)) => exit.describe(now),
+                    (None, None, None) => change.reason.clone(),
                 },
                 failure: failure.cloned(),
                 route: (id.kind == Kind::Agent).then_some(Value::Null),

@@ -307,6 +307,15 @@ fn a_new_daemon_adopts_running_services_after_kill_9() {
     assert_eq!(last.wait(), 0);
     assert!(!alive(before[1]) && !alive(before[2]));
     assert_eq!(service_processes(&sandbox), 0);
+    // Status says they were stopped on purpose, not that they failed.
+    let json = status(&sandbox).json();
+    for resource in json["resources"].as_array().unwrap() {
+        assert_eq!(resource["health"], "Stopped", "{resource}");
+        assert!(resource["detail"].as_str().unwrap().contains("--stop-services-on-exit"), "{resource}");
+    }
+    // The next pass starts them again.
+    assert_eq!(sandbox.run(&["reconcile"]).code, 0);
+    assert_eq!(status(&sandbox).json()["resources"][0]["health"], "Healthy");
 }
 
 /// After a reboot (or a crash) on a HEAD that cannot be applied, the commit that was in force
