@@ -176,13 +176,9 @@ pub fn render(request: &Request, report: &StatusReport, daemon: Option<u32>) -> 
                     .as_str()
                     .or(verdict["why"].as_str())
                     .unwrap_or("not probed yet");
-                let health = match (p["healthy"].as_bool(), verdict["state"].as_str()) {
-                    // Presumed healthy (agents are routed to it) until its first probe says.
-                    (Some(true), None) => "Unknown".to_string(),
-                    (Some(true), _) => "Healthy".to_string(),
-                    (_, Some(state)) => format!("{}{}", state[..1].to_uppercase(), &state[1..]),
-                    _ => "Unknown".to_string(),
-                };
+                // Never Healthy after a probe that failed (`Failing`: still routed to until its
+                // failure threshold).
+                let health = p["health"].as_str().unwrap_or("Unknown");
                 let _ = writeln!(out, "{:<26} {:<10} {detail}", p["name"].as_str().unwrap_or("?"), health);
             }
         }

@@ -190,6 +190,8 @@ struct Daemon {
     /// Providers whose `models` are present or being pulled (by URL + models), so each set is
     /// ensured once; a failed pull is forgotten and tried again at the next resync.
     models_ensured: Arc<std::sync::Mutex<BTreeSet<String>>>,
+    /// The last error of each provider's models check (logged at WARN when it changes).
+    models_failing: Arc<std::sync::Mutex<BTreeMap<String, String>>>,
     pricing: Arc<std::sync::RwLock<BTreeMap<String, crate::spec::provider::Pricing>>>,
     probed: mpsc::UnboundedSender<routing::Probed>,
     route_timer: Option<(i64, AbortHandle)>,
@@ -363,6 +365,7 @@ pub async fn run(config: Config, render: Renderer) -> Result<(), DaemonError> {
         bus_server: None,
         bus_agents: BTreeSet::new(),
         models_ensured: Arc::new(std::sync::Mutex::new(BTreeSet::new())),
+        models_failing: Arc::new(std::sync::Mutex::new(BTreeMap::new())),
         pricing: Arc::new(std::sync::RwLock::new(BTreeMap::new())),
         probed: probed_tx,
         route_timer: None,
@@ -660,6 +663,10 @@ impl Daemon {
                 self.verdicts.insert(id, (identity, Err(hijack.unwrap_or_default())));
             }
             Ok(answer) => {
+                // One line per change of state: back to healthy after being called unhealthy.
+                if probing.failures >= probing.threshold {
+                    tracing::info!(resource = %id, %answer, "healthy again");
+                }
                 probing.failures = 0;
                 self.verdicts.insert(id, (identity, Ok(answer)));
             }
@@ -667,7 +674,12 @@ impl Daemon {
                 probing.failures += 1;
                 if probing.failures >= probing.threshold {
                     let verdict = format!("probe failed {} time(s) in a row: {why}", probing.failures);
-                    tracing::warn!(resource = %id, %verdict, "unhealthy");
+                    // Said once when it becomes unhealthy; later failures only at debug.
+                    if probing.failures == probing.threshold {
+                        tracing::warn!(resource = %id, %verdict, "unhealthy");
+                    } else {
+                        tracing::debug!(resource = %id, %verdict, "still unhealthy");
+                    }
                     self.verdicts.insert(id.clone(), (identity, Err(verdict)));
                     self.enqueue(Work::One { id, trigger: "probe" });
                 }
@@ -998,7 +1010,16 @@ impl Daemon {
             let (provider, model) = switch.to.as_ref().map_or((String::new(), String::new()), |r| {
                 (r.provider.clone(), r.model.clone())
             });
-            tracing::warn!(agent = %switch.agent, change = ?switch.kind, %provider, %model, reason = %switch.reason, "route");
+            // A loss of service is a warning; a first route or a return to health is news.
+            use crate::router::route::ChangeKind;
+            match switch.kind {
+                ChangeKind::Failover | ChangeKind::Lost => {
+                    tracing::warn!(agent = %switch.agent, change = ?switch.kind, %provider, %model, reason = %switch.reason, "route")
+                }
+                _ => {
+                    tracing::info!(agent = %switch.agent, change = ?switch.kind, %provider, %model, reason = %switch.reason, "route")
+                }
+            }
             self.metrics.route_change(&switch.agent);
             self.recorder
                 .record(crate::store::Record::Route(crate::store::RouteChange {
@@ -1148,6 +1169,7 @@ impl Daemon {
             let wanted = spec.models.clone();
             let (recorder, ensured, commit) =
                 (self.recorder.clone(), self.models_ensured.clone(), state.commit.clone());
+            let failing = self.models_failing.clone();
             let provider = resource.metadata.name.clone();
             tokio::spawn(async move {
                 let mut last_logged = std::time::Instant::now() - Duration::from_secs(10);
@@ -1160,9 +1182,23 @@ impl Daemon {
                 };
                 let outcome = models::pull_missing(&target, &wanted, &recorder, &commit, &mut progress).await;
                 let pulled = match outcome {
-                    Ok(pulled) => pulled,
+                    Ok(pulled) => {
+                        if failing.lock().is_ok_and(|mut f| f.remove(&key).is_some()) {
+                            tracing::info!(%provider, "checking the provider's models works again");
+                        }
+                        pulled
+                    }
                     Err(e) => {
-                        tracing::warn!(%provider, error = %e, "checking the provider's models failed; trying again at the next resync");
+                        // One WARN per change of error, not one per resync.
+                        let error = e.to_string();
+                        let new = failing
+                            .lock()
+                            .is_ok_and(|mut f| f.insert(key.clone(), error.clone()).as_ref() != Some(&error));
+                        if new {
+                            tracing::warn!(%provider, %error, "checking the provider's models failed; trying again at each resync (said again only if the error changes)");
+                        } else {
+                            tracing::debug!(%provider, %error, "checking the provider's models failed again");
+                        }
                         if let Ok(mut ensured) = ensured.lock() {
                             ensured.remove(&key);
                         }

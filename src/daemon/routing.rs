@@ -117,7 +117,13 @@ pub struct RouteSwitch {
 #[derive(Clone, Debug, Serialize)]
 pub struct ProviderHealth {
     pub name: String,
+    /// Routable: agents may be sent to it (an unprobed provider, or one whose failures have not
+    /// reached its threshold yet, still is).
     pub healthy: bool,
+    /// What a person reads: `Unknown` (not probed yet), `Healthy` (its last probe answered),
+    /// `Failing` (its last probe failed, still routed until its failure threshold), `Down`,
+    /// `Hung` or `Hijacked`. Never `Healthy` after a probe that failed.
+    pub health: &'static str,
     pub verdict: Option<Verdict>,
     pub healthy_since_ms: Option<i64>,
 }
@@ -311,6 +317,14 @@ impl Routing {
             .map(|(name, state)| ProviderHealth {
                 name: name.clone(),
                 healthy: state.routable(),
+                health: match (state.routable(), state.last()) {
+                    (_, None) => "Unknown",
+                    (_, Some(verdict)) if verdict.is_healthy() => "Healthy",
+                    (true, Some(_)) => "Failing",
+                    (false, Some(crate::router::health::Verdict::Hung { .. })) => "Hung",
+                    (false, Some(crate::router::health::Verdict::Hijacked { .. })) => "Hijacked",
+                    (false, Some(_)) => "Down",
+                },
                 verdict: state.last().cloned(),
                 healthy_since_ms: state.healthy_since_ms(),
             })

@@ -311,7 +311,10 @@ fn a_new_daemon_adopts_running_services_after_kill_9() {
     let json = status(&sandbox).json();
     for resource in json["resources"].as_array().unwrap() {
         assert_eq!(resource["health"], "Stopped", "{resource}");
-        assert!(resource["detail"].as_str().unwrap().contains("--stop-services-on-exit"), "{resource}");
+        assert!(
+            resource["detail"].as_str().unwrap().contains("--stop-services-on-exit"),
+            "{resource}"
+        );
     }
     // The next pass starts them again.
     assert_eq!(sandbox.run(&["reconcile"]).code, 0);

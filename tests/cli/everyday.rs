@@ -467,3 +467,46 @@ fn restarts_never_go_down_while_the_spec_stays() {
     });
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "RESTARTS went down: {seen:?}");
 }
+
+/// With no provider reachable, the daemon says so once per change of state: status never
+/// shows a provider Healthy that its probe has refuted, the models check and the probe
+/// failures are not logged at WARN on every pass or probe.
+#[test]
+fn with_no_provider_reachable_the_daemon_says_so_once() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    let (dead, bus) = (crate::daemon::free_port(), crate::daemon::free_port());
+    sandbox.write(
+        "host.yaml",
+        format!(
+            "apiVersion: mirror.os/v1\nkind: Controller\nmetadata: {{name: main}}\nspec:\n  resync: 1s\n  bus: {{address: \"127.0.0.1:{bus}\"}}\n---\n\
+             apiVersion: mirror.os/v1\nkind: ModelProvider\nmetadata: {{name: local}}\nspec:\n  api: ollama\n  url: http://127.0.0.1:{dead}\n  models: [\"llama3.2:1b\"]\n  health: {{interval: 200ms, timeout: 200ms, failureThreshold: 2}}\n---\n\
+             apiVersion: mirror.os/v1\nkind: Policy\nmetadata: {{name: p}}\nspec: {{}}\n---\n\
+             apiVersion: mirror.os/v1\nkind: Agent\nmetadata: {{name: scribe}}\nspec:\n  command: [sleep, \"4414\"]\n  policy: p\n  model: {{primary: {{provider: local, model: \"llama3.2:1b\"}}}}\n"
+        ),
+    );
+    sandbox.commit("a provider nobody serves");
+    let daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
+    wait_for("five resync passes", Duration::from_secs(15), || {
+        daemon.log().matches("trigger=\"resync\"").count() >= 5
+    });
+    let json = sandbox.run(&["status", "--output", "json"]).json();
+    let provider = &json["providers"][0];
+    assert_ne!(provider["health"], "Healthy", "{provider}");
+    assert_ne!(provider["health"], "Unknown", "probed by now: {provider}");
+    let text = sandbox.run(&["status"]).stdout;
+    let line = text.lines().find(|l| l.starts_with("local ")).unwrap();
+    assert!(!line.contains("Healthy"), "{line}");
+    let log = daemon.log();
+    let warns = |what: &str| log.lines().filter(|l| l.contains("WARN") && l.contains(what)).count();
+    assert!(warns("checking the provider's models failed") <= 1, "{log}");
+    assert!(warns("provider health changed") <= 1, "{log}");
+    // The first route is news (INFO); losing it is the one warning.
+    let route_warnings = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("agent=scribe"))
+        .count();
+    assert!(route_warnings <= 1, "{log}");
+    let first = log.lines().find(|l| l.contains("change=Initial")).unwrap();
+    assert!(first.contains("INFO"), "{first}");
+}
