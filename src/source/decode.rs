@@ -16,11 +16,39 @@ pub struct Parsed {
     pub resource: Resource,
     /// Index among the non-empty documents of the file, as `yaml::parse_documents` returns them.
     pub document: usize,
+    /// Fields taken out of a spec with errors so the rest could be checked: semantic findings
+    /// about them would only repeat those errors.
+    pub taken_out: Vec<FieldPath>,
 }
 
 impl Parsed {
     pub fn file(&self) -> &str {
         &self.resource.origin.file
+    }
+}
+
+/// A document with a kind and a name whose other fields have errors: it is not a resource, but
+/// it exists (references to it are not reported again as dangling, and it can be a duplicate).
+pub struct Declared {
+    pub id: crate::spec::ResourceId,
+    pub origin: Origin,
+    pub document: usize,
+}
+
+/// What decoding the files gives: the resources, the errors, and the documents declared with
+/// errors.
+#[derive(Default)]
+pub struct Decoded {
+    pub parsed: Vec<Parsed>,
+    pub diagnostics: Vec<Diagnostic>,
+    pub declared: Vec<Declared>,
+}
+
+impl Decoded {
+    fn extend(&mut self, other: Decoded) {
+        self.parsed.extend(other.parsed);
+        self.diagnostics.extend(other.diagnostics);
+        self.declared.extend(other.declared);
     }
 }
 
@@ -31,13 +59,13 @@ const PARALLEL_FROM_FILES: usize = 32;
 
 /// Decodes every file; large states are split into contiguous chunks decoded on all cores, and
 /// the results joined in file order, so the output does not depend on the thread count.
-pub fn decode_files(files: &[SourceFile], max_file_size: u64) -> (Vec<Parsed>, Vec<Diagnostic>) {
+pub fn decode_files(files: &[SourceFile], max_file_size: u64) -> Decoded {
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     if threads < 2 || files.len() < PARALLEL_FROM_FILES {
         return decode_chunk(files, max_file_size);
     }
     let chunk = files.len().div_ceil(threads);
-    let results: Vec<(Vec<Parsed>, Vec<Diagnostic>)> = std::thread::scope(|scope| {
+    let results: Vec<Decoded> = std::thread::scope(|scope| {
         let handles: Vec<_> = files
             .chunks(chunk)
             .map(|part| scope.spawn(move || decode_chunk(part, max_file_size)))
@@ -47,25 +75,23 @@ pub fn decode_files(files: &[SourceFile], max_file_size: u64) -> (Vec<Parsed>, V
             .map(|h| h.join().expect("decoding does not panic"))
             .collect()
     });
-    let mut parsed = Vec::new();
-    let mut diagnostics = Vec::new();
-    for (p, d) in results {
-        parsed.extend(p);
-        diagnostics.extend(d);
+    let mut decoded = Decoded::default();
+    for part in results {
+        decoded.extend(part);
     }
-    (parsed, diagnostics)
+    decoded
 }
 
-fn decode_chunk(files: &[SourceFile], max_file_size: u64) -> (Vec<Parsed>, Vec<Diagnostic>) {
-    let mut parsed = Vec::new();
-    let mut diagnostics = Vec::new();
+fn decode_chunk(files: &[SourceFile], max_file_size: u64) -> Decoded {
+    let mut decoded = Decoded::default();
     for file in files {
-        decode_file(file, max_file_size, &mut parsed, &mut diagnostics);
+        decode_file(file, max_file_size, &mut decoded);
     }
-    (parsed, diagnostics)
+    decoded
 }
 
-fn decode_file(file: &SourceFile, max_file_size: u64, parsed: &mut Vec<Parsed>, out: &mut Vec<Diagnostic>) {
+fn decode_file(file: &SourceFile, max_file_size: u64, decoded: &mut Decoded) {
+    let out = &mut decoded.diagnostics;
     let file_error = |mark: Mark, message: String| Diagnostic::new(&file.path, mark, None, None, message);
     let bytes = match &file.content {
         FileContent::Bytes(bytes) => bytes,
@@ -101,15 +127,22 @@ fn decode_file(file: &SourceFile, max_file_size: u64, parsed: &mut Vec<Parsed>, 
     };
     let (documents, syntax_error) = yaml::parse_documents(text);
     for (index, document) in documents.into_iter().enumerate() {
-        if let Some(resource) = decode_document(&file.path, document, out) {
-            parsed.push(Parsed {
+        match decode_document(&file.path, document, &mut decoded.diagnostics) {
+            Outcome::Resource(resource, taken_out) => decoded.parsed.push(Parsed {
                 resource,
                 document: index,
-            });
+                taken_out,
+            }),
+            Outcome::Declared(id, origin) => decoded.declared.push(Declared {
+                id,
+                origin,
+                document: index,
+            }),
+            Outcome::Nothing => {}
         }
     }
     if let Some(error) = syntax_error {
-        out.push(file_error(error.mark, error.message));
+        decoded.diagnostics.push(file_error(error.mark, error.message));
     }
 }
 
@@ -130,7 +163,16 @@ fn mark_at_end(text: &str) -> Mark {
     Mark::new(line, column)
 }
 
-fn decode_document(file: &str, document: yaml::Document, out: &mut Vec<Diagnostic>) -> Option<Resource> {
+/// What one document gives.
+enum Outcome {
+    /// With the fields taken out of its spec to decode the rest (none when it had no errors).
+    Resource(Resource, Vec<FieldPath>),
+    /// Errors, but a kind and a name.
+    Declared(crate::spec::ResourceId, Origin),
+    Nothing,
+}
+
+fn decode_document(file: &str, document: yaml::Document, out: &mut Vec<Diagnostic>) -> Outcome {
     let root = document.root;
     let entries = match &root.value {
         Value::Map(entries) => entries,
@@ -147,7 +189,7 @@ fn decode_document(file: &str, document: yaml::Document, out: &mut Vec<Diagnosti
                 None,
                 format!("expected a resource (a mapping with apiVersion, kind, metadata and spec), found {found}"),
             ));
-            return None;
+            return Outcome::Nothing;
         }
     };
 
@@ -162,6 +204,7 @@ fn decode_document(file: &str, document: yaml::Document, out: &mut Vec<Diagnosti
         misspelled: Vec::new(),
         out,
         fatal: false,
+        fatal_before_spec: false,
     };
 
     for (index, (key, _)) in entries.iter().enumerate() {
@@ -250,6 +293,8 @@ fn decode_document(file: &str, document: yaml::Document, out: &mut Vec<Diagnosti
         },
     };
 
+    errors.fatal_before_spec = errors.fatal;
+    let mut taken_out = Vec::new();
     let spec = match (root.get("spec"), kind) {
         (None, _) => {
             errors.missing("spec", "missing required field `spec`".into());
@@ -257,30 +302,41 @@ fn decode_document(file: &str, document: yaml::Document, out: &mut Vec<Diagnosti
         }
         (Some(node), Some(kind)) => match decode_spec(kind, node) {
             Ok(spec) => Some(spec),
-            Err(e) => {
-                errors.decode_error(node.mark, e);
-                None
+            Err((all, rest)) => {
+                taken_out = all.iter().filter_map(|e| e.path.clone()).collect();
+                for e in all {
+                    errors.decode_error(node.mark, e);
+                }
+                // What decoded without the bad fields still gets its semantic checks (the load
+                // fails on the errors above either way).
+                errors.fatal = errors.fatal_before_spec;
+                rest
             }
         },
         (Some(_), None) => None,
     };
 
-    if errors.fatal {
-        return None;
-    }
-    let (kind, metadata, spec) = (kind?, metadata?, spec?);
     let origin = Origin {
         file: file.to_string(),
         line: root.mark.line,
         column: root.mark.column,
     };
-    Some(Resource {
-        api_version: API_VERSION.to_string(),
-        kind,
-        metadata,
-        spec,
-        origin,
-    })
+    match (errors.fatal, kind, metadata, spec) {
+        (false, Some(kind), Some(metadata), Some(spec)) => Outcome::Resource(
+            Resource {
+                api_version: API_VERSION.to_string(),
+                kind,
+                metadata,
+                spec,
+                origin,
+            },
+            taken_out,
+        ),
+        (_, Some(kind), Some(metadata), _) => {
+            Outcome::Declared(crate::spec::ResourceId::new(kind, metadata.name), origin)
+        }
+        _ => Outcome::Nothing,
+    }
 }
 
 /// The errors of one document. A fatal one keeps the document out of the cross-resource checks.
@@ -292,6 +348,9 @@ struct DocumentErrors<'a> {
     misspelled: Vec<&'static str>,
     out: &'a mut Vec<Diagnostic>,
     fatal: bool,
+    /// `fatal` before the spec was decoded: a spec decoded without its bad fields still takes
+    /// part in the checks when the envelope was fine.
+    fatal_before_spec: bool,
 }
 
 impl DocumentErrors<'_> {
@@ -323,11 +382,73 @@ impl DocumentErrors<'_> {
     }
 }
 
-fn decode_as<T: DeserializeOwned>(node: &Node, wrap: fn(T) -> Spec) -> Result<Spec, DecodeError> {
-    yaml::decode::<T>(node, &FieldPath::from("spec")).map(wrap)
+/// At most this many errors are reported from one spec.
+const MAX_ERRORS_PER_SPEC: usize = 20;
+
+/// Decodes a spec and, when it has errors, all of them (not one per `validate` run): after each
+/// error the offending field is taken out (the nearest mapping key on its path) and the spec
+/// decoded again. A field then reported missing is one taken out (or one an unknown key was a
+/// typo of), not a new error. When what is left decodes, it comes back with the errors, so the
+/// semantic checks see the rest of the resource in the same run.
+fn decode_as<T: DeserializeOwned>(node: &Node, wrap: fn(T) -> Spec) -> Result<Spec, (Vec<DecodeError>, Option<Spec>)> {
+    let base = FieldPath::from("spec");
+    let mut errors: Vec<DecodeError> = Vec::new();
+    let mut trimmed: Option<Node> = None;
+    // Taken out, or suggested by an unknown key (`comand`: did you mean `command`?).
+    let mut accounted: Vec<FieldPath> = Vec::new();
+    let mut rest = None;
+    while errors.len() < MAX_ERRORS_PER_SPEC {
+        let current = trimmed.as_ref().unwrap_or(node);
+        let error = match yaml::decode::<T>(current, &base) {
+            Ok(value) if errors.is_empty() => return Ok(wrap(value)),
+            Ok(value) => {
+                rest = Some(wrap(value));
+                break;
+            }
+            Err(error) => error,
+        };
+        let path = error.path.clone().unwrap_or_default();
+        let follow_on = (error.is_missing_field() && accounted.contains(&path))
+            // A mapping left empty (`schedule: {every: soon}` without `every`) is about what
+            // was taken out of it.
+            || accounted.iter().any(|a| a.0.len() > path.0.len() && a.0.starts_with(&path.0));
+        if follow_on {
+            break;
+        }
+        if let Some(meant) = suggested_field(&error.message) {
+            let mut sibling = path.clone();
+            sibling.0.pop();
+            accounted.push(sibling.key(meant));
+        }
+        let key_path = path_to_key(&path);
+        errors.push(error);
+        let Some(key_path) = key_path.filter(|p| !accounted.contains(p)) else {
+            break;
+        };
+        let mut next = current.clone();
+        if !next.remove_at(&key_path.0[base.0.len()..]) {
+            break;
+        }
+        accounted.push(key_path);
+        trimmed = Some(next);
+    }
+    Err((errors, rest))
 }
 
-fn decode_spec(kind: Kind, node: &Node) -> Result<Spec, DecodeError> {
+/// The field an unknown key's message suggests (`... (did you mean `command`?)`).
+fn suggested_field(message: &str) -> Option<&str> {
+    let start = message.find("(did you mean `")? + "(did you mean `".len();
+    let len = message[start..].find('`')?;
+    Some(&message[start..start + len])
+}
+
+/// The path up to its last mapping key below `spec` (what can be taken out), if any.
+fn path_to_key(path: &FieldPath) -> Option<FieldPath> {
+    let last_key = path.0.iter().rposition(|s| matches!(s, yaml::PathSegment::Key(_)))?;
+    (last_key >= 1).then(|| FieldPath(path.0[..=last_key].to_vec()))
+}
+
+fn decode_spec(kind: Kind, node: &Node) -> Result<Spec, (Vec<DecodeError>, Option<Spec>)> {
     match kind {
         Kind::Service => decode_as(node, Spec::Service),
         Kind::LaunchAgent => decode_as(node, Spec::LaunchAgent),

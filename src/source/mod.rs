@@ -208,8 +208,12 @@ pub fn load(options: &SourceOptions) -> Result<DesiredState, LoadError> {
 /// Parses and validates files already read (pure: no I/O).
 pub fn load_files(source: files::SourceFiles, worktree: bool, max_file_size: u64) -> Result<DesiredState, LoadError> {
     let file_count = source.files.len();
-    let (parsed, mut diagnostics) = decode::decode_files(&source.files, max_file_size);
-    let findings = validate::validate(&parsed);
+    let decode::Decoded {
+        parsed,
+        mut diagnostics,
+        declared,
+    } = decode::decode_files(&source.files, max_file_size);
+    let findings = validate::validate(&parsed, &declared);
     diagnostics.extend(place_findings(findings, &source.files));
     if !diagnostics.is_empty() {
         diagnostics.sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));

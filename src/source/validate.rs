@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::decode::Parsed;
+use super::decode::{Declared, Parsed};
 use super::yaml::{FieldPath, Node, PathSegment};
 use super::Diagnostic;
 use crate::spec::common::{is_env_name, Backoff, Limits, Probe, Stop};
@@ -81,9 +81,10 @@ fn spec(field: &str) -> FieldPath {
     FieldPath::from("spec").key(field)
 }
 
-pub fn validate(parsed: &[Parsed]) -> Vec<Finding> {
+pub fn validate(parsed: &[Parsed], declared: &[Declared]) -> Vec<Finding> {
     let mut out = Vec::new();
     let index: HashMap<ResourceId, &Parsed> = first_declarations(parsed, &mut out);
+    declared_duplicates(&index, declared, &mut out);
     let controller_tiers = tiers(parsed);
     let mut labels: HashMap<&str, &Parsed> = HashMap::new();
     let mut controller: Option<&Parsed> = None;
@@ -280,6 +281,18 @@ pub fn validate(parsed: &[Parsed]) -> Vec<Finding> {
         check_dependencies(&mut report, resource, &index);
     }
     check_cycles(parsed, &index, &mut out);
+    // A reference to a document that has errors of its own is not reported again as dangling.
+    let unreported: Vec<String> = declared
+        .iter()
+        .map(|d| format!("{} does not exist in the desired state", d.id))
+        .collect();
+    out.retain(|f| !unreported.iter().any(|u| f.message.starts_with(u.as_str())));
+    // Nor a finding about a field taken out of a spec with errors (reported as decoded).
+    out.retain(|f| {
+        !parsed.iter().any(|p| {
+            p.document == f.document && p.file() == f.file && p.taken_out.iter().any(|t| f.path.0.starts_with(&t.0))
+        })
+    });
     check_memory_bounces(parsed, &controller_tiers, &mut out);
     out
 }
@@ -374,6 +387,39 @@ fn first_declarations<'a>(parsed: &'a [Parsed], out: &mut Vec<Finding>) -> HashM
         }
     }
     index
+}
+
+/// A document with errors that declares the same kind and name as another one is a duplicate
+/// too (reported at the later of the two).
+fn declared_duplicates(index: &HashMap<ResourceId, &Parsed>, declared: &[Declared], out: &mut Vec<Finding>) {
+    let mut seen: HashMap<&ResourceId, &crate::spec::Origin> = HashMap::new();
+    for d in declared {
+        let first = index
+            .get(&d.id)
+            .map(|p| (&p.resource.origin, Some(*p)))
+            .or_else(|| seen.get(&d.id).map(|o| (*o, None)));
+        match first {
+            None => {
+                seen.insert(&d.id, &d.origin);
+            }
+            Some((origin, parsed)) => {
+                let later_is_parsed =
+                    parsed.is_some_and(|_| (&origin.file, origin.line) > (&d.origin.file, d.origin.line));
+                let (file, document, other) = match parsed.filter(|_| later_is_parsed) {
+                    Some(p) => (p.file().to_string(), p.document, &d.origin),
+                    None => (d.origin.file.clone(), d.document, origin),
+                };
+                out.push(Finding {
+                    file,
+                    document,
+                    resource: d.id.to_string(),
+                    path: FieldPath::from("metadata.name"),
+                    at_key: false,
+                    message: format!("duplicate {}: also declared at {other}", d.id),
+                });
+            }
+        }
+    }
 }
 
 fn tiers(parsed: &[Parsed]) -> Vec<String> {

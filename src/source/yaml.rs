@@ -103,6 +103,36 @@ impl Node {
         }
     }
 
+    /// Takes out the mapping entry at `path` (its last segment a key); false when there is none.
+    pub fn remove_at(&mut self, path: &[PathSegment]) -> bool {
+        let Some((PathSegment::Key(key), parents)) = path.split_last() else {
+            return false;
+        };
+        let mut node = self;
+        for segment in parents {
+            let next = match (segment, &mut node.value) {
+                (PathSegment::Key(k), Value::Map(entries)) => entries
+                    .iter_mut()
+                    .find(|(name, _)| name.as_scalar().is_some_and(|s| &s.text == k))
+                    .map(|(_, v)| v),
+                (PathSegment::Index(i), Value::Seq(items)) => items.get_mut(*i),
+                _ => None,
+            };
+            match next {
+                Some(n) => node = n,
+                None => return false,
+            }
+        }
+        match &mut node.value {
+            Value::Map(entries) => {
+                let before = entries.len();
+                entries.retain(|(name, _)| !name.as_scalar().is_some_and(|s| &s.text == key));
+                entries.len() != before
+            }
+            _ => false,
+        }
+    }
+
     /// The node at a field path, or the deepest node on the way to it that exists.
     pub fn locate<'a>(&'a self, path: &[PathSegment]) -> &'a Node {
         let mut node = self;
@@ -545,6 +575,8 @@ pub struct DecodeError {
     pub path: Option<FieldPath>,
     /// A missing field is reported at its parent mapping, with the field's name appended to the path.
     missing: Option<String>,
+    /// The error is a required field that is absent (its path names the field).
+    missing_field: bool,
     pub message: String,
 }
 
@@ -554,6 +586,7 @@ impl DecodeError {
             mark: None,
             path: None,
             missing: None,
+            missing_field: false,
             message,
         }
     }
@@ -565,10 +598,17 @@ impl DecodeError {
             let mut path = crumb.to_path();
             if let Some(field) = self.missing.take() {
                 path = path.key(field);
+                self.missing_field = true;
             }
             self.path = Some(path);
         }
         self
+    }
+}
+
+impl DecodeError {
+    pub fn is_missing_field(&self) -> bool {
+        self.missing_field
     }
 }
 

@@ -210,9 +210,10 @@ fn stopping_an_agent_or_a_service_stops_what_left_its_group_and_cleared_its_envi
     let sandbox = Sandbox::new();
     let _cleanup = Cleanup(sandbox.root().to_path_buf());
     let marker = format!("{}", 4000 + free_port() % 1000);
+    // The bus on a free port, never the default one a user's host may serve.
     sandbox.write(
         "policy.yaml",
-        "apiVersion: mirror.os/v1\nkind: Policy\nmetadata: {name: p}\nspec: {}\n",
+        format!("apiVersion: mirror.os/v1\nkind: Policy\nmetadata: {{name: p}}\nspec: {{}}\n---\napiVersion: mirror.os/v1\nkind: Controller\nmetadata: {{name: main}}\nspec:\n  bus: {{address: \"127.0.0.1:{}\"}}\n", free_port()),
     );
     // What stays (removing most resources at once would be refused as a mass prune).
     sandbox.write("svc.yaml", crate::daemon::service("stays", "exec sleep 4701", ""));
