@@ -194,6 +194,8 @@ pub mod exit {
     pub const OK: u8 = 0;
     pub const ERROR: u8 = 1;
     pub const CHANGES: u8 = 2;
+    /// Stopped by Ctrl-C (128 + SIGINT, as shells report it).
+    pub const INTERRUPTED: u8 = 130;
 }
 
 pub fn main() -> ExitCode {
@@ -296,8 +298,22 @@ fn pass_via_daemon_or_here(
             return exit::ERROR;
         }
     };
+    // Ctrl-C stops an applying pass between actions: what was done is recorded and shown.
+    #[cfg(unix)]
+    if !options.dry_run {
+        crate::reconcile::interrupt_on_sigint();
+    }
     let mut progress = pull_progress_printer();
     match block_on(crate::reconcile::run_pass(&context, &options, &mut progress)) {
+        Ok(outcome) if crate::reconcile::interrupted() => {
+            emit(&render(request, &outcome));
+            eprintln!(
+                "mirrorctl: interrupted: {} action(s) done and recorded (run {}); `mirrorctl reconcile` finishes the rest",
+                outcome.applied.len(),
+                outcome.report.run_id.as_deref().unwrap_or("-")
+            );
+            exit::INTERRUPTED
+        }
         Ok(outcome) => emit(&render(request, &outcome)),
         Err(e) => {
             report_error(global.output, &e);
@@ -306,11 +322,26 @@ fn pass_via_daemon_or_here(
     }
 }
 
+/// Whether to print each action of a pass as it starts and ends: on a terminal, or when
+/// `MIRROR_PROGRESS` is set (`1`).
+fn show_actions() -> bool {
+    use std::io::IsTerminal;
+    std::env::var_os("MIRROR_PROGRESS").is_some_and(|v| v != "0") || std::io::stderr().is_terminal()
+}
+
 /// Pull progress on stderr: a line per status change and at most one a second otherwise (a
 /// pull reports many times a second).
 fn pull_progress_printer() -> impl FnMut(String) + Send {
     let mut last: Option<(std::time::Instant, String)> = None;
+    let actions = show_actions();
     move |line: String| {
+        // Each action as it starts (→) and ends (✓ or ✗): only where a person watches.
+        if line.starts_with(['→', '✓', '✗']) {
+            if actions {
+                eprintln!("{line}");
+            }
+            return;
+        }
         // "ollama: llama3.2:1b: pulling 6a0746a1ec1a 42% (...)" -> "... pulling 6a0746a1ec1a"
         let status = line
             .split('%')

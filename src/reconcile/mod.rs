@@ -97,6 +97,37 @@ pub enum ReconcileError {
     StateDir { path: PathBuf, message: String },
 }
 
+/// Set by SIGINT during a one-shot pass (see [`interrupt_on_sigint`]).
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the pass should stop before its next action.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Asks the running pass to stop before its next action.
+pub fn interrupt() {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// A one-shot pass: the first Ctrl-C stops it between actions (what was done is recorded and
+/// summarized, exit 130); a second one ends the process at once.
+#[cfg(unix)]
+pub fn interrupt_on_sigint() {
+    extern "C" fn on_sigint(_: libc::c_int) {
+        // Async-signal-safe: an atomic store and a signal disposition.
+        INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+        // SAFETY: restoring the default disposition is async-signal-safe.
+        unsafe {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+        }
+    }
+    // SAFETY: installs a handler that only does async-signal-safe work.
+    unsafe {
+        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
+    }
+}
+
 /// How long a pass waits for the truth store before leaving the rest in the journal.
 const STORE_WAIT: Duration = Duration::from_secs(5);
 
@@ -128,8 +159,8 @@ pub async fn run_pass(
         operation: None,
         probes: Probes::RunNow,
     };
-    let mut outcome = reconciler.pass(input, options);
-    let converging = outcome.plan.as_ref().is_some_and(|p| p.refused.is_none());
+    let mut outcome = reconciler.pass_reporting(input, options, &mut |line| progress(line));
+    let converging = outcome.plan.as_ref().is_some_and(|p| p.refused.is_none()) && !interrupted();
     if let (true, true, Some(state)) = (options.models, converging, &state) {
         outcome.models = if options.dry_run {
             models::preview(state, None).await
@@ -333,6 +364,18 @@ impl Reconciler {
     /// One pass: observe -> plan -> (dry-run stops here) -> apply -> verify -> record. Never
     /// waits for the truth store (see [`Reconciler::flush`]).
     pub fn pass(&mut self, input: PassInput, options: &PassOptions) -> PassOutcome {
+        self.pass_reporting(input, options, &mut |_| {})
+    }
+
+    /// A pass that tells `progress` each action as it starts (`→ ...`) and ends (`✓ ...` or
+    /// `✗ ...`), and stops before the next action once [`interrupt`] was called (SIGINT): what
+    /// was done is recorded, the rest is reported as not done.
+    pub fn pass_reporting(
+        &mut self,
+        input: PassInput,
+        options: &PassOptions,
+        progress: &mut dyn FnMut(String),
+    ) -> PassOutcome {
         let context = self.context.clone();
         let context = &context;
         let recorder = self.recorder.clone();
@@ -436,8 +479,17 @@ impl Reconciler {
         if !options.dry_run && plan.refused.is_none() {
             let specs: BTreeMap<&ResourceId, &DesiredService> = desired.iter().map(|d| (&d.item.id, d)).collect();
             let mut failed: Vec<ResourceId> = Vec::new();
-            for change in plan.pending() {
+            let total = plan.pending().count();
+            for (done, change) in plan.pending().enumerate() {
                 let id = ResourceId::new(change.kind, change.name.clone());
+                if interrupted() {
+                    error = Some(format!(
+                        "interrupted (SIGINT) after {done} of {total} action(s); the rest was not done: run the pass again to finish"
+                    ));
+                    break;
+                }
+                progress(format!("→ {id}: {} ({})", change.action.as_str(), change.reason));
+                let began = std::time::Instant::now();
                 let blocked = specs
                     .get(&id)
                     .and_then(|d| d.item.depends_on.iter().find(|dep| failed.contains(dep)))
@@ -461,6 +513,9 @@ impl Reconciler {
                         (false, detail)
                     }
                 };
+                let took = began.elapsed().as_secs_f64();
+                let mark = if ok { "✓" } else { "✗" };
+                progress(format!("{mark} {id}: {} ({took:.1} s)", detail.trim_end_matches("; ")));
                 recorder.receipt(ReceiptDraft {
                     run_id: Some(run_id.clone()),
                     commit: commit.clone(),
@@ -483,7 +538,7 @@ impl Reconciler {
                 });
             }
             if !failed.is_empty() {
-                error = Some(format!("{} action(s) failed", failed.len()));
+                error.get_or_insert(format!("{} action(s) failed", failed.len()));
             }
             record_failures(context, &applied, &desired, input.only.is_none(), &commit);
             if let Err(e) = refresh_unchanged(&plan, &desired, &mut self.inventory, &recorder) {

@@ -129,7 +129,7 @@ fn decode_file(file: &SourceFile, max_file_size: u64, decoded: &mut Decoded) {
     for (index, document) in documents.into_iter().enumerate() {
         match decode_document(&file.path, document, &mut decoded.diagnostics) {
             Outcome::Resource(resource, taken_out) => decoded.parsed.push(Parsed {
-                resource,
+                resource: *resource,
                 document: index,
                 taken_out,
             }),
@@ -166,7 +166,7 @@ fn mark_at_end(text: &str) -> Mark {
 /// What one document gives.
 enum Outcome {
     /// With the fields taken out of its spec to decode the rest (none when it had no errors).
-    Resource(Resource, Vec<FieldPath>),
+    Resource(Box<Resource>, Vec<FieldPath>),
     /// Errors, but a kind and a name.
     Declared(crate::spec::ResourceId, Origin),
     Nothing,
@@ -302,7 +302,7 @@ fn decode_document(file: &str, document: yaml::Document, out: &mut Vec<Diagnosti
         }
         (Some(node), Some(kind)) => match decode_spec(kind, node) {
             Ok(spec) => Some(spec),
-            Err((all, rest)) => {
+            Err(SpecErrors { errors: all, rest }) => {
                 taken_out = all.iter().filter_map(|e| e.path.clone()).collect();
                 for e in all {
                     errors.decode_error(node.mark, e);
@@ -310,7 +310,7 @@ fn decode_document(file: &str, document: yaml::Document, out: &mut Vec<Diagnosti
                 // What decoded without the bad fields still gets its semantic checks (the load
                 // fails on the errors above either way).
                 errors.fatal = errors.fatal_before_spec;
-                rest
+                rest.map(|spec| *spec)
             }
         },
         (Some(_), None) => None,
@@ -323,13 +323,13 @@ fn decode_document(file: &str, document: yaml::Document, out: &mut Vec<Diagnosti
     };
     match (errors.fatal, kind, metadata, spec) {
         (false, Some(kind), Some(metadata), Some(spec)) => Outcome::Resource(
-            Resource {
+            Box::new(Resource {
                 api_version: API_VERSION.to_string(),
                 kind,
                 metadata,
                 spec,
                 origin,
-            },
+            }),
             taken_out,
         ),
         (_, Some(kind), Some(metadata), _) => {
@@ -382,6 +382,12 @@ impl DocumentErrors<'_> {
     }
 }
 
+/// A spec's errors, and what decoded without the fields that had them.
+struct SpecErrors {
+    errors: Vec<DecodeError>,
+    rest: Option<Box<Spec>>,
+}
+
 /// At most this many errors are reported from one spec.
 const MAX_ERRORS_PER_SPEC: usize = 20;
 
@@ -390,7 +396,7 @@ const MAX_ERRORS_PER_SPEC: usize = 20;
 /// decoded again. A field then reported missing is one taken out (or one an unknown key was a
 /// typo of), not a new error. When what is left decodes, it comes back with the errors, so the
 /// semantic checks see the rest of the resource in the same run.
-fn decode_as<T: DeserializeOwned>(node: &Node, wrap: fn(T) -> Spec) -> Result<Spec, (Vec<DecodeError>, Option<Spec>)> {
+fn decode_as<T: DeserializeOwned>(node: &Node, wrap: fn(T) -> Spec) -> Result<Spec, SpecErrors> {
     let base = FieldPath::from("spec");
     let mut errors: Vec<DecodeError> = Vec::new();
     let mut trimmed: Option<Node> = None;
@@ -402,7 +408,7 @@ fn decode_as<T: DeserializeOwned>(node: &Node, wrap: fn(T) -> Spec) -> Result<Sp
         let error = match yaml::decode::<T>(current, &base) {
             Ok(value) if errors.is_empty() => return Ok(wrap(value)),
             Ok(value) => {
-                rest = Some(wrap(value));
+                rest = Some(Box::new(wrap(value)));
                 break;
             }
             Err(error) => error,
@@ -432,7 +438,7 @@ fn decode_as<T: DeserializeOwned>(node: &Node, wrap: fn(T) -> Spec) -> Result<Sp
         accounted.push(key_path);
         trimmed = Some(next);
     }
-    Err((errors, rest))
+    Err(SpecErrors { errors, rest })
 }
 
 /// The field an unknown key's message suggests (`... (did you mean `command`?)`).
@@ -448,7 +454,7 @@ fn path_to_key(path: &FieldPath) -> Option<FieldPath> {
     (last_key >= 1).then(|| FieldPath(path.0[..=last_key].to_vec()))
 }
 
-fn decode_spec(kind: Kind, node: &Node) -> Result<Spec, (Vec<DecodeError>, Option<Spec>)> {
+fn decode_spec(kind: Kind, node: &Node) -> Result<Spec, SpecErrors> {
     match kind {
         Kind::Service => decode_as(node, Spec::Service),
         Kind::LaunchAgent => decode_as(node, Spec::LaunchAgent),

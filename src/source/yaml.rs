@@ -126,7 +126,7 @@ impl Node {
         match &mut node.value {
             Value::Map(entries) => {
                 let before = entries.len();
-                entries.retain(|(name, _)| !name.as_scalar().is_some_and(|s| &s.text == key));
+                entries.retain(|(name, _)| name.as_scalar().is_none_or(|s| &s.text != key));
                 entries.len() != before
             }
             _ => false,

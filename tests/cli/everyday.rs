@@ -510,3 +510,65 @@ fn with_no_provider_reachable_the_daemon_says_so_once() {
     let first = log.lines().find(|l| l.contains("change=Initial")).unwrap();
     assert!(first.contains("INFO"), "{first}");
 }
+
+/// `reconcile` on a terminal says each action as it starts and ends; Ctrl-C stops it between
+/// actions, with what was done recorded and said, and exit 130.
+#[test]
+fn reconcile_shows_each_action_and_ctrl_c_stops_between_actions_with_exit_130() {
+    use std::io::BufRead;
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    let ready = sandbox.root().join("ready");
+    sandbox.write(
+        "a.yaml",
+        service(
+            "a",
+            "exec sleep 4415",
+            &format!(
+                "  health: {{exec: {{command: [test, -e, {:?}]}}, interval: 100ms, startPeriod: 60s}}\n",
+                ready.display().to_string()
+            ),
+        ),
+    );
+    sandbox.write("b.yaml", service("b", "exec sleep 4416", "  dependsOn: [Service/a]\n"));
+    sandbox.write("c.yaml", service("c", "exec sleep 4417", "  dependsOn: [Service/a]\n"));
+    sandbox.commit("a slow start, then two that depend on it");
+    let mut child = sandbox
+        .cmd(&["reconcile"])
+        .env("MIRROR_PROGRESS", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("→ Service/a: create") {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "no progress line: {seen}");
+        seen.push_str(&line);
+    }
+    // Ctrl-C while a's start is being verified; then a proves itself.
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    std::fs::write(&ready, "").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    seen.push_str(&rest);
+    assert_eq!(status.code(), Some(130), "{seen}");
+    assert!(seen.contains("✓ Service/a: started pid"), "{seen}");
+    assert!(!seen.contains("→ Service/b"), "stopped before b: {seen}");
+    assert!(
+        seen.contains("mirrorctl: interrupted: 1 action(s) done and recorded"),
+        "{seen}"
+    );
+    assert!(resource(&sandbox, "a")["pid"].is_i64(), "a runs");
+    assert_eq!(resource(&sandbox, "b")["health"], "Missing");
+    // Without a terminal (and MIRROR_PROGRESS), no progress lines; the next pass finishes.
+    let again = sandbox.run(&["reconcile"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(!again.stderr.contains('→'), "{again:?}");
+    assert!(resource(&sandbox, "c")["pid"].is_i64(), "c runs");
+}

@@ -921,7 +921,10 @@ async fn drift_repeats_filters_and_id_prefixes(db: TestDb) {
     };
     assert!(list(hostile).await.is_empty(), "filters are bound, never spliced");
 
-    assert_eq!(store.drift_report_ids("0193b", 10).await.unwrap(), [recent.id.clone()]);
+    assert_eq!(
+        store.drift_report_ids("0193b", 10).await.unwrap(),
+        vec![recent.id.clone()]
+    );
     assert_eq!(store.drift_report_ids("0193AAAA", 10).await.unwrap().len(), 2);
     assert!(
         store.drift_report_ids("%", 10).await.unwrap().is_empty(),
