@@ -21,6 +21,7 @@ use crate::store::inventory::LocalInventory;
 )]
 pub struct LogsArgs {
     /// The service (or agent) name
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::completions::resource_names))]
     pub name: String,
     /// Keep printing what is appended (follows rotation)
     #[arg(short, long)]

@@ -204,6 +204,7 @@ pub fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == sandbox_exec::COMMAND) {
         return ExitCode::from(sandbox_exec::main());
     }
+    completions::answer_shell();
     let mut cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -13,6 +13,7 @@ use crate::reconcile::PassOutcome;
 #[derive(Debug, Args)]
 pub struct OperateArgs {
     /// The service (or agent) name, as in the desired state
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::completions::resource_names))]
     pub name: String,
 }
 

@@ -15,6 +15,7 @@ use crate::reconcile::{status, StatusReport};
 )]
 pub struct StatusArgs {
     /// Show these resources in detail
+    #[arg(add = clap_complete::ArgValueCandidates::new(super::completions::resource_names))]
     pub names: Vec<String>,
 }
 

@@ -31,18 +31,35 @@ fn a_failed_start_is_logged_by_the_daemon_at_warn_with_the_resource_and_the_reas
     assert!(line.contains("pyhton3"), "the reason names the program: {line}");
 }
 
+/// What the shell gets when it asks `mirrorctl` to complete `words` (the last one partial),
+/// as the sourced bash script asks.
+fn complete(sandbox: &Sandbox, words: &[&str]) -> Vec<String> {
+    let mut args = vec!["--", "mirrorctl"];
+    args.extend_from_slice(words);
+    let output = sandbox
+        .cmd(&args)
+        .env("COMPLETE", "bash")
+        .env("_CLAP_COMPLETE_INDEX", words.len().to_string())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 #[test]
-fn completions_for_bash_zsh_and_fish_and_a_manual_page() {
-    let sandbox = Sandbox::bare_dir();
+fn completions_for_bash_zsh_and_fish_with_resource_names_and_a_manual_page() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
     for shell in ["bash", "zsh", "fish"] {
         let run = sandbox.run(&["completions", shell]);
         assert_eq!(run.code, 0, "{shell}: {run:?}");
-        for command in ["reconcile", "status", "drift", "memory", "completions"] {
-            assert!(run.stdout.contains(command), "{shell} completes {command}");
-        }
         assert!(
-            !run.stdout.contains("__sandbox-exec"),
-            "{shell}: the trampoline stays hidden"
+            run.stdout.contains("COMPLETE") && run.stdout.contains("mirrorctl"),
+            "{shell}: {}",
+            run.stdout
         );
     }
     // The bash script is valid bash.
@@ -54,6 +71,20 @@ fn completions_for_bash_zsh_and_fish_and_a_manual_page() {
         .output()
         .unwrap();
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    // Commands, from the binary itself; the trampoline stays hidden.
+    let commands = complete(&sandbox, &["re"]);
+    for command in ["reconcile", "restart"] {
+        assert!(commands.iter().any(|c| c == command), "{command} in {commands:?}");
+    }
+    assert!(complete(&sandbox, &["__"]).is_empty(), "the trampoline stays hidden");
+    // Resource names: what this host runs.
+    sandbox.write("web.yaml", service("web", "exec sleep 4418", ""));
+    sandbox.commit("web");
+    assert_eq!(sandbox.run(&["reconcile"]).code, 0);
+    for command in ["stop", "start", "restart", "logs", "status"] {
+        let names = complete(&sandbox, &[command, ""]);
+        assert!(names.iter().any(|n| n == "web"), "{command} completes web: {names:?}");
+    }
     let unknown = sandbox.run(&["completions", "powershell"]);
     assert_eq!(unknown.code, 1, "{unknown:?}");
 
