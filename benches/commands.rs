@@ -55,7 +55,11 @@ fn time(mut make: impl FnMut() -> Command, ok: &[i32], rounds: usize) -> Vec<f64
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// `mirrorctl init`, the example's `web` on a free port (never 8787 a host may use), committed.
@@ -122,7 +126,10 @@ fn main() {
     std::fs::create_dir_all(&elsewhere).unwrap();
     let repo = example_host(dir.path());
     let mut guard = Stop(Vec::new(), state.clone());
-    let applied = mirrorctl(&state, &repo).args(["reconcile", "--path", "desired"]).output().unwrap();
+    let applied = mirrorctl(&state, &repo)
+        .args(["reconcile", "--path", "desired"])
+        .output()
+        .unwrap();
     assert!(applied.status.success(), "reconcile: {applied:?}");
 
     let mut rows = Vec::new();
@@ -142,9 +149,15 @@ fn main() {
             }
             // Its startup pass over: status answers without `pass_running`.
             loop {
-                let out = mirrorctl(&state, &elsewhere).args(["status", "--output", "json"]).output().unwrap();
+                let out = mirrorctl(&state, &elsewhere)
+                    .args(["status", "--output", "json"])
+                    .output()
+                    .unwrap();
                 let text = String::from_utf8_lossy(&out.stdout);
-                if text.contains("\"daemon\": ") && text.contains("\"pass_running\": null") && !text.contains("\"daemon\": null") {
+                if text.contains("\"daemon\": ")
+                    && text.contains("\"pass_running\": null")
+                    && !text.contains("\"daemon\": null")
+                {
                     break;
                 }
                 assert!(Instant::now() < deadline, "the daemon did not answer: {text}");
@@ -174,7 +187,10 @@ fn main() {
     let peer = peer_times(dir.path(), rounds);
     println!("\n{:<28} {:<10} {:>9} {:>9}", "command", "daemon", "p50 ms", "p95 ms");
     for (name, daemon, p50, p95) in &rows {
-        println!("{name:<28} {:<10} {p50:>9.1} {p95:>9.1}", if *daemon { "running" } else { "none" });
+        println!(
+            "{name:<28} {:<10} {p50:>9.1} {p95:>9.1}",
+            if *daemon { "running" } else { "none" }
+        );
         let peer_value = match name.as_str() {
             "status" => peer.as_ref().ok().map(|p| p.0),
             "status web" => peer.as_ref().ok().map(|p| p.1),
@@ -239,7 +255,11 @@ fn peer_times(dir: &Path, rounds: usize) -> Result<(f64, f64), String> {
         command
     };
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !ctl().arg("status").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("RUNNING")) {
+    while !ctl()
+        .arg("status")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("RUNNING"))
+    {
         if Instant::now() > deadline {
             let _ = daemon.kill();
             return Err("supervisord did not start its programs".into());
