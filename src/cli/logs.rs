@@ -17,7 +17,7 @@ use crate::store::inventory::LocalInventory;
 #[derive(Debug, Args)]
 #[command(
     after_help = "Examples:\n  mirrorctl logs web --tail 50\n  mirrorctl logs web -f\n  \
-                        mirrorctl logs web --output json | jq -r .line"
+                        mirrorctl logs web --since 10m\n  mirrorctl logs web --output json | jq -r .line"
 )]
 pub struct LogsArgs {
     /// The service (or agent) name
@@ -29,6 +29,14 @@ pub struct LogsArgs {
     /// Only the last N lines (with -f: then what is appended)
     #[arg(long, value_name = "N")]
     pub tail: Option<usize>,
+    /// Only what was written within this long (`30s`, `10m`, `2h`), to the second, from the
+    /// times the daemon records while it runs
+    #[arg(long, value_name = "DURATION", value_parser = parse_since)]
+    pub since: Option<Duration>,
+}
+
+fn parse_since(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (expected a duration such as 30s, 10m or 2h)"))
 }
 
 pub fn run(global: &GlobalArgs, args: &LogsArgs) -> u8 {
@@ -51,7 +59,23 @@ pub fn run(global: &GlobalArgs, args: &LogsArgs) -> u8 {
         json: global.output == Output::Json,
         name: &args.name,
     };
-    let (text, mut position) = match read_start(&path, args.tail) {
+    let since = match args.since {
+        None => 0,
+        Some(within) => {
+            let since_ms = crate::report::now_ms() - within.as_millis() as i64;
+            match crate::supervisor::log_times::offset_since(&path, since_ms) {
+                Some(offset) => offset,
+                None => {
+                    eprintln!(
+                        "mirrorctl: error: {}: no times recorded for this log (the daemon records them while it runs, `mirrorctl run`); use --tail N",
+                        path.display()
+                    );
+                    return exit::ERROR;
+                }
+            }
+        }
+    };
+    let (text, mut position) = match read_start(&path, since, args.tail) {
         Ok(read) => read,
         Err(e) => {
             eprintln!("mirrorctl: error: {}: {e}", path.display());
@@ -100,15 +124,24 @@ impl<W: Write> Printer<'_, W> {
     }
 }
 
-/// The text to print first (all of it, or the last `tail` lines) and where following resumes.
-fn read_start(path: &Path, tail: Option<usize>) -> std::io::Result<(Vec<u8>, u64)> {
+/// The text to print first (all of it from `from`, or the last `tail` lines of that) and where
+/// following resumes.
+fn read_start(path: &Path, from: u64, tail: Option<usize>) -> std::io::Result<(Vec<u8>, u64)> {
     let mut file = std::fs::File::open(path)?;
-    let Some(n) = tail else {
+    if from > 0 || tail.is_none() {
+        let length = file.metadata()?.len();
+        file.seek(SeekFrom::Start(from.min(length)))?;
         let mut buffer = Vec::new();
         file.read_to_end(&mut buffer)?;
-        let length = buffer.len() as u64;
-        return Ok((buffer, length));
-    };
+        let end = from.min(length) + buffer.len() as u64;
+        if let Some(n) = tail {
+            let lines: Vec<&[u8]> = buffer.split_inclusive(|b| *b == b'\n').collect();
+            let kept = lines[lines.len().saturating_sub(n)..].concat();
+            return Ok((kept, end));
+        }
+        return Ok((buffer, end));
+    }
+    let n = tail.unwrap_or(0);
     // The last N lines: from the rotated file too when the current one holds fewer.
     let mut last: VecDeque<Vec<u8>> = VecDeque::with_capacity(n.min(4096));
     let rotated = PathBuf::from(format!("{}.1", path.display()));

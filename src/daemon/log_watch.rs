@@ -1,7 +1,8 @@
 //! Bounds running services' logs between passes: a stat per log every second, every
 //! [`HOT_CHECK`] while one grows fast (a flood), and a rotation on a blocking thread only for a
 //! log past its `maxSize`. Cheap at rest (the idle daemon's CPU budget is 0.1 %), quick to catch
-//! a service that writes hundreds of megabytes a second.
+//! a service that writes hundreds of megabytes a second. Each growth seen is also recorded in
+//! the log's time index (`supervisor::log_times`), for `logs --since`.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,9 +43,9 @@ impl LogWatch {
             // reload would look like a flood.
             let seen: std::collections::HashMap<PathBuf, u64> =
                 self.logs.drain(..).map(|log| (log.path, log.last_len)).collect();
+            // Every log (its growth is timed for `logs --since`); rotated only with a bound.
             self.logs = crate::reconcile::log_limits(state, state_dir)
                 .into_iter()
-                .filter(|(_, max_size, _)| *max_size > 0)
                 .map(|(path, max_size, max_files)| WatchedLog {
                     last_len: seen.get(&path).copied().unwrap_or(0),
                     path,
@@ -56,16 +57,22 @@ impl LogWatch {
         }
         let now = Instant::now();
         let mut over = Vec::new();
+        let now_ms = crate::report::now_ms();
         for log in &mut self.logs {
             let len = std::fs::metadata(&log.path).map_or(0, |m| m.len());
+            if let Err(e) = crate::supervisor::log_times::record(&log.path, log.last_len, len, now_ms) {
+                tracing::debug!(log = %log.path.display(), error = %e, "cannot record the log's time index");
+            }
             // A quarter of the bound within one check: a flood, watch closely.
-            if len > log.last_len.saturating_add(log.max_size / 4) {
+            if log.max_size > 0 && len > log.last_len.saturating_add(log.max_size / 4) {
                 self.hot_until = Some(now + HOT_FOR);
             }
             log.last_len = len;
-            if len >= log.max_size {
+            if log.max_size > 0 && len >= log.max_size {
                 over.push((log.path.clone(), log.max_size, log.max_files));
                 log.last_len = 0;
+                // Rotated: its times start again with what it holds after.
+                let _ = std::fs::remove_file(crate::supervisor::log_times::index_path(&log.path));
             }
         }
         if !over.is_empty() && !self.rotating.swap(true, Ordering::AcqRel) {

@@ -26,6 +26,7 @@
 pub mod cgroup;
 pub mod job;
 pub mod listener;
+pub mod log_times;
 pub mod probe;
 pub mod process;
 pub mod sandbox;

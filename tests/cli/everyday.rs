@@ -603,3 +603,37 @@ fn reconcile_shows_each_action_and_ctrl_c_stops_between_actions_with_exit_130() 
     assert!(!again.stderr.contains('→'), "{again:?}");
     assert!(resource(&sandbox, "c")["pid"].is_i64(), "c runs");
 }
+
+/// `logs --since`: services write their logs themselves; the daemon times each growth it sees
+/// (once a second), so what was written within a duration is found to the second.
+#[test]
+fn logs_since_a_duration_from_the_times_the_daemon_records() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    sandbox.write(
+        "talk.yaml",
+        service("talk", "echo early; sleep 4; echo late; exec sleep 4419", ""),
+    );
+    sandbox.commit("a service that talks twice");
+    let daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
+    let index = sandbox.root().join("state/logs/talk.log.times");
+    wait_for("both lines timed", Duration::from_secs(15), || {
+        std::fs::read_to_string(&index).is_ok_and(|t| t.lines().count() >= 2)
+    });
+    let recent = sandbox.run(&["logs", "talk", "--since", "2s"]);
+    assert_eq!(recent.code, 0, "{recent:?}");
+    assert_eq!(recent.stdout, "late\n", "{recent:?}");
+    let all = sandbox.run(&["logs", "talk", "--since", "1h"]);
+    assert_eq!(all.stdout, "early\nlate\n", "{all:?}");
+    let bad = sandbox.run(&["logs", "talk", "--since", "yesterday"]);
+    assert_eq!(bad.code, 1, "{bad:?}");
+    drop(daemon);
+    // Without the daemon's times (a log no daemon watched), --since says so and what to use.
+    std::fs::remove_file(&index).unwrap();
+    let untimed = sandbox.run(&["logs", "talk", "--since", "1m"]);
+    assert_eq!(untimed.code, 1, "{untimed:?}");
+    assert!(
+        untimed.stderr.contains("no times recorded") && untimed.stderr.contains("--tail"),
+        "{untimed:?}"
+    );
+}
