@@ -171,7 +171,9 @@ fn main() {
                     let mut command = mirrorctl(&state, &elsewhere);
                     command.args(*args);
                     if completion {
-                        command.env("COMPLETE", "bash").env("_CLAP_COMPLETE_INDEX", "2");
+                        command
+                            .env("MIRRORCTL_COMPLETE", "bash")
+                            .env("_CLAP_COMPLETE_INDEX", "2");
                     }
                     command
                 },

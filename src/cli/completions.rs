@@ -3,7 +3,7 @@
 //! every new command and option without a hand-kept copy.
 //!
 //! Completions are clap_complete's dynamic ones: the script a shell sources asks `mirrorctl`
-//! itself (`COMPLETE=bash mirrorctl -- WORDS`), so resource names (`mirrorctl stop <TAB>`) come
+//! itself (`MIRRORCTL_COMPLETE=bash mirrorctl -- WORDS`), so resource names (`mirrorctl stop <TAB>`) come
 //! from this host's inventory, and the script never goes stale after an upgrade.
 
 use clap::{Args, CommandFactory};
@@ -11,9 +11,16 @@ use clap_complete::env::EnvCompleter;
 
 use super::{exit, Cli};
 
-/// Answers a shell's completion request and exits, when `COMPLETE` is set; returns otherwise.
+/// The variable the completion script sets when it asks: mirrorctl's own, so that a `COMPLETE`
+/// some other tool left in the environment does not turn every command into a completion.
+const VARIABLE: &str = "MIRRORCTL_COMPLETE";
+
+/// Answers a shell's completion request and exits, when `MIRRORCTL_COMPLETE` is set; returns
+/// otherwise.
 pub fn answer_shell() {
-    clap_complete::CompleteEnv::with_factory(Cli::command).complete();
+    clap_complete::CompleteEnv::with_factory(Cli::command)
+        .var(VARIABLE)
+        .complete();
 }
 
 /// The services and agents this host runs or ran (the inventory of the state dir named by
@@ -63,7 +70,7 @@ pub fn run(args: &CompletionsArgs) -> u8 {
         Shell::Fish => &clap_complete::env::Fish,
     };
     let mut out = std::io::stdout().lock();
-    match shell.write_registration("COMPLETE", "mirrorctl", "mirrorctl", "mirrorctl", &mut out) {
+    match shell.write_registration(VARIABLE, "mirrorctl", "mirrorctl", "mirrorctl", &mut out) {
         Ok(()) => exit::OK,
         Err(e) => {
             eprintln!("mirrorctl: error: writing the completion script: {e}");

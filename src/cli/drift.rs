@@ -97,7 +97,9 @@ pub fn run(global: &GlobalArgs, command: &DriftCommand) -> u8 {
             } => {
                 let filter = crate::report::ReportFilter {
                     limit: *limit,
-                    since_ms: since.map(|d| crate::report::now_ms() - d.as_millis() as i64),
+                    since_ms: since.map(|d| {
+                        crate::report::now_ms().saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                    }),
                     min_severity: severity.map(SeverityArg::severity),
                     kind: kind.clone(),
                     resource: resource.clone(),

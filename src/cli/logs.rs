@@ -58,13 +58,15 @@ pub fn run(global: &GlobalArgs, args: &LogsArgs) -> u8 {
         out: std::io::stdout().lock(),
         json: global.output == Output::Json,
         name: &args.name,
+        partial: Vec::new(),
     };
     let since = match args.since {
-        None => 0,
+        None => None,
         Some(within) => {
-            let since_ms = crate::report::now_ms() - within.as_millis() as i64;
+            let within_ms = i64::try_from(within.as_millis()).unwrap_or(i64::MAX);
+            let since_ms = crate::report::now_ms().saturating_sub(within_ms);
             match crate::supervisor::log_times::offset_since(&path, since_ms) {
-                Some(offset) => offset,
+                Some(offset) => Some(offset),
                 None => {
                     eprintln!(
                         "mirrorctl: error: {}: no times recorded for this log (the daemon records them while it runs, `mirrorctl run`); use --tail N",
@@ -82,11 +84,19 @@ pub fn run(global: &GlobalArgs, args: &LogsArgs) -> u8 {
             return exit::ERROR;
         }
     };
-    if text.is_empty() && !args.follow {
+    let whole_file_empty = args.since.is_none() && args.tail.is_none_or(|n| n > 0) && text.is_empty();
+    if whole_file_empty && !args.follow {
         // Empty: a failed start is an error (exit 1), a silent process is not.
         let state_dir = global.state_dir();
         let id = ResourceId::new(kind, args.name.as_str());
-        if let Some(failure) = Failures::load(&state_dir).get(&id) {
+        let running = LocalInventory::load(&state_dir)
+            .ok()
+            .and_then(|i| {
+                i.get(id.kind.as_str(), &id.name)
+                    .and_then(crate::reconcile::process_record)
+            })
+            .is_some();
+        if let Some(failure) = Failures::load(&state_dir).get(&id).filter(|_| !running) {
             let why = failure.describe(crate::report::now_ms());
             eprintln!("mirrorctl: error: {id}: the log is empty: {why}");
             return exit::ERROR;
@@ -97,38 +107,59 @@ pub fn run(global: &GlobalArgs, args: &LogsArgs) -> u8 {
         return exit::OK; // the reader went away
     }
     if !args.follow {
+        let _ = printer.finish();
         return exit::OK;
     }
     follow(&path, &mut position, &mut printer)
 }
 
-/// Prints log text as it is, or as one JSON object a line (`{"name", "line"}`).
+/// Prints log text as it is, or as one JSON object a line (`{"name", "line"}`; a line written
+/// in two pieces waits for its end, so it stays one object).
 struct Printer<'a, W: Write> {
     out: W,
     json: bool,
     name: &'a str,
+    partial: Vec<u8>,
 }
 
 impl<W: Write> Printer<'_, W> {
     fn print(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         if self.json {
-            for line in bytes.split_inclusive(|b| *b == b'\n') {
-                let line = String::from_utf8_lossy(line);
-                let value = serde_json::json!({"name": self.name, "line": line.trim_end_matches('\n')});
-                writeln!(self.out, "{value}")?;
+            self.partial.extend_from_slice(bytes);
+            let complete = self.partial.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            let lines: Vec<u8> = self.partial.drain(..complete).collect();
+            for line in lines.split_inclusive(|b| *b == b'\n') {
+                self.line(line)?;
             }
         } else {
             self.out.write_all(bytes)?;
         }
         self.out.flush()
     }
+
+    fn line(&mut self, line: &[u8]) -> std::io::Result<()> {
+        let line = String::from_utf8_lossy(line);
+        let value = serde_json::json!({"name": self.name, "line": line.trim_end_matches('\n')});
+        writeln!(self.out, "{value}")
+    }
+
+    /// A last line without its newline (not following: nothing more will come).
+    fn finish(&mut self) -> std::io::Result<()> {
+        if self.json && !self.partial.is_empty() {
+            let rest = std::mem::take(&mut self.partial);
+            self.line(&rest)?;
+            self.out.flush()?;
+        }
+        Ok(())
+    }
 }
 
 /// The text to print first (all of it from `from`, or the last `tail` lines of that) and where
 /// following resumes.
-fn read_start(path: &Path, from: u64, tail: Option<usize>) -> std::io::Result<(Vec<u8>, u64)> {
+fn read_start(path: &Path, from: Option<u64>, tail: Option<usize>) -> std::io::Result<(Vec<u8>, u64)> {
     let mut file = std::fs::File::open(path)?;
-    if from > 0 || tail.is_none() {
+    if from.is_some() || tail.is_none() {
+        let from = from.unwrap_or(0);
         let length = file.metadata()?.len();
         file.seek(SeekFrom::Start(from.min(length)))?;
         let mut buffer = Vec::new();

@@ -26,16 +26,39 @@ pub fn run(global: &GlobalArgs, args: &OperateArgs, verb: Verb) -> u8 {
         by: String::new(),
         json,
     };
+    // A person's override acts on what the host runs: the source in force at its commit,
+    // never an uncommitted edit nor another source (a daemon applies only its own).
+    let state_dir = global.state_dir();
+    let in_force = crate::reconcile::in_force::recall_source(&state_dir);
+    let refusal = match &in_force {
+        _ if global.worktree => Some("uncommitted edits are never applied: drop --worktree".to_string()),
+        Some(source) if !super::source::is_in_force(global, source) => Some(format!(
+            "{} acts on the source in force on this host ({}, path {}, ref {}); drop --repo/--path/--ref",
+            verb.as_str(),
+            source.repo.display(),
+            source.path.display(),
+            source.reference
+        )),
+        _ => None,
+    };
+    if let Some(why) = refusal {
+        super::report_error(global.output, &OperateError(why));
+        return exit::ERROR;
+    }
     if let Some(code) = ask_daemon(global, &request) {
         return code;
     }
-    let context = match global.reconcile_context() {
+    let mut context = match global.reconcile_context() {
         Ok(context) => context,
         Err(e) => {
             super::report_error(global.output, &e);
             return exit::ERROR;
         }
     };
+    // The commit in force, not a HEAD that moved since (a restart keeps the spec it runs).
+    if let Some(commit) = crate::reconcile::in_force::recall(&state_dir).filter(|_| in_force.is_some()) {
+        context.source.reference = commit;
+    }
     match block_on(run_operation(&context, &args.name, verb, &this_user())) {
         Ok(outcome) => emit(&render(&request, &outcome)),
         Err(message) => {

@@ -81,12 +81,14 @@ pub fn resolve(global: &mut GlobalArgs, prefer: Prefer) -> Option<String> {
     let named = global.repo.is_some() || global.path.is_some() || global.reference.is_some() || global.worktree;
     if named {
         if global.repo.is_none() {
-            // `--path` and `--ref` are inside the repository the user stands in.
+            // `--path` and `--ref` are inside the repository the user stands in, else the one
+            // in force.
             global.repo = std::env::current_dir()
                 .ok()
                 .as_deref()
                 .and_then(discover)
-                .map(|h| h.repo);
+                .map(|h| h.repo)
+                .or_else(|| in_force.as_ref().map(|s| s.repo.clone()));
         }
         let named = describe(&global.repo_dir(), &global.path(), global.reference());
         return match &in_force {
@@ -123,10 +125,19 @@ pub fn resolve(global: &mut GlobalArgs, prefer: Prefer) -> Option<String> {
             global.reference = Some(in_force.reference);
             note
         }
-        (_, _, Some(here)) => {
+        (_, in_force, Some(here)) => {
+            // `run` from another repository applies it, pruning what the one in force started.
+            let note = in_force.filter(|_| prefer == Prefer::Here).map(|in_force| {
+                format!(
+                    "note: using this directory's repository {} (path {}); the source in force on this host is {}",
+                    here.repo.display(),
+                    here.path.display(),
+                    describe(&in_force.repo, &in_force.path, &in_force.reference)
+                )
+            });
             global.repo = Some(here.repo);
             global.path = Some(here.path);
-            None
+            note
         }
         (_, _, None) => None,
     }

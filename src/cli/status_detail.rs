@@ -97,12 +97,20 @@ fn log_tail(state_dir: &Path, kind: &str, name: &str) -> Vec<String> {
     } else {
         format!("{name}.log")
     };
-    let Ok(text) = std::fs::read(state_dir.join("logs").join(file)) else {
+    // Only the end is read: a log may be large.
+    let read_end = || -> std::io::Result<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut log = std::fs::File::open(state_dir.join("logs").join(&file))?;
+        let length = log.metadata()?.len();
+        log.seek(SeekFrom::Start(length.saturating_sub(64 * 1024)))?;
+        let mut end = Vec::new();
+        log.read_to_end(&mut end)?;
+        Ok(end)
+    };
+    let Ok(text) = read_end() else {
         return Vec::new();
     };
-    // Only the end is read into lines: a log may be large.
-    let start = text.len().saturating_sub(64 * 1024);
-    let text = String::from_utf8_lossy(&text[start..]);
+    let text = String::from_utf8_lossy(&text);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(LOG_LINES)..]
         .iter()

@@ -2,8 +2,11 @@
 //! stored one said (same host, commit and items) is counted on that report (`repeats`,
 //! `last_seen_at`) instead of stored again. An idle daemon resyncing every minute used to store
 //! 60 identical reports an hour. Scheduled reports are always stored (someone asked for them).
-//! The last stored report is remembered in `<state dir>/last-drift-report.json`; a damaged or
-//! missing file only means the next report is stored.
+//! The last stored report is remembered in `<state dir>/last-drift-report.json`, with the store
+//! it went to (another store, or a recreated one, gets a report of its own); a damaged or
+//! missing file only means the next report is stored. Details are compared without their
+//! digits: a countdown ("next restart in 12s"), a count of free bytes or a time in a detail
+//! does not make a pass different.
 
 use std::fs;
 use std::path::Path;
@@ -22,6 +25,9 @@ pub struct LastReport {
     pub fingerprint: String,
     pub started_at: String,
     pub repeats: u64,
+    /// The store it was written to (as printed: passwords redacted).
+    #[serde(default)]
+    pub store: String,
 }
 
 /// What to do with a pass's report.
@@ -33,20 +39,29 @@ pub enum Decision {
     Repeat(LastReport),
 }
 
-/// What identifies a report's content: host, commit and items (not its id, run or time).
+/// What identifies a report's content: host, commit and items, details without their digits
+/// (not its id, run or time).
 pub fn fingerprint(report: &DriftReport) -> String {
-    let content = serde_json::json!([report.host, report.commit, report.items]);
+    let items: Vec<serde_json::Value> = report
+        .items
+        .iter()
+        .map(|i| {
+            let detail: String = i.detail.chars().filter(|c| !c.is_ascii_digit()).collect();
+            serde_json::json!([i.kind, i.name, i.drift, i.corrective, i.severity, detail])
+        })
+        .collect();
+    let content = serde_json::json!([report.host, report.commit, items]);
     let digest = Sha256::digest(content.to_string().as_bytes());
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Whether `report` is stored or counted on the last one (pure but for reading the file).
-pub fn decide(state_dir: &Path, report: &DriftReport, scheduled: bool) -> Decision {
+pub fn decide(state_dir: &Path, report: &DriftReport, store: &str, scheduled: bool) -> Decision {
     if scheduled {
         return Decision::Store;
     }
     match recall(state_dir) {
-        Some(last) if last.fingerprint == fingerprint(report) => Decision::Repeat(LastReport {
+        Some(last) if last.fingerprint == fingerprint(report) && last.store == store => Decision::Repeat(LastReport {
             repeats: last.repeats + 1,
             ..last
         }),
@@ -95,7 +110,8 @@ mod tests {
     fn an_identical_report_is_counted_and_a_different_or_scheduled_one_stored() {
         let dir = tempfile::tempdir().unwrap();
         let first = report("a", "exited 1");
-        assert_eq!(decide(dir.path(), &first, false), Decision::Store);
+        let store = "sqlite:///state/truth.db";
+        assert_eq!(decide(dir.path(), &first, store, false), Decision::Store);
         remember(
             dir.path(),
             &LastReport {
@@ -103,16 +119,30 @@ mod tests {
                 fingerprint: fingerprint(&first),
                 started_at: first.started_at.clone(),
                 repeats: 0,
+                store: store.into(),
             },
         )
         .unwrap();
-        let Decision::Repeat(last) = decide(dir.path(), &report("bb", "exited 1"), false) else {
+        let Decision::Repeat(last) = decide(dir.path(), &report("bb", "exited 1"), store, false) else {
             panic!("same items, other id, run and time: a repeat");
         };
         assert_eq!((last.id.as_str(), last.repeats), ("a", 1));
-        assert_eq!(decide(dir.path(), &report("c", "exited 2"), false), Decision::Store);
-        assert_eq!(decide(dir.path(), &report("d", "exited 1"), true), Decision::Store);
+        let countdown = decide(dir.path(), &report("bb", "exited 7"), store, false);
+        assert!(matches!(countdown, Decision::Repeat(_)), "only digits differ: the same");
+        assert_eq!(
+            decide(dir.path(), &report("c", "crashed"), store, false),
+            Decision::Store
+        );
+        assert_eq!(
+            decide(dir.path(), &report("d", "exited 1"), store, true),
+            Decision::Store
+        );
+        assert_eq!(
+            decide(dir.path(), &report("e", "exited 1"), "postgres://x/y", false),
+            Decision::Store,
+            "another store gets its own report"
+        );
         fs::write(dir.path().join(FILE), "{").unwrap();
-        assert_eq!(decide(dir.path(), &first, false), Decision::Store);
+        assert_eq!(decide(dir.path(), &first, store, false), Decision::Store);
     }
 }

@@ -393,7 +393,7 @@ impl Reconciler {
                 let mut items = input.extra_drift;
                 items.push(source_item(context, Drift::InvalidSource, e.to_string()));
                 let report = drift_report(context, &None, &run_id, options, started_ms, items);
-                let report = store_report(context, &recorder, report, options);
+                let report = store_report(context, &recorder, report, options, true);
                 recorder.record(run_finished(&run_id, "unreadable-source", "nothing applied".into()));
                 return PassOutcome {
                     commit: None,
@@ -420,7 +420,7 @@ impl Reconciler {
                     items.push(source_item(context, Drift::InvalidSource, detail));
                 }
                 let report = drift_report(context, &commit, &run_id, options, started_ms, items);
-                let report = store_report(context, &recorder, report, options);
+                let report = store_report(context, &recorder, report, options, true);
                 recorder.record(run_finished(&run_id, "invalid-source", "nothing applied".into()));
                 let error = if diagnostics.is_empty() {
                     "the commit is not trusted and none was before it: nothing was applied"
@@ -472,7 +472,18 @@ impl Reconciler {
             allow_mass_prune: options.allow_mass_prune || input.only.is_some(),
             now_ms: now_ms(),
         });
-        overrides::apply_to_plan(&mut plan, &stopped_of(&desired), input.operation.as_ref(), now_ms());
+        let suspended: Vec<ResourceId> = desired
+            .iter()
+            .filter(|d| d.spec.suspend)
+            .map(|d| d.item.id.clone())
+            .collect();
+        overrides::apply_to_plan(
+            &mut plan,
+            &stopped_of(&desired),
+            &suspended,
+            input.operation.as_ref(),
+            now_ms(),
+        );
 
         let mut applied = Vec::new();
         let mut error = plan.refused.clone();
@@ -544,7 +555,8 @@ impl Reconciler {
             if let Err(e) = refresh_unchanged(&plan, &desired, &mut self.inventory, &recorder) {
                 error.get_or_insert(e.to_string());
             }
-            if input.only.is_none() {
+            // An interrupted pass did not apply the commit: nothing of it is recorded as in force.
+            if input.only.is_none() && !interrupted() {
                 if let Err(e) = self.inventory.compact() {
                     error.get_or_insert(e.to_string());
                 }
@@ -597,7 +609,7 @@ impl Reconciler {
         }
         let report = drift_report(context, &commit, &run_id, options, started_ms, items);
         recorder.set_report_retention(controller.report_retention().as_std());
-        let report = store_report(context, &recorder, report, options);
+        let report = store_report(context, &recorder, report, options, input.only.is_none());
         let outcome = match (&error, options.dry_run, plan.pending().count()) {
             (Some(_), _, _) => "failed",
             (None, true, 0) | (None, false, _) => "converged",
@@ -1550,9 +1562,22 @@ impl StatusReport {
 
 /// Stores the pass's drift report, or, when it says exactly what the last stored one said,
 /// counts it there (`last_report`); returns the report as stored (its id, and its count).
-fn store_report(context: &Context, recorder: &Recorder, report: DriftReport, options: &PassOptions) -> DriftReport {
+fn store_report(
+    context: &Context,
+    recorder: &Recorder,
+    report: DriftReport,
+    options: &PassOptions,
+    full: bool,
+) -> DriftReport {
     let scheduled = options.trigger == "schedule";
-    match last_report::decide(&context.state_dir, &report, scheduled) {
+    let store = context.store.to_string();
+    // A pass over one resource (a crash, a probe, a person's stop) reports on that one only:
+    // stored, and not what later full passes are compared with.
+    if !full {
+        recorder.record(Record::DriftReport(report.clone()));
+        return report;
+    }
+    match last_report::decide(&context.state_dir, &report, &store, scheduled) {
         last_report::Decision::Repeat(last) => {
             let seen_ms = now_ms();
             recorder.record(Record::DriftRepeated {
@@ -1576,6 +1601,7 @@ fn store_report(context: &Context, recorder: &Recorder, report: DriftReport, opt
                 fingerprint: last_report::fingerprint(&report),
                 started_at: report.started_at.clone(),
                 repeats: 0,
+                store,
             };
             remember_report(context, &last);
             report

@@ -253,6 +253,7 @@ pub fn this_user() -> String {
 pub fn apply_to_plan(
     plan: &mut crate::plan::Plan,
     stopped: &[(ResourceId, Stopped)],
+    suspended: &[ResourceId],
     operation: Option<&Operation>,
     now_ms: i64,
 ) {
@@ -267,6 +268,14 @@ pub fn apply_to_plan(
         {
             change.reason = detail.clone();
         }
+        // The drift item names the time, not "3m ago": the same stop reads the same in every
+        // pass (identical reports are counted, not stored again).
+        let detail = format!(
+            "stopped by {} at {} (mirrorctl stop); `mirrorctl start {}` or the next commit starts it again",
+            stop.by,
+            crate::report::rfc3339(stop.at_ms),
+            id.name
+        );
         plan.drift
             .retain(|d| !(d.kind == id.kind.as_str() && d.name == id.name));
         plan.drift.push(DriftItem {
@@ -285,7 +294,9 @@ pub fn apply_to_plan(
         .iter_mut()
         .filter(|c| c.kind == id.kind && c.name == id.name)
     {
-        if operation.verb == Verb::Restart && change.action == Action::Noop && !stopped.iter().any(|(s, _)| s == id) {
+        // Never a restart of what the commit suspends (`suspend: true`) or a person stopped.
+        let held = suspended.contains(id) || stopped.iter().any(|(s, _)| s == id);
+        if operation.verb == Verb::Restart && change.action == Action::Noop && !held {
             change.action = Action::Restart;
         }
         if change.action != Action::Noop {

@@ -63,6 +63,12 @@ fn thin(index: &Path) -> io::Result<()> {
 /// index; `None` without an index (no daemon has watched this log since it last shrank).
 pub fn offset_since(log: &Path, since_ms: i64) -> Option<u64> {
     let entries = entries(&index_path(log));
+    // An index that knows more than the log holds was left from before a rotation no daemon
+    // saw (a one-shot pass rotates too): it says nothing about this file.
+    let length = fs::metadata(log).map_or(0, |m| m.len());
+    if entries.last().is_some_and(|(_, len)| *len > length) {
+        return None;
+    }
     let first = entries.first()?;
     if first.0 > since_ms {
         // Everything the index knows is newer; what was there at its first entry may be older
@@ -84,6 +90,7 @@ mod tests {
     fn the_part_written_since_a_time_starts_at_the_length_seen_just_before() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("web.log");
+        std::fs::write(&log, [b'x'; 25]).unwrap();
         assert_eq!(offset_since(&log, 0), None, "no index");
         record(&log, 0, 10, 1_000).unwrap();
         record(&log, 10, 10, 2_000).unwrap(); // no growth: nothing recorded
@@ -92,15 +99,20 @@ mod tests {
         assert_eq!(offset_since(&log, 1_500), Some(10));
         assert_eq!(offset_since(&log, 3_000), Some(25));
         // Rotated: a new index.
+        std::fs::write(&log, [b'x'; 4]).unwrap();
         record(&log, 25, 4, 4_000).unwrap();
         assert_eq!(offset_since(&log, 3_500), Some(0));
         assert_eq!(offset_since(&log, 4_500), Some(4));
+        // Rotated while no daemon watched: the index is stale, not trusted.
+        record(&log, 4, 30, 5_000).unwrap();
+        assert_eq!(offset_since(&log, 6_000), None);
     }
 
     #[test]
     fn a_long_index_is_thinned_not_unbounded() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("chatty.log");
+        std::fs::write(&log, vec![b'x'; 40_000]).unwrap();
         for at in 0..40_000_u64 {
             record(&log, at, at + 1, at as i64).unwrap();
         }

@@ -38,7 +38,7 @@ fn complete(sandbox: &Sandbox, words: &[&str]) -> Vec<String> {
     args.extend_from_slice(words);
     let output = sandbox
         .cmd(&args)
-        .env("COMPLETE", "bash")
+        .env("MIRRORCTL_COMPLETE", "bash")
         .env("_CLAP_COMPLETE_INDEX", words.len().to_string())
         .output()
         .unwrap();
@@ -57,7 +57,7 @@ fn completions_for_bash_zsh_and_fish_with_resource_names_and_a_manual_page() {
         let run = sandbox.run(&["completions", shell]);
         assert_eq!(run.code, 0, "{shell}: {run:?}");
         assert!(
-            run.stdout.contains("COMPLETE") && run.stdout.contains("mirrorctl"),
+            run.stdout.contains("MIRRORCTL_COMPLETE") && run.stdout.contains("mirrorctl"),
             "{shell}: {}",
             run.stdout
         );
