@@ -12,6 +12,7 @@ pub mod inventory;
 pub mod journal;
 pub mod memory;
 pub mod memory_rules;
+mod migrations;
 mod postgres;
 pub mod recorder;
 mod sql;

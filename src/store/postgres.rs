@@ -8,7 +8,7 @@ use sqlx::Connection;
 use super::sql::{self, SqlStore};
 use super::{Backend, StoreError, StoreUrl};
 
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+pub use super::migrations::POSTGRES_MIGRATOR as MIGRATOR;
 
 pub async fn open(url: &StoreUrl) -> Result<SqlStore, StoreError> {
     sqlx::any::install_default_drivers();

@@ -9,7 +9,7 @@ use sqlx::Executor;
 use super::sql::{self, SqlStore};
 use super::{Backend, StoreError, StoreUrl};
 
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+pub use super::migrations::SQLITE_MIGRATOR as MIGRATOR;
 
 pub async fn open(url: &StoreUrl) -> Result<SqlStore, StoreError> {
     sqlx::any::install_default_drivers();
