@@ -289,8 +289,15 @@ fn pass_via_daemon_or_here(
     options: crate::reconcile::PassOptions,
     render: fn(&crate::daemon::control::Request, &crate::reconcile::PassOutcome) -> crate::daemon::control::Response,
 ) -> u8 {
-    if let Some(code) = ask_daemon(global, request) {
-        return code;
+    // Through a daemon, its pass says each action as it starts and ends too.
+    let mut printer = pull_progress_printer();
+    match crate::daemon::control::ask_reporting(&global.state_dir(), request, &mut printer) {
+        Ok(Some(response)) => return emit(&response),
+        Ok(None) => {}
+        Err(e) => {
+            report_error(global.output, &e);
+            return exit::ERROR;
+        }
     }
     let context = match global.reconcile_context() {
         Ok(context) => context,

@@ -97,6 +97,15 @@ const REQUEST_WAIT: Duration = Duration::from_secs(10);
 /// Asks the daemon, if one listens on the state dir's socket: `Ok(None)` when none does (no
 /// socket, or a stale one nobody accepts on), and the command runs on its own.
 pub fn ask(state_dir: &Path, request: &Request) -> Result<Option<Response>, ControlError> {
+    ask_reporting(state_dir, request, &mut |_| {})
+}
+
+/// [`ask`], handing each progress line the daemon sends before its answer to `progress`.
+pub fn ask_reporting(
+    state_dir: &Path,
+    request: &Request,
+    progress: &mut dyn FnMut(String),
+) -> Result<Option<Response>, ControlError> {
     let path = socket_path(state_dir);
     let exchange = |source| ControlError::Exchange {
         path: path.clone(),
@@ -120,24 +129,58 @@ pub fn ask(state_dir: &Path, request: &Request) -> Result<Option<Response>, Cont
     let mut line = serde_json::to_string(request).expect("requests serialize");
     line.push('\n');
     stream.write_all(line.as_bytes()).map_err(exchange)?;
-    let mut answer = String::new();
-    BufReader::new(&stream).read_line(&mut answer).map_err(exchange)?;
-    if answer.is_empty() {
-        return Err(exchange(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "the daemon closed the connection without answering (is it shutting down?)",
-        )));
+    let mut reader = BufReader::new(&stream);
+    loop {
+        let mut answer = String::new();
+        reader.read_line(&mut answer).map_err(exchange)?;
+        if answer.is_empty() {
+            return Err(exchange(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the daemon closed the connection without answering (is it shutting down?)",
+            )));
+        }
+        if let Ok(line) = serde_json::from_str::<Progress>(&answer) {
+            progress(line.progress);
+            continue;
+        }
+        return serde_json::from_str(&answer)
+            .map(Some)
+            .map_err(|source| ControlError::Answer { path, source });
     }
-    serde_json::from_str(&answer)
-        .map(Some)
-        .map_err(|source| ControlError::Answer { path, source })
 }
 
 /// Told of every connection refused because it came from an agent (records a receipt).
 pub type Refused = std::sync::Arc<dyn Fn(&super::peer::Peer, &super::peer::AgentPeer) + Send + Sync>;
 
 /// A request and where its answer goes.
-pub type Asked = (Request, oneshot::Sender<Response>);
+pub type Asked = (Request, Reply);
+
+/// Where a request's answer goes, and its progress lines before it (a pass through the daemon
+/// says each action as it starts and ends, as a one-shot pass does on a terminal).
+#[derive(Debug)]
+pub struct Reply {
+    answer: oneshot::Sender<Response>,
+    pub progress: mpsc::UnboundedSender<String>,
+}
+
+impl Reply {
+    pub fn new() -> (Reply, oneshot::Receiver<Response>, mpsc::UnboundedReceiver<String>) {
+        let (answer, answered) = oneshot::channel();
+        let (progress, lines) = mpsc::unbounded_channel();
+        (Reply { answer, progress }, answered, lines)
+    }
+
+    /// The answer (the last line the command reads).
+    pub fn send(self, response: Response) -> Result<(), Response> {
+        self.answer.send(response)
+    }
+}
+
+/// A progress line on the socket, before the answer: `{"progress": "..."}`.
+#[derive(Serialize, Deserialize)]
+struct Progress {
+    progress: String,
+}
 
 /// Binds the socket with mode 0600 from the start (bound under a temporary name, restricted,
 /// then renamed into place, so it is never reachable with a wider mode). Call only while
@@ -211,13 +254,25 @@ pub async fn serve(listener: tokio::net::UnixListener, requests: mpsc::Unbounded
                             .as_ref()
                             .map_or_else(|| "unknown peer".to_string(), |p| p.describe());
                     }
-                    let (tx, rx) = oneshot::channel();
-                    if requests.send((request, tx)).is_err() {
+                    let (reply, mut answered, mut lines) = Reply::new();
+                    if requests.send((request, reply)).is_err() {
                         return;
                     }
-                    match rx.await {
-                        Ok(response) => response,
-                        Err(_) => return,
+                    // Progress lines as they come, then the answer.
+                    loop {
+                        tokio::select! {
+                            answer = &mut answered => match answer {
+                                Ok(response) => break response,
+                                Err(_) => return,
+                            },
+                            Some(progress) = lines.recv() => {
+                                let mut text = serde_json::to_string(&Progress { progress }).expect("progress serializes");
+                                text.push('\n');
+                                if write.write_all(text.as_bytes()).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
                     }
                 }
                 Err(e) => Response {

@@ -39,7 +39,7 @@ use crate::spec::{Kind, ResourceId, Spec};
 use crate::supervisor::job::JobRunner;
 use crate::supervisor::process::ProcessIdentity;
 use crate::supervisor::watch::{self, Ended};
-use control::{Asked, Request, Response};
+use control::{Asked, Reply, Request, Response};
 use metrics::Metrics;
 
 /// How `mirrorctl run` was started.
@@ -123,7 +123,7 @@ enum Event {
 }
 
 /// A status request, its report read from disk (or why it could not be), and where to answer.
-type StatusRead = (Request, Result<StatusReport, String>, oneshot::Sender<Response>);
+type StatusRead = (Request, Result<StatusReport, String>, Reply);
 
 /// Work waiting for the reconciler, one at a time.
 enum Work {
@@ -786,7 +786,7 @@ impl Daemon {
 
     /// Completes a status report with what only the daemon knows (provider health, routes,
     /// launch agents) and answers.
-    fn reply_status(&self, request: Request, mut report: StatusReport, reply: oneshot::Sender<Response>) {
+    fn reply_status(&self, request: Request, mut report: StatusReport, reply: Reply) {
         report.providers = serde_json::to_value(self.routing.providers()).unwrap_or_default();
         let routes = self.routing.routes(self.current.as_deref());
         for resource in report.resources.iter_mut().filter(|r| r.kind == Kind::Agent) {
@@ -830,7 +830,7 @@ impl Daemon {
     /// `status` while a pass has the reconciler: read from the inventory on disk (the pass
     /// appends to it as it goes) with the probe verdicts the daemon holds, so the answer does not
     /// wait for a pass that may be verifying a slow start; it says a pass is running.
-    fn status_while_busy(&self, request: Request, reply: oneshot::Sender<Response>) {
+    fn status_while_busy(&self, request: Request, reply: Reply) {
         let Request::Status { source, .. } = &request else {
             return;
         };
@@ -1638,7 +1638,7 @@ fn perform(
             }
             Err(e) => (Answer::Error(e), None),
         },
-        Work::Asked((request, _)) => match request {
+        Work::Asked((request, reply)) => match request {
             Request::Reconcile {
                 dry_run,
                 allow_mass_prune,
@@ -1666,7 +1666,11 @@ fn perform(
                     Ok(mut input) => {
                         let state = input.desired.as_ref().ok().cloned();
                         let preview = if *dry_run { memory_preview(&mut input) } else { None };
-                        let mut outcome = reconciler.pass(with_routes(input), &options);
+                        // Each action as it starts and ends, to the asking command.
+                        let progress = reply.progress.clone();
+                        let mut outcome = reconciler.pass_reporting(with_routes(input), &options, &mut |line| {
+                            let _ = progress.send(line);
+                        });
                         let converging = outcome.plan.as_ref().is_some_and(|p| p.refused.is_none());
                         if let (true, Some(state)) = (converging, state) {
                             // The models step: a dry-run shows pulls and route decisions; an

@@ -637,3 +637,37 @@ fn logs_since_a_duration_from_the_times_the_daemon_records() {
         "{untimed:?}"
     );
 }
+
+/// Through a daemon, `reconcile` says each action as it starts and ends too: the daemon sends
+/// progress lines on the control socket before its answer.
+#[test]
+fn reconcile_through_the_daemon_streams_each_action() {
+    let sandbox = Sandbox::new();
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
+    sandbox.write("web.yaml", service("web", "exec sleep 4420", ""));
+    sandbox.write(
+        "typo.yaml",
+        "apiVersion: mirror.os/v1\nkind: Service\nmetadata: {name: typo}\nspec:\n  command: [pyhton3, -m, http.server]\n",
+    );
+    sandbox.commit("a typo the daemon retries at every pass");
+    let _daemon = Daemon::start(&sandbox, &[]).ready(&sandbox);
+    let output = sandbox
+        .cmd(&["reconcile"])
+        .env("MIRROR_PROGRESS", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("→ Service/typo: create"), "{stderr}");
+    assert!(
+        stderr.contains("✗ Service/typo: ") && stderr.contains("pyhton3"),
+        "{stderr}"
+    );
+    let quiet = sandbox.run(&["reconcile"]);
+    assert!(!quiet.stderr.contains('→'), "no progress off a terminal: {quiet:?}");
+    let json = sandbox.run(&["reconcile", "--output", "json"]);
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&json.stdout).is_ok(),
+        "{json:?}"
+    );
+}
