@@ -1,6 +1,8 @@
 //! The control socket: while the daemon runs, one-shot commands (`reconcile`, `status`,
-//! `drift report`) ask it instead of racing it for the state dir. One JSON line in, one JSON
-//! line out, over `<state dir>/control.sock` (mode 0600: only this user may drive the host).
+//! `drift report`) ask it instead of racing it for the state dir. One JSON line in; out, any
+//! progress lines (`{"progress": ...}`: a pass's actions as they start and end), then one JSON
+//! line with the answer, over `<state dir>/control.sock` (mode 0600: only this user may drive
+//! the host).
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
