@@ -347,7 +347,10 @@ impl Reconciler {
             }
             stopped.push(format!("{} (pid {}): {outcome:?}", entry.name, identity.pid));
             // No process any more, and why: `status` shows it Stopped, not Degraded.
-            let note = StoppedOnExit { stopped_ms: now_ms() };
+            let note = StoppedOnExit {
+                stopped_ms: now_ms(),
+                total_restarts: process_record(&entry).map_or(0, |r| r.restarts_shown()),
+            };
             entry.process = Some(serde_json::to_string(&note).expect("notes serialize"));
             entry.updated_ms = now_ms();
             let _ = self.inventory.upsert(entry, &self.recorder);
@@ -914,6 +917,9 @@ impl ProcessRecord {
 #[serde(deny_unknown_fields)]
 struct StoppedOnExit {
     stopped_ms: i64,
+    /// RESTARTS before the stop: kept, shown, and carried on when it starts again.
+    #[serde(default)]
+    total_restarts: u32,
 }
 
 impl StoppedOnExit {
@@ -1086,6 +1092,14 @@ fn apply_change(
                         crate::plan::next_restart(&backoff, previous.restarts, previous.started_ms, now_ms()).0 + 1;
                     (in_a_row, previous.restarts_shown() + 1)
                 }
+                // Started again after a daemon stopped it on exit: the count goes on.
+                (Action::Restart, None) => (
+                    0,
+                    current
+                        .as_ref()
+                        .and_then(StoppedOnExit::of)
+                        .map_or(0, |s| s.total_restarts),
+                ),
                 _ => (0, 0),
             };
             let mut run = desired.spec.clone();
@@ -1773,7 +1787,11 @@ fn status_of(
                 },
                 health,
                 pid: record.as_ref().filter(|_| running).map(|r| r.identity.pid),
-                restarts: record.as_ref().map_or(0, ProcessRecord::restarts_shown),
+                restarts: record
+                    .as_ref()
+                    .map(ProcessRecord::restarts_shown)
+                    .or_else(|| on_exit.as_ref().map(|s| s.total_restarts))
+                    .unwrap_or(0),
                 uptime_s: record
                     .as_ref()
                     .filter(|_| running)

@@ -303,6 +303,15 @@ fn a_new_daemon_adopts_running_services_after_kill_9() {
 
     // --stop-services-on-exit stops them.
     let last = Daemon::start(&sandbox, &["--stop-services-on-exit"]).ready(&sandbox);
+    let restarts_of = |json: &serde_json::Value| -> Vec<u64> {
+        json["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["restarts"].as_u64().unwrap())
+            .collect()
+    };
+    let restarts_before = restarts_of(&status(&sandbox).json());
     last.signal("TERM");
     assert_eq!(last.wait(), 0);
     assert!(!alive(before[1]) && !alive(before[2]));
@@ -316,9 +325,13 @@ fn a_new_daemon_adopts_running_services_after_kill_9() {
             "{resource}"
         );
     }
-    // The next pass starts them again.
+    assert_eq!(restarts_of(&json), restarts_before, "RESTARTS kept through the stop");
+    assert!(restarts_before.iter().any(|r| *r > 0), "{restarts_before:?}");
+    // The next pass starts them again, the count going on.
     assert_eq!(sandbox.run(&["reconcile"]).code, 0);
-    assert_eq!(status(&sandbox).json()["resources"][0]["health"], "Healthy");
+    let json = status(&sandbox).json();
+    assert_eq!(json["resources"][0]["health"], "Healthy");
+    assert_eq!(restarts_of(&json), restarts_before, "{json}");
 }
 
 /// After a reboot (or a crash) on a HEAD that cannot be applied, the commit that was in force
