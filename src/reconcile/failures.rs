@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -71,11 +70,10 @@ impl Failures {
         self.0.len() != before
     }
 
-    /// Write then rename: a reader sees the old or the new list.
-    pub fn save(&self, state_dir: &Path) -> io::Result<()> {
-        let partial = state_dir.join(format!("{FILE}.partial"));
-        fs::write(&partial, serde_json::to_vec_pretty(self).map_err(io::Error::other)?)?;
-        fs::rename(partial, path(state_dir))
+    /// A reader sees the old or the new list.
+    pub fn save(&self, state_dir: &Path) -> Result<(), crate::store::StoreError> {
+        let text = serde_json::to_vec_pretty(self).expect("failures serialize");
+        crate::store::journal::write_atomically(&path(state_dir), &text)
     }
 }
 

@@ -62,15 +62,13 @@ pub fn recall_source(state_dir: &Path) -> Option<AppliedSource> {
     source.repo.is_absolute().then_some(source)
 }
 
-/// Records the source in force (write then rename); nothing when it is the one recorded.
-pub fn remember_source(state_dir: &Path, source: &AppliedSource) -> io::Result<()> {
+/// Records the source in force (old or new, never half); nothing when it is the one recorded.
+pub fn remember_source(state_dir: &Path, source: &AppliedSource) -> Result<(), crate::store::StoreError> {
     if recall_source(state_dir).as_ref() == Some(source) {
         return Ok(());
     }
-    let text = serde_json::to_vec_pretty(source).map_err(io::Error::other)?;
-    let partial = state_dir.join(format!("{SOURCE_FILE}.partial"));
-    fs::write(&partial, text)?;
-    fs::rename(&partial, state_dir.join(SOURCE_FILE))
+    let text = serde_json::to_vec_pretty(source).expect("sources serialize");
+    crate::store::journal::write_atomically(&state_dir.join(SOURCE_FILE), &text)
 }
 
 /// The recorded form of a source: its repository made absolute and canonical.

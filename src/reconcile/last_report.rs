@@ -73,11 +73,10 @@ fn recall(state_dir: &Path) -> Option<LastReport> {
     serde_json::from_slice(&fs::read(state_dir.join(FILE)).ok()?).ok()
 }
 
-/// Remembers the report just stored, or the new count of the last one (write then rename).
-pub fn remember(state_dir: &Path, last: &LastReport) -> std::io::Result<()> {
-    let partial = state_dir.join(format!("{FILE}.partial"));
-    fs::write(&partial, serde_json::to_vec(last).map_err(std::io::Error::other)?)?;
-    fs::rename(partial, state_dir.join(FILE))
+/// Remembers the report just stored, or the new count of the last one.
+pub fn remember(state_dir: &Path, last: &LastReport) -> Result<(), crate::store::StoreError> {
+    let text = serde_json::to_vec(last).expect("reports serialize");
+    crate::store::journal::write_atomically(&state_dir.join(FILE), &text)
 }
 
 #[cfg(test)]

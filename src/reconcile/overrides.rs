@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -90,12 +89,8 @@ fn path(state_dir: &Path) -> PathBuf {
 pub enum OverrideError {
     #[error("no service or agent `{name}` in the desired state in force{}", commit_note(.commit))]
     Unknown { name: String, commit: Option<String> },
-    #[error("{path}: recording the override: {source}")]
-    Save {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("recording the override: {0}")]
+    Save(#[source] crate::store::StoreError),
 }
 
 fn commit_note(commit: &Option<String>) -> String {
@@ -121,15 +116,8 @@ impl Overrides {
     }
 
     fn save(&self, state_dir: &Path) -> Result<(), OverrideError> {
-        let target = path(state_dir);
-        let error = |source| OverrideError::Save {
-            path: target.clone(),
-            source,
-        };
-        let partial = state_dir.join(format!("{FILE}.partial"));
-        let text = serde_json::to_vec_pretty(self).map_err(|e| error(io::Error::other(e)))?;
-        fs::write(&partial, text).map_err(error)?;
-        fs::rename(&partial, &target).map_err(error)
+        let text = serde_json::to_vec_pretty(self).expect("overrides serialize");
+        crate::store::journal::write_atomically(&path(state_dir), &text).map_err(OverrideError::Save)
     }
 
     /// Forgets overrides made at another commit than `commit`; saves when any was.
