@@ -918,12 +918,24 @@ impl Daemon {
         if let crate::router::health::Verdict::Hijacked { why } = &probed.verdict {
             self.mark_hijacked(&probed.provider, why);
         }
+        let before = self.routing.health(&probed.provider);
         if !self.routing.observe(&probed, now) {
             return;
         }
         let healthy = self.routing.is_healthy(&probed.provider);
-        let routable = self.routing.is_routable(&probed.provider);
-        tracing::warn!(provider = %probed.provider, healthy, routable, verdict = ?probed.verdict, "provider health changed");
+        // One line per change of what status shows (Down at the first refusal and Down at the
+        // threshold are one state to a person).
+        let health = self.routing.health(&probed.provider);
+        if health != before {
+            // Failing before any answer is a provider starting (news); failing after answering,
+            // or down, is what a person must know.
+            let news = health == "Healthy" || (health == "Failing" && before == "Unknown");
+            if news {
+                tracing::info!(provider = %probed.provider, from = before, to = health, verdict = ?probed.verdict, "provider health changed");
+            } else {
+                tracing::warn!(provider = %probed.provider, from = before, to = health, verdict = ?probed.verdict, "provider health changed");
+            }
+        }
         if !healthy {
             self.restart_provider_service(&probed);
         }

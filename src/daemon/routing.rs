@@ -239,12 +239,19 @@ impl Routing {
         }
     }
 
-    /// Feeds a verdict; returns whether the provider changed state (healthy or routable).
+    /// The word `status` shows for a provider's health ("Unknown" when it is not probed).
+    pub fn health(&self, provider: &str) -> &'static str {
+        self.providers.get(provider).map_or("Unknown", health_word)
+    }
+
+    /// Feeds a verdict; returns whether the provider changed in a way routes depend on (healthy,
+    /// routable, its first verdict, refuted before answering or not).
     pub fn observe(&mut self, probed: &Probed, now_ms: i64) -> bool {
+        let standing = |s: &ProviderState| (s.routable(), s.awaiting_first_probe(), s.refuted_before_answering());
         match self.providers.get_mut(&probed.provider) {
             Some(state) => {
-                let routable = state.routable();
-                state.observe(&probed.verdict, now_ms).is_some() || state.routable() != routable
+                let before = standing(state);
+                state.observe(&probed.verdict, now_ms).is_some() || standing(state) != before
             }
             None => false,
         }
@@ -294,6 +301,9 @@ impl Routing {
             }
             let reason = match &decision.change {
                 Some(change) => change.reason.clone(),
+                None if !decision.waiting.is_empty() => {
+                    format!("waiting for the first probe of {}", decision.waiting.join(", "))
+                }
                 None => self.routes.get(&name).map(|(_, r)| r.clone()).unwrap_or_default(),
             };
             let new_state = decision.state();
@@ -317,14 +327,7 @@ impl Routing {
             .map(|(name, state)| ProviderHealth {
                 name: name.clone(),
                 healthy: state.routable(),
-                health: match (state.routable(), state.last()) {
-                    (_, None) => "Unknown",
-                    (_, Some(verdict)) if verdict.is_healthy() => "Healthy",
-                    (true, Some(_)) => "Failing",
-                    (false, Some(crate::router::health::Verdict::Hung { .. })) => "Hung",
-                    (false, Some(crate::router::health::Verdict::Hijacked { .. })) => "Hijacked",
-                    (false, Some(_)) => "Down",
-                },
+                health: health_word(state),
                 verdict: state.last().cloned(),
                 healthy_since_ms: state.healthy_since_ms(),
             })
@@ -346,7 +349,11 @@ impl Routing {
                     agent: agent.clone(),
                     provider: route.map(|r| r.provider.clone()),
                     model: route.map(|r| r.model.clone()),
-                    degraded: route.is_none() || (primary.is_some() && primary.as_ref() != route),
+                    // Waiting for the first probes is not degraded: nothing has failed yet.
+                    degraded: match route {
+                        None => *route_state != RouteState::Unrouted,
+                        Some(route) => primary.as_ref().is_some_and(|p| p != route),
+                    },
                     probed: route
                         .and_then(|r| self.providers.get(&r.provider))
                         .is_some_and(|p| p.last().is_some()),
@@ -449,6 +456,19 @@ impl Routing {
     }
 }
 
+/// Unknown (no verdict yet), Healthy (the last probe answered), Failing (it failed, below the
+/// threshold), Down, Hung or Hijacked (agents are routed away).
+fn health_word(state: &ProviderState) -> &'static str {
+    match (state.routable(), state.last()) {
+        (_, None) => "Unknown",
+        (_, Some(verdict)) if verdict.is_healthy() => "Healthy",
+        (true, Some(_)) => "Failing",
+        (false, Some(Verdict::Hung { .. })) => "Hung",
+        (false, Some(Verdict::Hijacked { .. })) => "Hijacked",
+        (false, Some(_)) => "Down",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,14 +491,15 @@ mod tests {
         let (probed_tx, _probed_rx) = mpsc::unbounded_channel();
         let mut routing = Routing::default();
         routing.sync(&state, std::path::Path::new("/nonexistent"), &probed_tx);
-        // Before any probe: the primary, presumed healthy, and said to be unprobed.
+        // Before any probe: no route yet, waiting for the primary's first verdict, not degraded.
         routing.decide(&state, 0);
         let route = &routing.routes(Some(&state))[0];
         assert_eq!(
-            (route.provider.as_deref(), route.degraded, route.probed),
-            (Some("local"), false, false)
+            (route.provider.as_deref(), route.degraded, route.reason.as_str()),
+            (None, false, "waiting for the first probe of local")
         );
-        // Its first answer: the same route, now probed.
+        assert!(routing.drift(Some(&state)).is_empty());
+        // Its first answer: routed there, probed.
         observe(&mut routing, "local", Verdict::Healthy { detail: "ok".into() }, 100);
         routing.decide(&state, 100);
         let route = &routing.routes(Some(&state))[0];

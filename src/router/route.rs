@@ -6,11 +6,17 @@
 //! - A provider is *healthy* (routable) until `failure_threshold` consecutive probes fail, and
 //!   healthy again at the first successful probe. Its *stable window* counts from the first of an
 //!   unbroken run of successful probes: any failed probe, even one below the threshold, restarts it.
-//! - A provider that was never probed (absent from the map, or a fresh [`ProviderState::new`])
-//!   counts as healthy, so a fresh daemon routes every agent to its primary before the first
-//!   probe; it is never *stable*, so no agent fails back to it before it has been probed. A caller
-//!   that knows better (the provider's Service is not running) uses
+//! - A provider nobody probes (absent from the map: a one-shot preview) counts as healthy. One
+//!   whose probe is on its way (a fresh [`ProviderState::new`]) counts as healthy too, but an
+//!   agent without a route waits for the verdicts of its chain's entries up to the one it would
+//!   take, so a fresh daemon's first route is one the probes agree with, not a guess that the
+//!   first probe refutes. Neither is ever *stable*, so no agent fails back to a provider before
+//!   it has been probed. A caller that knows better (the provider's Service is not running) uses
 //!   [`ProviderState::presumed_unhealthy`].
+//! - A provider that has never answered and whose latest probe failed keeps an agent that is
+//!   already on it (or takes its first route: it may be starting with the host) by the credit of
+//!   its failure threshold, but no agent *moves* to it (failover, recovery, reroute): a switch to
+//!   what a probe has just refuted is one more switch, down a chain nobody serves.
 //! - An agent's route is the earliest entry of its chain (primary, then fallbacks) that is healthy
 //!   and either is the current route, comes after it, or has been stable for `failback_after`.
 //!   So moving later in the chain (failover) happens at once, moving earlier (failback, also to a
@@ -39,6 +45,8 @@ pub struct ProviderState {
     last: Option<Verdict>,
     /// A probe has failed after one had succeeded: from then on failbacks wait the window.
     failed_after_answering: bool,
+    /// Some probe has succeeded.
+    answered: bool,
 }
 
 /// A change of [`ProviderState::healthy`].
@@ -60,6 +68,7 @@ impl ProviderState {
             healthy_since_ms: None,
             last: None,
             failed_after_answering: false,
+            answered: false,
         }
     }
 
@@ -75,6 +84,7 @@ impl ProviderState {
     pub fn observe(&mut self, verdict: &Verdict, now_ms: i64) -> Option<Transition> {
         self.last = Some(verdict.clone());
         if verdict.is_healthy() {
+            self.answered = true;
             self.consecutive_failures = 0;
             self.healthy_since_ms.get_or_insert(now_ms);
             if !self.healthy {
@@ -110,11 +120,23 @@ impl ProviderState {
     }
 
     /// Whether agents may be routed here: healthy, and the latest probe did not find generation
-    /// hung (nor the port held by a stranger, which is routed away from at once too). One hung verdict moves agents at once (a hang holds every request it gets, and a
-    /// failover costs only the failback window); restarting the Service still waits for
-    /// `failure_threshold` verdicts, so a provider busy with a long generation is not killed.
+    /// hung (nor the port held by a stranger, which is routed away from at once too). One hung
+    /// verdict moves agents at once (a hang holds every request it gets, and a failover costs
+    /// only the failback window); restarting the Service still waits for `failure_threshold`
+    /// verdicts, so a provider busy with a long generation is not killed.
     pub fn routable(&self) -> bool {
         self.healthy && !matches!(self.last, Some(Verdict::Hung { .. } | Verdict::Hijacked { .. }))
+    }
+
+    /// Never answered, and its latest probe failed: still routable by its threshold's credit
+    /// (a provider starting with the host), but not worth moving an agent to.
+    pub fn refuted_before_answering(&self) -> bool {
+        !self.answered && self.last.as_ref().is_some_and(|v| !v.is_healthy())
+    }
+
+    /// Its probe is on its way: no verdict yet.
+    pub fn awaiting_first_probe(&self) -> bool {
+        self.last.is_none()
     }
 
     /// Answering since its first successful probe with no failure after it: it was starting,
@@ -166,10 +188,13 @@ impl RouteState {
 /// An agent's route now, and the switch that led there if it is one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Decision {
-    /// None: nothing in the chain is healthy.
+    /// None: nothing in the chain is healthy, or (with `waiting`) no route yet.
     pub route: Option<ModelRef>,
     /// None: the route stays as it was.
     pub change: Option<Change>,
+    /// The agent has no route yet and waits for these providers' first verdicts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<String>,
 }
 
 impl Decision {
@@ -177,6 +202,7 @@ impl Decision {
     pub fn state(&self) -> RouteState {
         match &self.route {
             Some(route) => RouteState::Routed(route.clone()),
+            None if !self.waiting.is_empty() => RouteState::Unrouted,
             None => RouteState::Lost,
         }
     }
@@ -221,6 +247,11 @@ impl Entry<'_> {
         self.state.is_none_or(ProviderState::routable)
     }
 
+    /// Healthy, and not refuted before it ever answered: what an agent may move to.
+    fn target(&self) -> bool {
+        self.healthy() && !self.state.is_some_and(ProviderState::refuted_before_answering)
+    }
+
     /// Healthy for at least the window, by probes (an unprobed provider never is), or answering
     /// for the first time after failing only while it started.
     fn stable(&self, failback_after_ms: i64, now_ms: i64) -> bool {
@@ -240,6 +271,11 @@ impl Entry<'_> {
     /// "ollama unhealthy (hung: generation timed out after 5s)".
     fn unhealthy_reason(&self) -> String {
         let provider = &self.model.provider;
+        if self.healthy() && !self.target() {
+            if let Some(verdict) = self.state.and_then(ProviderState::last) {
+                return format!("{provider} has not answered yet ({verdict})");
+            }
+        }
         match self.state.and_then(ProviderState::last) {
             Some(verdict) => format!("{provider} unhealthy ({verdict})"),
             None => format!("{provider} unhealthy (not probed yet)"),
@@ -274,36 +310,41 @@ pub fn decide(
 ) -> Decision {
     let entries = entries(chain, providers);
     let earliest_healthy = entries.iter().position(Entry::healthy);
+    let earliest_target = entries.iter().position(Entry::target);
     let current_route = current.route();
     let current_index = current_route.and_then(|route| chain.iter().position(|m| m == route));
 
-    let Some(earliest_healthy) = earliest_healthy else {
-        let change = match current {
-            RouteState::Lost => None,
-            RouteState::Unrouted | RouteState::Routed(_) => Some(Change {
-                kind: ChangeKind::Lost,
-                from: current_route.cloned(),
-                to: None,
-                reason: format!(
-                    "nothing healthy: {}",
-                    entries
-                        .iter()
-                        .map(Entry::unhealthy_reason)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            }),
-        };
-        return Decision { route: None, change };
-    };
+    // The first route waits for the verdicts up to the entry it would take: an unprobed
+    // provider counts as healthy, and a guess a probe refutes a moment later is a needless
+    // switch (several, down a chain nobody serves).
+    if *current == RouteState::Unrouted {
+        let upto = earliest_healthy.map_or(entries.len(), |index| index + 1);
+        let waiting: Vec<String> = entries[..upto]
+            .iter()
+            .filter(|entry| entry.healthy() && entry.state.is_some_and(ProviderState::awaiting_first_probe))
+            .map(|entry| entry.model.provider.clone())
+            .collect();
+        if !waiting.is_empty() {
+            return Decision {
+                route: None,
+                change: None,
+                waiting,
+            };
+        }
+    }
 
     let (Some(route), Some(current_index)) = (current_route, current_index) else {
-        // No current route in the chain: nothing to be stable against, take the best healthy entry.
-        let to = entries[earliest_healthy].model;
-        let skipped: Vec<String> = entries[..earliest_healthy]
-            .iter()
-            .map(Entry::unhealthy_reason)
-            .collect();
+        // No current route in the chain: nothing to be stable against, take the best healthy
+        // entry (a first route may go to one still starting, a move may not).
+        let pick = match current {
+            RouteState::Unrouted => earliest_healthy,
+            RouteState::Lost | RouteState::Routed(_) => earliest_target,
+        };
+        let Some(pick) = pick else {
+            return lost(current, &entries);
+        };
+        let to = entries[pick].model;
+        let skipped: Vec<String> = entries[..pick].iter().map(Entry::unhealthy_reason).collect();
         let (kind, head) = match current {
             RouteState::Unrouted => (ChangeKind::Initial, format!("first route: {}", describe_route(to))),
             RouteState::Lost => (
@@ -329,11 +370,14 @@ pub fn decide(
                 to: Some(to.clone()),
                 reason: reason.join("; "),
             }),
+            waiting: Vec::new(),
         };
     };
 
-    let qualifies = |(index, entry): &(usize, &Entry)| {
-        entry.healthy() && (*index >= current_index || entry.stable(failback_after_ms, now_ms))
+    let qualifies = |(index, entry): &(usize, &Entry)| match index.cmp(&current_index) {
+        std::cmp::Ordering::Equal => entry.healthy(),
+        std::cmp::Ordering::Greater => entry.target(),
+        std::cmp::Ordering::Less => entry.healthy() && entry.stable(failback_after_ms, now_ms),
     };
     let chosen = entries.iter().enumerate().find(qualifies).map(|(index, _)| index);
     let current_entry = &entries[current_index];
@@ -344,6 +388,7 @@ pub fn decide(
             return Decision {
                 route: Some(route.clone()),
                 change: None,
+                waiting: Vec::new(),
             }
         }
         Some(index) if index < current_index => {
@@ -372,14 +417,17 @@ pub fn decide(
             (index, ChangeKind::Failover, reason)
         }
         None => {
-            // Only entries before the failed current one are healthy, none for the window yet.
-            let to = &entries[earliest_healthy];
+            // Only entries before the failed current one may be taken, none stable yet.
+            let Some(earliest_target) = earliest_target else {
+                return lost(current, &entries);
+            };
+            let to = &entries[earliest_target];
             let reason = format!(
                 "{current_failed}: failover to {} ({}, nothing else is healthy)",
                 describe_route(to.model),
                 to.healthy_reason(now_ms)
             );
-            (earliest_healthy, ChangeKind::Failover, reason)
+            (earliest_target, ChangeKind::Failover, reason)
         }
     };
     let to = entries[index].model.clone();
@@ -391,6 +439,32 @@ pub fn decide(
             to: Some(to),
             reason,
         }),
+        waiting: Vec::new(),
+    }
+}
+
+/// Nothing in the chain can be routed to: `Lost`, said once.
+fn lost(current: &RouteState, entries: &[Entry]) -> Decision {
+    let change = match current {
+        RouteState::Lost => None,
+        RouteState::Unrouted | RouteState::Routed(_) => Some(Change {
+            kind: ChangeKind::Lost,
+            from: current.route().cloned(),
+            to: None,
+            reason: format!(
+                "nothing healthy: {}",
+                entries
+                    .iter()
+                    .map(Entry::unhealthy_reason)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
+    };
+    Decision {
+        route: None,
+        change,
+        waiting: Vec::new(),
     }
 }
 
@@ -491,13 +565,18 @@ mod tests {
 
     impl Run {
         fn new(chain_of: &[&str]) -> Run {
-            let mut run = Run {
+            Run {
                 chain: chain(chain_of),
                 providers: BTreeMap::new(),
                 state: RouteState::Unrouted,
                 changes: Vec::new(),
                 reasons: Vec::new(),
-            };
+            }
+        }
+
+        /// Every provider's probe on its way from the start, as in a daemon.
+        fn probing(chain_of: &[&str]) -> Run {
+            let mut run = Run::new(chain_of);
             for provider in chain_of {
                 run.providers.insert(provider.to_string(), ProviderState::new(2));
             }
@@ -519,7 +598,10 @@ mod tests {
         fn probes(mut self, probes: &[(i64, &str, u8)]) -> Run {
             self.decide(0);
             for &(now, provider, kind) in probes {
-                self.providers.get_mut(provider).unwrap().observe(&verdict(kind), now);
+                self.providers
+                    .entry(provider.to_string())
+                    .or_insert_with(|| ProviderState::new(2))
+                    .observe(&verdict(kind), now);
                 self.decide(now);
             }
             self
@@ -702,6 +784,87 @@ mod tests {
         }
     }
 
+    /// A daemon probes every provider from the start: an agent's first route waits for the
+    /// verdicts it depends on, and no agent moves to a provider that has been refuted before it
+    /// ever answered, so a chain nobody serves costs a first route and a loss, not a hop per entry.
+    #[test]
+    fn first_routes_wait_for_verdicts_and_moves_skip_the_refuted() {
+        type Case = (
+            &'static str,
+            &'static [&'static str],
+            Vec<(i64, &'static str, u8)>,
+            Vec<(i64, ChangeKind, &'static str)>,
+        );
+        let cases: [Case; 6] = [
+            (
+                "nobody serves the chain: the primary by its threshold's credit, then lost, no failover",
+                &["ollama", "backup"],
+                vec![
+                    (10, "ollama", DOWN),
+                    (20, "backup", DOWN),
+                    (200, "ollama", DOWN),
+                    (220, "backup", DOWN),
+                ],
+                vec![(10, Initial, "ollama"), (200, Lost, "-")],
+            ),
+            (
+                "the primary answers: routed at its verdict, the fallback's does not matter",
+                &["ollama", "backup"],
+                vec![(10, "ollama", OK), (20, "backup", DOWN)],
+                vec![(10, Initial, "ollama")],
+            ),
+            (
+                "a primary refused once keeps its first route by the threshold's credit (it may be starting)",
+                &["ollama", "backup"],
+                vec![(10, "ollama", DOWN), (30, "backup", OK), (100, "ollama", OK)],
+                vec![(10, Initial, "ollama")],
+            ),
+            (
+                "a hung primary's verdict comes late: the fallback's answer does not route before it",
+                &["ollama", "backup"],
+                vec![(10, "backup", OK), (5_000, "ollama", HUNG)],
+                vec![(5_000, Initial, "backup")],
+            ),
+            (
+                "lost, then recovered on the first that answers",
+                &["ollama", "backup"],
+                vec![
+                    (10, "ollama", DOWN),
+                    (20, "backup", DOWN),
+                    (200, "ollama", DOWN),
+                    (300, "backup", OK),
+                ],
+                vec![(10, Initial, "ollama"), (200, Lost, "-"), (300, Recovered, "backup")],
+            ),
+            (
+                "failover skips a fallback refused before it ever answered",
+                &["ollama", "backup"],
+                vec![
+                    (0, "ollama", OK),
+                    (10, "backup", DOWN),
+                    (100, "ollama", DOWN),
+                    (200, "ollama", DOWN),
+                    (300, "backup", OK),
+                ],
+                vec![(0, Initial, "ollama"), (200, Lost, "-"), (300, Recovered, "backup")],
+            ),
+        ];
+        for (name, chain_of, probes, changes) in cases {
+            let run = Run::probing(chain_of).probes(&probes);
+            assert_eq!(run.changes, expect(&changes), "{name}: {:#?}", run.reasons);
+        }
+        let run = Run::probing(&["ollama", "backup"]).probes(&[
+            (10, "ollama", DOWN),
+            (20, "backup", DOWN),
+            (200, "ollama", DOWN),
+        ]);
+        assert_eq!(
+            run.reasons.last().unwrap(),
+            "nothing healthy: ollama unhealthy (down: GET /api/version: connection refused), \
+             backup has not answered yet (down: GET /api/version: connection refused)"
+        );
+    }
+
     #[test]
     fn reasons_read_well() {
         let run = Run::new(&["ollama", "backup", "cloud"]).probes(&[
@@ -764,7 +927,8 @@ mod tests {
             decision,
             Decision {
                 route: Some(model("backup")),
-                change: None
+                change: None,
+                waiting: Vec::new(),
             }
         );
         assert_eq!(

@@ -302,8 +302,12 @@ fn decode_document(file: &str, document: yaml::Document, out: &mut Vec<Diagnosti
         }
         (Some(node), Some(kind)) => match decode_spec(kind, node) {
             Ok(spec) => Some(spec),
-            Err(SpecErrors { errors: all, rest }) => {
-                taken_out = all.iter().filter_map(|e| e.path.clone()).collect();
+            Err(SpecErrors {
+                errors: all,
+                rest,
+                stand_ins,
+            }) => {
+                taken_out = all.iter().filter_map(|e| e.path.clone()).chain(stand_ins).collect();
                 for e in all {
                     errors.decode_error(node.mark, e);
                 }
@@ -386,6 +390,9 @@ impl DocumentErrors<'_> {
 struct SpecErrors {
     errors: Vec<DecodeError>,
     rest: Option<Box<Spec>>,
+    /// Required fields given a stand-in value so that `rest` decodes: what the semantic checks
+    /// say about them is not the user's (their own error is in `errors`).
+    stand_ins: Vec<FieldPath>,
 }
 
 /// At most this many errors are reported from one spec.
@@ -395,13 +402,18 @@ const MAX_ERRORS_PER_SPEC: usize = 20;
 /// error the offending field is taken out (the nearest mapping key on its path) and the spec
 /// decoded again. A field then reported missing is one taken out (or one an unknown key was a
 /// typo of), not a new error. When what is left decodes, it comes back with the errors, so the
-/// semantic checks see the rest of the resource in the same run.
+/// semantic checks see the rest of the resource in the same run. A required field taken out (or
+/// misspelt) gets a stand-in so that the rest still decodes: the misspelt key's value under the
+/// name it was meant to have, else an empty value of a shape the field takes.
 fn decode_as<T: DeserializeOwned>(node: &Node, wrap: fn(T) -> Spec) -> Result<Spec, SpecErrors> {
     let base = FieldPath::from("spec");
     let mut errors: Vec<DecodeError> = Vec::new();
     let mut trimmed: Option<Node> = None;
     // Taken out, or suggested by an unknown key (`comand`: did you mean `command`?).
     let mut accounted: Vec<FieldPath> = Vec::new();
+    // The value of a misspelt key, by the field it was meant for.
+    let mut misspelt: Vec<(FieldPath, Node)> = Vec::new();
+    let mut stand_ins: Vec<FieldPath> = Vec::new();
     let mut rest = None;
     while errors.len() < MAX_ERRORS_PER_SPEC {
         let current = trimmed.as_ref().unwrap_or(node);
@@ -419,12 +431,27 @@ fn decode_as<T: DeserializeOwned>(node: &Node, wrap: fn(T) -> Spec) -> Result<Sp
             // was taken out of it.
             || accounted.iter().any(|a| a.0.len() > path.0.len() && a.0.starts_with(&path.0));
         if follow_on {
+            if error.is_missing_field() && !stand_ins.contains(&path) {
+                let typo = misspelt
+                    .iter()
+                    .find(|(meant, _)| *meant == path)
+                    .map(|(_, v)| v.clone());
+                if let Some(next) = stand_in::<T>(current, &base, &path, typo) {
+                    stand_ins.push(path);
+                    trimmed = Some(next);
+                    continue;
+                }
+            }
             break;
         }
         if let Some(meant) = suggested_field(&error.message) {
             let mut sibling = path.clone();
             sibling.0.pop();
-            accounted.push(sibling.key(meant));
+            let meant = sibling.key(meant);
+            if let Some(value) = current.get_at(&path.0[base.0.len()..]) {
+                misspelt.push((meant.clone(), value.clone()));
+            }
+            accounted.push(meant);
         }
         let key_path = path_to_key(&path);
         errors.push(error);
@@ -438,7 +465,48 @@ fn decode_as<T: DeserializeOwned>(node: &Node, wrap: fn(T) -> Spec) -> Result<Sp
         accounted.push(key_path);
         trimmed = Some(next);
     }
-    Err(SpecErrors { errors, rest })
+    // A misspelt key's value stands in under its meant name: the checks of it are the user's.
+    stand_ins.retain(|path| !misspelt.iter().any(|(meant, _)| meant == path));
+    Err(SpecErrors {
+        errors,
+        rest,
+        stand_ins,
+    })
+}
+
+/// `current` with a value at `path` (a required field reported missing) such that decoding no
+/// longer fails at that field: `typo` (a misspelt key's value) if it does, else the first empty
+/// value of a shape that does. None when nothing does.
+fn stand_in<T: DeserializeOwned>(
+    current: &Node,
+    base: &FieldPath,
+    path: &FieldPath,
+    typo: Option<Node>,
+) -> Option<Node> {
+    let at = current.locate(&path.0[base.0.len()..]).mark;
+    let node = |value| Node { mark: at, value };
+    let text = |text: &str| {
+        yaml::Value::Scalar(yaml::Scalar {
+            text: text.into(),
+            plain: false,
+        })
+    };
+    let shapes = [
+        node(text("stand-in")),
+        node(yaml::Value::Seq(vec![node(text("stand-in"))])),
+        node(yaml::Value::Map(Vec::new())),
+    ];
+    typo.into_iter().chain(shapes).find_map(|value| {
+        let mut next = current.clone();
+        if !next.insert_at(&path.0[base.0.len()..], value) {
+            return None;
+        }
+        let fails_there = match yaml::decode::<T>(&next, base) {
+            Ok(_) => false,
+            Err(e) => e.path.as_ref().is_some_and(|p| p.0.starts_with(&path.0)),
+        };
+        (!fails_there).then_some(next)
+    })
 }
 
 /// The field an unknown key's message suggests (`... (did you mean `command`?)`).

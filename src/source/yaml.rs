@@ -105,32 +105,61 @@ impl Node {
 
     /// Takes out the mapping entry at `path` (its last segment a key); false when there is none.
     pub fn remove_at(&mut self, path: &[PathSegment]) -> bool {
-        let Some((PathSegment::Key(key), parents)) = path.split_last() else {
+        let Some((Value::Map(entries), key)) = self.parent_mut(path).map(|(n, k)| (&mut n.value, k)) else {
             return false;
+        };
+        let before = entries.len();
+        entries.retain(|(name, _)| name.as_scalar().is_none_or(|s| s.text != key));
+        entries.len() != before
+    }
+
+    /// Adds the mapping entry at `path` (its last segment a key, its parent a mapping); false
+    /// when the parent is not there. The key gets the value's mark.
+    pub fn insert_at(&mut self, path: &[PathSegment], value: Node) -> bool {
+        let Some((Value::Map(entries), key)) = self.parent_mut(path).map(|(n, k)| (&mut n.value, k)) else {
+            return false;
+        };
+        let name = Node {
+            mark: value.mark,
+            value: Value::Scalar(Scalar {
+                text: key.to_string(),
+                plain: true,
+            }),
+        };
+        entries.push((name, value));
+        true
+    }
+
+    /// The node at a field path, exactly (None when any step is missing).
+    pub fn get_at(&self, path: &[PathSegment]) -> Option<&Node> {
+        let mut node = self;
+        for segment in path {
+            node = match (segment, &node.value) {
+                (PathSegment::Key(key), _) => node.get(key)?,
+                (PathSegment::Index(i), Value::Seq(items)) => items.get(*i)?,
+                _ => return None,
+            };
+        }
+        Some(node)
+    }
+
+    /// The node holding `path`'s last key, and that key.
+    fn parent_mut<'a>(&mut self, path: &'a [PathSegment]) -> Option<(&mut Node, &'a str)> {
+        let Some((PathSegment::Key(key), parents)) = path.split_last() else {
+            return None;
         };
         let mut node = self;
         for segment in parents {
-            let next = match (segment, &mut node.value) {
+            node = match (segment, &mut node.value) {
                 (PathSegment::Key(k), Value::Map(entries)) => entries
                     .iter_mut()
                     .find(|(name, _)| name.as_scalar().is_some_and(|s| &s.text == k))
-                    .map(|(_, v)| v),
-                (PathSegment::Index(i), Value::Seq(items)) => items.get_mut(*i),
-                _ => None,
+                    .map(|(_, v)| v)?,
+                (PathSegment::Index(i), Value::Seq(items)) => items.get_mut(*i)?,
+                _ => return None,
             };
-            match next {
-                Some(n) => node = n,
-                None => return false,
-            }
         }
-        match &mut node.value {
-            Value::Map(entries) => {
-                let before = entries.len();
-                entries.retain(|(name, _)| name.as_scalar().is_none_or(|s| &s.text != key));
-                entries.len() != before
-            }
-            _ => false,
-        }
+        Some((node, key))
     }
 
     /// The node at a field path, or the deepest node on the way to it that exists.

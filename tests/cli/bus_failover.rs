@@ -409,7 +409,9 @@ fn log_time(line: &str) -> Option<SystemTime> {
 /// of its stable window.
 fn became_healthy_at(log: &str, provider: &str, after: SystemTime) -> Option<SystemTime> {
     log.lines()
-        .filter(|line| line.contains(&format!("provider health changed provider={provider} healthy=true")))
+        .filter(|line| {
+            line.contains(&format!("provider health changed provider={provider} ")) && line.contains("to=\"Healthy\"")
+        })
         .filter_map(log_time)
         .find(|at| *at >= after)
 }

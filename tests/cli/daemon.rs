@@ -1100,7 +1100,7 @@ fn a_provider_not_listening_yet_within_its_start_period_is_not_restarted() {
         || daemon.log().contains("not restarted (still starting?)"),
     );
     wait_for("the provider healthy once it listens", Duration::from_secs(15), || {
-        daemon.log().contains("healthy=true")
+        daemon.log().contains("to=\"Healthy\"")
     });
     assert_eq!(
         running_pid(&sandbox, "llm"),

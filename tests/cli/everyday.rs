@@ -501,19 +501,25 @@ fn restarts_never_go_down_while_the_spec_stays() {
 
 /// With no provider reachable, the daemon says so once per change of state: status never
 /// shows a provider Healthy that its probe has refuted, the models check and the probe
-/// failures are not logged at WARN on every pass or probe.
+/// failures are not logged at WARN on every pass or probe, and the agent does not hop down its
+/// chain: its first route waits for the probes, which find nothing (one switch: lost).
 #[test]
 fn with_no_provider_reachable_the_daemon_says_so_once() {
     let sandbox = Sandbox::new();
     let _cleanup = Cleanup(sandbox.root().to_path_buf());
-    let (dead, bus) = (crate::daemon::free_port(), crate::daemon::free_port());
+    let (dead, dead2, bus) = (
+        crate::daemon::free_port(),
+        crate::daemon::free_port(),
+        crate::daemon::free_port(),
+    );
     sandbox.write(
         "host.yaml",
         format!(
             "apiVersion: mirror.os/v1\nkind: Controller\nmetadata: {{name: main}}\nspec:\n  resync: 1s\n  bus: {{address: \"127.0.0.1:{bus}\"}}\n---\n\
              apiVersion: mirror.os/v1\nkind: ModelProvider\nmetadata: {{name: local}}\nspec:\n  api: ollama\n  url: http://127.0.0.1:{dead}\n  models: [\"llama3.2:1b\"]\n  health: {{interval: 200ms, timeout: 200ms, failureThreshold: 2}}\n---\n\
+             apiVersion: mirror.os/v1\nkind: ModelProvider\nmetadata: {{name: spare}}\nspec:\n  api: openai\n  url: http://127.0.0.1:{dead2}/v1\n  health: {{interval: 200ms, timeout: 200ms, failureThreshold: 2}}\n---\n\
              apiVersion: mirror.os/v1\nkind: Policy\nmetadata: {{name: p}}\nspec: {{}}\n---\n\
-             apiVersion: mirror.os/v1\nkind: Agent\nmetadata: {{name: scribe}}\nspec:\n  command: [sleep, \"4414\"]\n  policy: p\n  model: {{primary: {{provider: local, model: \"llama3.2:1b\"}}}}\n"
+             apiVersion: mirror.os/v1\nkind: Agent\nmetadata: {{name: scribe}}\nspec:\n  command: [sleep, \"4414\"]\n  policy: p\n  model:\n    primary: {{provider: local, model: \"llama3.2:1b\"}}\n    fallbacks: [{{provider: spare, model: m}}]\n"
         ),
     );
     sandbox.commit("a provider nobody serves");
@@ -531,15 +537,24 @@ fn with_no_provider_reachable_the_daemon_says_so_once() {
     let log = daemon.log();
     let warns = |what: &str| log.lines().filter(|l| l.contains("WARN") && l.contains(what)).count();
     assert!(warns("checking the provider's models failed") <= 1, "{log}");
-    assert!(warns("provider health changed") <= 1, "{log}");
-    // The first route is news (INFO); losing it is the one warning.
-    let route_warnings = log
+    for provider in ["local", "spare"] {
+        let changed = format!("provider health changed provider={provider} ");
+        assert_eq!(warns(&changed), 1, "Unknown -> Down, once: {log}");
+    }
+    // The first route (news, INFO: the primary may be starting), then one warning: nothing to
+    // route to. No failover down the chain to a fallback no probe has seen answer.
+    let routes: Vec<&str> = log
         .lines()
-        .filter(|l| l.contains("WARN") && l.contains("agent=scribe"))
-        .count();
-    assert!(route_warnings <= 1, "{log}");
-    let first = log.lines().find(|l| l.contains("change=Initial")).unwrap();
-    assert!(first.contains("INFO"), "{first}");
+        .filter(|l| l.contains("agent=scribe") && l.contains("change="))
+        .collect();
+    assert_eq!(routes.len(), 2, "{log}");
+    assert!(
+        routes[0].contains("INFO") && routes[0].contains("change=Initial"),
+        "{log}"
+    );
+    assert!(routes[1].contains("WARN") && routes[1].contains("change=Lost"), "{log}");
+    let route = &json["routes"][0];
+    assert!(route["provider"].is_null() && route["degraded"] == true, "{route}");
 }
 
 /// `reconcile` on a terminal says each action as it starts and ends; Ctrl-C stops it between
