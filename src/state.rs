@@ -40,9 +40,18 @@ pub struct StateLock {
     _file: std::fs::File,
 }
 
-/// Takes the writer lock, waiting for another mirrorctl that holds it (said once on stderr,
-/// with its pid).
+/// Takes the writer lock, waiting for another mirrorctl that holds it (said on stderr, with its
+/// pid, and again every [`STILL_WAITING_EVERY`]).
 pub fn lock_state_dir(state_dir: &std::path::Path) -> std::io::Result<StateLock> {
+    lock_state_dir_unless(state_dir, &|| false)
+}
+
+/// How often a wait for the lock says it is still waiting.
+const STILL_WAITING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// [`lock_state_dir`], giving up (an `Interrupted` error) when `give_up` says so: a Ctrl-C while
+/// waiting ends the wait, which a blocking `flock` (restarted after the signal) would not.
+pub fn lock_state_dir_unless(state_dir: &std::path::Path, give_up: &dyn Fn() -> bool) -> std::io::Result<StateLock> {
     use rustix::fs::{flock, FlockOperation};
     use std::io::{Read, Seek, Write};
 
@@ -56,12 +65,30 @@ pub fn lock_state_dir(state_dir: &std::path::Path) -> std::io::Result<StateLock>
     if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
         let mut holder = String::new();
         let _ = file.read_to_string(&mut holder);
+        let pid = holder.split_whitespace().next().unwrap_or("?").to_string();
         eprintln!(
-            "mirrorctl: waiting for another mirrorctl (pid {}) to finish with {}",
-            holder.split_whitespace().next().unwrap_or("?"),
+            "mirrorctl: waiting for another mirrorctl (pid {pid}) to finish with {}",
             state_dir.display()
         );
-        flock(&file, FlockOperation::LockExclusive)?;
+        let began = std::time::Instant::now();
+        let mut said = began;
+        // Polled: the wait is rare (two writers at once) and must notice `give_up`.
+        while flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
+            if give_up() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::Interrupted,
+                    format!("interrupted while waiting for another mirrorctl (pid {pid}) to finish; nothing was done"),
+                ));
+            }
+            if said.elapsed() >= STILL_WAITING_EVERY {
+                said = std::time::Instant::now();
+                eprintln!(
+                    "mirrorctl: still waiting for pid {pid} ({} s)",
+                    began.elapsed().as_secs()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
     file.set_len(0)?;
     file.rewind()?;

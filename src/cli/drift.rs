@@ -23,7 +23,7 @@ pub enum DriftCommand {
         #[arg(long, default_value_t = 20)]
         limit: u32,
         /// Only reports seen within this long (`30m`, `1h`, `2d`)
-        #[arg(long, value_name = "DURATION", value_parser = parse_since)]
+        #[arg(long, value_name = "DURATION", value_parser = super::parse_duration_arg)]
         since: Option<std::time::Duration>,
         /// Only reports with an item at least this severe
         #[arg(long, value_enum)]
@@ -61,10 +61,6 @@ impl SeverityArg {
             SeverityArg::Critical => Severity::Critical,
         }
     }
-}
-
-fn parse_since(text: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{e} (expected a duration such as 30m, 1h or 2d)"))
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -2,8 +2,7 @@
 //! stderr, from the state dir. When there is nothing to print, it says why (never started, its
 //! start failed and how, or started and silent) instead of printing nothing.
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -31,12 +30,8 @@ pub struct LogsArgs {
     pub tail: Option<usize>,
     /// Only what was written within this long (`30s`, `10m`, `2h`), to the second, from the
     /// times the daemon records while it runs
-    #[arg(long, value_name = "DURATION", value_parser = parse_since)]
+    #[arg(long, value_name = "DURATION", value_parser = super::parse_duration_arg)]
     pub since: Option<Duration>,
-}
-
-fn parse_since(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{e} (expected a duration such as 30s, 10m or 2h)"))
 }
 
 pub fn run(global: &GlobalArgs, args: &LogsArgs) -> u8 {
@@ -173,30 +168,60 @@ fn read_start(path: &Path, from: Option<u64>, tail: Option<usize>) -> std::io::R
         return Ok((buffer, end));
     }
     let n = tail.unwrap_or(0);
-    // The last N lines: from the rotated file too when the current one holds fewer.
-    let mut last: VecDeque<Vec<u8>> = VecDeque::with_capacity(n.min(4096));
-    let rotated = PathBuf::from(format!("{}.1", path.display()));
-    let mut length = 0;
-    for (i, source) in [rotated.as_path(), path].into_iter().enumerate() {
-        let Ok(file) = std::fs::File::open(source) else {
-            continue;
-        };
-        let mut reader = BufReader::new(file);
-        let mut line = Vec::new();
-        while reader.read_until(b'\n', &mut line)? > 0 {
-            if i == 1 {
-                length += line.len() as u64;
-            }
-            if n > 0 {
-                if last.len() == n {
-                    last.pop_front();
-                }
-                last.push_back(std::mem::take(&mut line));
-            }
-            line.clear();
+    // The last N lines, read backwards from the end (a log may be hundreds of MiB); from the
+    // rotated file too when the current one holds fewer.
+    let length = file.metadata()?.len();
+    let (mut text, found) = last_lines(&mut file, length, n)?;
+    if found < n {
+        let rotated = PathBuf::from(format!("{}.1", path.display()));
+        if let Ok(mut older) = std::fs::File::open(&rotated) {
+            let older_length = older.metadata()?.len();
+            let (mut before, _) = last_lines(&mut older, older_length, n - found)?;
+            before.append(&mut text);
+            text = before;
         }
     }
-    Ok((last.into_iter().flatten().collect(), length))
+    Ok((text, length))
+}
+
+/// The last `n` lines of the first `length` bytes of `file` (a last line without its newline
+/// counts), and how many there were; reads 64 KiB blocks from the end.
+fn last_lines(file: &mut std::fs::File, length: u64, n: usize) -> std::io::Result<(Vec<u8>, usize)> {
+    const BLOCK: u64 = 64 * 1024;
+    if n == 0 || length == 0 {
+        return Ok((Vec::new(), 0));
+    }
+    let mut start = length;
+    let mut tail: Vec<u8> = Vec::new();
+    loop {
+        let from = start.saturating_sub(BLOCK);
+        let mut block = vec![0; (start - from) as usize];
+        file.seek(SeekFrom::Start(from))?;
+        file.read_exact(&mut block)?;
+        block.append(&mut tail);
+        tail = block;
+        start = from;
+        // Newlines that end a line before the last one: n of them mark where the n lines begin.
+        let body = if tail.ends_with(b"\n") {
+            &tail[..tail.len() - 1]
+        } else {
+            &tail[..]
+        };
+        if let Some(cut) = body
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|(_, b)| **b == b'\n')
+            .nth(n - 1)
+            .map(|(i, _)| i + 1)
+        {
+            return Ok((tail[cut..].to_vec(), n));
+        }
+        if start == 0 {
+            let lines = tail.split_inclusive(|b| *b == b'\n').count();
+            return Ok((tail, lines));
+        }
+    }
 }
 
 /// Prints what is appended until the reader goes away; follows rotation and truncation.
@@ -254,13 +279,44 @@ fn silent(state_dir: &Path, id: &ResourceId) -> String {
         .as_ref()
         .and_then(crate::reconcile::process_record)
         .map(|record| {
-            let ago = Duration::from_secs(((now - record.started_ms).max(0) / 1000) as u64);
             format!(
                 " since it last started {} ago (pid {})",
-                humantime::format_duration(ago),
+                crate::report::elapsed(record.started_ms, now),
                 record.identity.pid
             )
         })
         .unwrap_or_default();
     format!("{id}: the log is empty: it has printed nothing{started}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn last(text: &[u8], n: usize) -> (Vec<u8>, usize) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        std::fs::write(&path, text).unwrap();
+        let mut file = std::fs::File::open(&path).unwrap();
+        last_lines(&mut file, text.len() as u64, n).unwrap()
+    }
+
+    #[test]
+    fn the_last_lines_are_read_from_the_end() {
+        assert_eq!(last(b"a\nb\nc\n", 2), (b"b\nc\n".to_vec(), 2));
+        assert_eq!(
+            last(b"a\nb\nc", 2),
+            (b"b\nc".to_vec(), 2),
+            "a last line without its newline"
+        );
+        assert_eq!(last(b"a\nb\n", 5), (b"a\nb\n".to_vec(), 2), "fewer than asked");
+        assert_eq!(last(b"", 3), (Vec::new(), 0));
+        assert_eq!(last(b"a\n", 0), (Vec::new(), 0));
+        // Across 64 KiB blocks: a long first line, then short ones.
+        let mut big = vec![b'x'; 200 * 1024];
+        big.extend_from_slice(b"\nlast\n");
+        let (text, found) = last(&big, 2);
+        assert_eq!((text.len(), found), (200 * 1024 + 6, 2));
+        assert!(text.ends_with(b"x\nlast\n"));
+    }
 }

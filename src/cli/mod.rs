@@ -323,11 +323,20 @@ fn pass_via_daemon_or_here(
             exit::INTERRUPTED
         }
         Ok(outcome) => emit(&render(request, &outcome)),
+        Err(e @ crate::reconcile::ReconcileError::Interrupted(_)) => {
+            eprintln!("mirrorctl: {e}");
+            exit::INTERRUPTED
+        }
         Err(e) => {
             report_error(global.output, &e);
             exit::ERROR
         }
     }
+}
+
+/// A `--since`-style duration argument (`30s`, `10m`, `2h`, `1d`).
+fn parse_duration_arg(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (expected a duration such as 30s, 10m, 2h or 1d)"))
 }
 
 /// Whether to print each action of a pass as it starts and ends: on a terminal, or when

@@ -154,9 +154,12 @@ pub fn render(request: &Request, report: &StatusReport, daemon: Option<u32>) -> 
                 };
                 let pid = agent.pids.first().map_or("-".to_string(), |p| p.to_string());
                 let last = agent.last_run.as_ref().map_or("-".to_string(), |run| {
-                    let ago = std::time::Duration::from_secs(((now - run.started_ms).max(0) / 1000) as u64);
                     let code = run.exit_code.map_or(String::new(), |c| format!(" ({c})"));
-                    format!("{}{code} {} ago", run.outcome.as_str(), humantime::format_duration(ago))
+                    format!(
+                        "{}{code} {} ago",
+                        run.outcome.as_str(),
+                        crate::report::elapsed(run.started_ms, now)
+                    )
                 });
                 let next = agent.next_run_ms.map_or("-".to_string(), |at| {
                     let wait = std::time::Duration::from_secs(((at - now).max(0) / 1000) as u64);

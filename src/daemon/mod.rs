@@ -1355,11 +1355,17 @@ impl Daemon {
             }
         }
         let host = &self.config.context.host;
+        // Desired running: not suspended, placed here, not stopped by a person (`mirrorctl stop`).
+        let stopped = crate::reconcile::overrides::Overrides::load(&self.config.context.state_dir);
         let desired = self.current.as_ref().map_or(0, |s| {
             s.resources
                 .iter()
                 .filter(|r| match &r.spec {
-                    Spec::Service(s) => !s.suspend && s.placement.as_ref().is_none_or(|p| p.selects(host)),
+                    Spec::Service(spec) => {
+                        !spec.suspend
+                            && spec.placement.as_ref().is_none_or(|p| p.selects(host))
+                            && stopped.active(&r.id(), &s.commit).is_none()
+                    }
                     _ => false,
                 })
                 .count()

@@ -80,7 +80,6 @@ impl Failures {
 impl Failure {
     /// `create failed 2m 3s ago (commit 1a2b3c4d5e6f): program pyhton3 not found on PATH`.
     pub fn describe(&self, now_ms: i64) -> String {
-        let ago = std::time::Duration::from_secs(((now_ms - self.at_ms).max(0) / 1000) as u64);
         let commit = self
             .commit
             .as_deref()
@@ -89,7 +88,7 @@ impl Failure {
         format!(
             "{} failed {} ago{commit}: {}",
             self.action,
-            humantime::format_duration(ago),
+            crate::report::elapsed(self.at_ms, now_ms),
             self.reason
         )
     }

@@ -95,6 +95,9 @@ pub enum ReconcileError {
     Store(#[from] crate::store::StoreError),
     #[error("{path}: {message}")]
     StateDir { path: PathBuf, message: String },
+    /// Ctrl-C before the pass began.
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 /// Set by SIGINT during a one-shot pass (see [`interrupt_on_sigint`]).
@@ -128,6 +131,35 @@ pub fn interrupt_on_sigint() {
     }
 }
 
+/// How often a long action (a start being verified, a stop waiting out its grace) says it is
+/// still at it.
+const STILL_WAITING_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs `action` on a thread of its own (in the caller's tokio context) and calls `still` with
+/// the whole seconds waited every [`STILL_WAITING_EVERY`] until it is done: a person watching a
+/// 40 s start verification sees it is alive.
+fn with_still_waiting_lines<T: Send>(action: impl FnOnce() -> T + Send, still: &mut dyn FnMut(u64)) -> T {
+    let runtime = tokio::runtime::Handle::try_current().ok();
+    let began = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let worker = scope.spawn(move || {
+            let _entered = runtime.as_ref().map(tokio::runtime::Handle::enter);
+            let result = action();
+            drop(done_tx);
+            result
+        });
+        // Disconnected: done (or panicked, which the join passes on).
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(STILL_WAITING_EVERY) {
+            still(began.elapsed().as_secs());
+        }
+        match worker.join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    })
+}
+
 /// How long a pass waits for the truth store before leaving the rest in the journal.
 const STORE_WAIT: Duration = Duration::from_secs(5);
 
@@ -140,9 +172,14 @@ pub async fn run_pass(
     progress: &mut (dyn FnMut(String) + Send),
 ) -> Result<PassOutcome, ReconcileError> {
     // One pass at a time: two would race on the inventory and the journal.
-    let _lock = crate::state::lock_state_dir(&context.state_dir).map_err(|e| ReconcileError::StateDir {
-        path: context.state_dir.clone(),
-        message: e.to_string(),
+    let _lock = crate::state::lock_state_dir_unless(&context.state_dir, &interrupted).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::Interrupted {
+            return ReconcileError::Interrupted(e.to_string());
+        }
+        ReconcileError::StateDir {
+            path: context.state_dir.clone(),
+            message: e.to_string(),
+        }
     })?;
     let mut reconciler = Reconciler::open(context.clone())?;
     let loaded = reconciler.load()?.map(Arc::new);
@@ -510,15 +547,16 @@ impl Reconciler {
                     .cloned();
                 let result = match blocked {
                     Some(dep) => Err(format!("not started: its dependency {dep} failed")),
-                    None => apply_change(
-                        context,
-                        &self.key,
-                        change.action,
-                        &id,
-                        specs.get(&id).copied(),
-                        &mut self.inventory,
-                        &recorder,
-                    ),
+                    None => {
+                        let (key, inventory, desired) = (&self.key, &mut self.inventory, specs.get(&id).copied());
+                        let apply = || apply_change(context, key, change.action, &id, desired, inventory, &recorder);
+                        with_still_waiting_lines(apply, &mut |waited| {
+                            progress(format!(
+                                "… {id}: {} still in progress ({waited} s)",
+                                change.action.as_str()
+                            ))
+                        })
+                    }
                 };
                 let (ok, detail) = match result {
                     Ok(detail) => (true, detail),
@@ -928,10 +966,9 @@ impl StoppedOnExit {
     }
 
     fn describe(&self, now_ms: i64) -> String {
-        let ago = std::time::Duration::from_secs(((now_ms - self.stopped_ms).max(0) / 1000) as u64);
         format!(
             "stopped {} ago when the daemon exited (--stop-services-on-exit); the next pass starts it again",
-            humantime::format_duration(ago)
+            crate::report::elapsed(self.stopped_ms, now_ms)
         )
     }
 }

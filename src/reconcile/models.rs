@@ -57,9 +57,17 @@ pub async fn ensure_all(
             continue;
         }
         let target = ProbeTarget::from_spec(&resource.metadata.name, spec);
+        if super::interrupted() {
+            break;
+        }
         let mut report =
             |p: PullProgress| progress(format!("{}: {}: {}", target.provider, p.model, models::describe(&p)));
-        match pull_missing(&target, &spec.models, recorder, &state.commit, &mut report).await {
+        // Ctrl-C stops a pull (which can take many minutes); Ollama resumes it at the next pass.
+        let outcome = tokio::select! {
+            outcome = pull_missing(&target, &spec.models, recorder, &state.commit, &mut report) => outcome,
+            () = until_interrupted() => Err("interrupted (SIGINT) while pulling: the next pass resumes the pull".to_string()),
+        };
+        match outcome {
             Ok(pulled) => actions.extend(pulled),
             Err(why) => actions.push(ModelAction {
                 kind: Kind::ModelProvider,
@@ -73,6 +81,13 @@ pub async fn ensure_all(
         }
     }
     actions
+}
+
+/// Returns when a one-shot pass has been asked to stop (Ctrl-C).
+async fn until_interrupted() {
+    while !super::interrupted() {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// Pulls the models of `wanted` that `target` lacks, in order, with a receipt for each (pulled

@@ -68,11 +68,10 @@ impl Stopped {
     /// `stopped by alice (uid 1000) 3m ago (mirrorctl stop); `mirrorctl start web` or the next
     /// commit starts it again`.
     pub fn describe(&self, name: &str, now_ms: i64) -> String {
-        let ago = std::time::Duration::from_secs(((now_ms - self.at_ms).max(0) / 1000) as u64);
         format!(
             "stopped by {} {} ago (mirrorctl stop); `mirrorctl start {name}` or the next commit starts it again",
             self.by,
-            humantime::format_duration(ago)
+            crate::report::elapsed(self.at_ms, now_ms)
         )
     }
 }

@@ -140,6 +140,15 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
     Some(time.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as i64)
 }
 
+/// How long from `then_ms` to `now_ms` for people, in whole seconds ("2m 3s"; "0s" for a time
+/// in the future).
+pub fn elapsed(then_ms: i64, now_ms: i64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(
+        ((now_ms - then_ms).max(0) / 1000) as u64,
+    ))
+    .to_string()
+}
+
 /// The current time in milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

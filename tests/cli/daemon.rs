@@ -673,6 +673,12 @@ fn metrics_and_healthz_are_served() {
     let first = log.lines().next().unwrap();
     let parsed: serde_json::Value = serde_json::from_str(first).unwrap_or_else(|e| panic!("{e}: {first}"));
     assert_eq!(parsed["level"], "INFO");
+    // A service a person stopped is not desired running: no gap for an alert to fire on.
+    assert_eq!(sandbox.run(&["stop", "a"]).code, 0);
+    wait_for("the gauges without a", Duration::from_secs(5), || {
+        let metrics = get("/metrics");
+        metrics.contains("mirrorctl_services_running 0\n") && metrics.contains("mirrorctl_services_desired 0\n")
+    });
 }
 
 /// Runs git with an isolated configuration.

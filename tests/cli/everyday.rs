@@ -357,7 +357,7 @@ fn an_idle_daemon_stores_one_drift_report_and_counts_the_identical_passes() {
     }
     let bad = sandbox.run(&["drift", "list", "--since", "soon"]);
     assert_eq!(bad.code, 1, "{bad:?}");
-    assert!(bad.stderr.contains("30m"), "{bad:?}");
+    assert!(bad.stderr.contains("10m, 2h or 1d"), "{bad:?}");
 }
 
 fn resource(sandbox: &Sandbox, name: &str) -> serde_json::Value {
@@ -557,8 +557,9 @@ fn with_no_provider_reachable_the_daemon_says_so_once() {
     assert!(route["provider"].is_null() && route["degraded"] == true, "{route}");
 }
 
-/// `reconcile` on a terminal says each action as it starts and ends; Ctrl-C stops it between
-/// actions, with what was done recorded and said, and exit 130.
+/// `reconcile` on a terminal says each action as it starts and ends, and that a long one is
+/// still in progress; Ctrl-C stops it between actions, with what was done recorded and said, and
+/// exit 130; Ctrl-C ends a second pass's wait for the first at once.
 #[test]
 fn reconcile_shows_each_action_and_ctrl_c_stops_between_actions_with_exit_130() {
     use std::io::BufRead;
@@ -588,16 +589,45 @@ fn reconcile_shows_each_action_and_ctrl_c_stops_between_actions_with_exit_130() 
         .unwrap();
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut seen = String::new();
-    while !seen.contains("→ Service/a: create") {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "no progress line: {seen}");
-        seen.push_str(&line);
-    }
-    // Ctrl-C while a's start is being verified; then a proves itself.
-    std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
+    let read_until = |stderr: &mut dyn BufRead, seen: &mut String, what: &str| {
+        while !seen.contains(what) {
+            let mut line = String::new();
+            assert!(stderr.read_line(&mut line).unwrap() > 0, "no `{what}`: {seen}");
+            seen.push_str(&line);
+        }
+    };
+    let interrupt = |pid: u32| {
+        std::process::Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+    read_until(&mut stderr, &mut seen, "→ Service/a: create");
+
+    // A second pass waits for the first; Ctrl-C ends its wait at once, nothing done.
+    let mut second = sandbox
+        .cmd(&["reconcile"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    let mut second_err = std::io::BufReader::new(second.stderr.take().unwrap());
+    let mut second_seen = String::new();
+    read_until(&mut second_err, &mut second_seen, "waiting for another mirrorctl");
+    interrupt(second.id());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut second_err, &mut rest).unwrap();
+    second_seen.push_str(&rest);
+    assert_eq!(second.wait().unwrap().code(), Some(130), "{second_seen}");
+    assert!(
+        second_seen.contains("interrupted while waiting for another mirrorctl")
+            && second_seen.contains("nothing was done"),
+        "{second_seen}"
+    );
+
+    // A long wait says it is alive.
+    read_until(&mut stderr, &mut seen, "… Service/a: create still in progress (5 s)");
+    // Ctrl-C while a's start is being verified; then a proves itself.
+    interrupt(child.id());
     std::fs::write(&ready, "").unwrap();
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();

@@ -783,10 +783,15 @@ fn drift_report_observes_and_exits_by_what_it_found() {
 
 /// `scripts/fake-llm --port 0` as a child of the test: (child, port); killed by the caller.
 fn fake_llm(name: &str, models: &str) -> (std::process::Child, u16) {
+    fake_llm_with(name, models, &[])
+}
+
+fn fake_llm_with(name: &str, models: &str, extra: &[&str]) -> (std::process::Child, u16) {
     use std::io::BufRead;
     let mut child = std::process::Command::new("python3")
         .arg(project_path("scripts/fake-llm"))
         .args(["--port", "0", "--name", name, "--models", models])
+        .args(extra)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -878,6 +883,52 @@ fn a_dry_run_lists_model_pulls_and_routes_and_an_apply_pulls_with_progress() {
     let again = sandbox.run(&["reconcile", "--dry-run"]);
     assert_eq!(again.code, 0, "{again:?}");
     assert!(!again.stdout.contains("pull "), "{}", again.stdout);
+}
+
+/// Ctrl-C during a pull (which can take many minutes) stops it at once: exit 130, said why; the
+/// next pass pulls again.
+#[test]
+fn ctrl_c_stops_a_pull() {
+    use std::io::BufRead;
+    let sandbox = Sandbox::new();
+    // Each progress line of a pull takes a second here: the pull would take ~15 s.
+    let (child, port) = fake_llm_with("local", "llama3.2:1b", &["--token-delay-ms", "1000"]);
+    let _fake = KillOnDrop(child);
+    sandbox.write(
+        "models.yaml",
+        format!(
+            "apiVersion: mirror.os/v1\nkind: ModelProvider\nmetadata: {{name: local}}\nspec:\n  api: ollama\n  url: http://127.0.0.1:{port}\n  models: [\"qwen2.5:0.5b\"]\n"
+        ),
+    );
+    sandbox.commit("a model to pull");
+    let mut pass = sandbox
+        .cmd(&["reconcile"])
+        .env("MIRROR_PROGRESS", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(pass.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("local: qwen2.5:0.5b: pulling") {
+        let mut line = String::new();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "no pull progress: {seen}");
+        seen.push_str(&line);
+    }
+    let interrupted_at = std::time::Instant::now();
+    std::process::Command::new("kill")
+        .args(["-INT", &pass.id().to_string()])
+        .status()
+        .unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut pass.stdout.take().unwrap(), &mut stdout).unwrap();
+    let status = pass.wait().unwrap();
+    assert!(
+        interrupted_at.elapsed() < std::time::Duration::from_secs(5),
+        "stopped at once"
+    );
+    assert_eq!(status.code(), Some(130), "{seen}\n{stdout}");
+    assert!(stdout.contains("interrupted (SIGINT) while pulling"), "{stdout}");
 }
 
 fn agent_files(policy_tools: &str, outside: &Path) -> String {
