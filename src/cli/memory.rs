@@ -30,7 +30,15 @@ pub enum MemoryCommand {
         #[arg(long, value_name = "TIER", default_value = DEFAULT_FIRST_TIER)]
         tier: String,
         /// What to remember
-        content: String,
+        #[arg(
+            value_name = "CONTENT",
+            required_unless_present = "content_flag",
+            conflicts_with = "content_flag"
+        )]
+        content: Option<String>,
+        /// What to remember (the same as CONTENT, for scripts that name every argument)
+        #[arg(long = "content", id = "content_flag", value_name = "TEXT")]
+        content_flag: Option<String>,
     },
     /// Memory items, newest first
     List {
@@ -127,10 +135,12 @@ async fn execute(store: &dyn Store, output: Output, command: &MemoryCommand) -> 
             agent,
             tier,
             content,
+            content_flag,
         } => {
             let new = NewMemory {
                 namespace: namespace.clone(),
-                content: content.clone(),
+                // clap makes exactly one of the two present.
+                content: content.clone().or_else(|| content_flag.clone()).unwrap_or_default(),
                 tags: tags.clone(),
                 confidence: *confidence,
                 source_agent: agent.clone(),

@@ -41,8 +41,10 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Options accepted before or after the command, each also from the environment.
+/// Options accepted before or after the command, each also from the environment. Listed under
+/// their own heading in every command's help, apart from the command's own options.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// The git repository holding the desired state [default: the source in force on this host
     /// (the daemon's, or the one last applied), or the repository around the current directory]

@@ -611,32 +611,7 @@ fn format_utc(seconds: i64) -> String {
 
 /// The OpenSSH match_pattern: `*` any run of characters, `?` any one character, case-sensitive.
 fn match_pattern(text: &str, pattern: &str) -> bool {
-    let text: Vec<char> = text.chars().collect();
-    let pattern: Vec<char> = pattern.chars().collect();
-    // Greedy with one backtrack point per `*`: linear, whatever the input.
-    let (mut t, mut p) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        match pattern.get(p) {
-            Some('*') => {
-                star = Some((p, t));
-                p += 1;
-            }
-            Some(&c) if c == '?' || c == text[t] => {
-                t += 1;
-                p += 1;
-            }
-            _ => match star {
-                Some((star_p, star_t)) => {
-                    p = star_p + 1;
-                    t = star_t + 1;
-                    star = Some((star_p, star_t + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p..].iter().all(|&c| c == '*')
+    crate::spec::common::glob_matches(pattern, text)
 }
 
 /// The OpenSSH match_pattern_list: comma-separated patterns, `!pattern` excludes. True when some

@@ -461,39 +461,15 @@ pub struct Placement {
 impl Placement {
     /// Whether `host` runs the resource: no hosts listed means every host; `*` and `?` glob.
     pub fn selects(&self, host: &str) -> bool {
-        self.hosts.is_empty()
-            || self
-                .hosts
-                .iter()
-                .any(|pattern| glob_match(pattern.as_bytes(), host.as_bytes()))
+        self.hosts.is_empty() || self.hosts.iter().any(|pattern| glob_matches(pattern, host))
     }
 }
 
-/// Shell-style matching of `*` (any run) and `?` (one character), iteratively (no blow-up).
-fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        match pattern.get(p) {
-            Some(b'*') => {
-                star = Some((p, t));
-                p += 1;
-            }
-            Some(&c) if c == b'?' || c == text[t] => {
-                p += 1;
-                t += 1;
-            }
-            _ => match star {
-                Some((sp, st)) => {
-                    p = sp + 1;
-                    t = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p..].iter().all(|&c| c == b'*')
+/// Shell-style matching of the whole text: `*` any run of characters, `?` any one, no escapes.
+/// The one matcher of host names, memory namespaces and signer principals: `wildmatch` runs in
+/// O(pattern × text), so a pattern such as `*a*a*a*a*a*a*a*a*b` in a commit cannot hang a pass.
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    wildmatch::WildMatch::new(pattern).matches(text)
 }
 
 /// Per-day limits on what an agent may consume through the model bus.

@@ -3,7 +3,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::Duration;
+use super::common::{glob_matches, Duration};
 
 /// The tier every archived item lands in; never hard-deleted.
 pub const ARCHIVED_TIER: &str = "archived";
@@ -156,20 +156,6 @@ pub fn jointly_satisfiable(matches: &[&MemoryMatch]) -> bool {
     true
 }
 
-/// `*` any run of characters, `?` one character (namespaces are ASCII).
-pub fn glob_matches(pattern: &str, text: &str) -> bool {
-    fn matches(p: &[u8], t: &[u8]) -> bool {
-        match (p.first(), t.first()) {
-            (None, None) => true,
-            (Some(b'*'), _) => matches(&p[1..], t) || (!t.is_empty() && matches(p, &t[1..])),
-            (Some(b'?'), Some(_)) => matches(&p[1..], &t[1..]),
-            (Some(a), Some(b)) if a == b => matches(&p[1..], &t[1..]),
-            _ => false,
-        }
-    }
-    matches(pattern.as_bytes(), text.as_bytes())
-}
-
 #[cfg(test)]
 mod bounce_tests {
     use super::*;
@@ -193,6 +179,10 @@ mod bounce_tests {
         let verified = m(serde_json::json!({"verified": true}));
         let unverified = m(serde_json::json!({"verified": false}));
         assert!(!jointly_satisfiable(&[&verified, &unverified]));
+        // A hostile commit: a pattern that takes a backtracking matcher exponential time.
+        let hostile = m(serde_json::json!({"namespace": "*a*a*a*a*a*a*a*a*a*a*a*a*b"}));
+        let long = m(serde_json::json!({"namespace": "a".repeat(60)}));
+        assert!(!jointly_satisfiable(&[&hostile, &long]));
         let team = m(serde_json::json!({"namespace": "team-*"}));
         let ops = m(serde_json::json!({"namespace": "ops"}));
         let team_a = m(serde_json::json!({"namespace": "team-a"}));

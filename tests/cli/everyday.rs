@@ -716,3 +716,29 @@ fn reconcile_through_the_daemon_streams_each_action() {
         "{json:?}"
     );
 }
+
+/// Every command's help lists the global options under their own heading, apart from its own.
+#[test]
+fn subcommand_help_lists_global_options_apart() {
+    let sandbox = Sandbox::bare_dir();
+    for command in [&["status"][..], &["logs"], &["memory", "add"], &["drift", "list"]] {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let help = sandbox.run(&args);
+        assert_eq!(help.code, 0, "{help:?}");
+        let (own, global) = help
+            .stdout
+            .split_once("Global options:")
+            .unwrap_or_else(|| panic!("no Global options heading: {}", help.stdout));
+        assert!(
+            !own.contains("--state-dir") && !own.contains("--repo"),
+            "{}",
+            help.stdout
+        );
+        assert!(
+            global.contains("--state-dir") && global.contains("--output"),
+            "{}",
+            help.stdout
+        );
+    }
+}

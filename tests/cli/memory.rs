@@ -238,6 +238,33 @@ async fn errors_exit_1_and_say_why(db: TestDb) {
     assert!(!empty.stderr.contains("query failed"), "{}", empty.stderr);
     let usage = run(&sandbox, &db, &["memory", "add", "x"]);
     assert_eq!(usage.code, 1, "a missing --namespace is a usage error: {usage:?}");
+    // DESIGN.md's form names the content (`--content TEXT`); the positional form stays.
+    let named = run(
+        &sandbox,
+        &db,
+        &[
+            "memory",
+            "add",
+            "--namespace",
+            "a",
+            "--content",
+            "named content",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(named.code, 0, "{named:?}");
+    let id = named.json()["id"].as_str().unwrap().to_string();
+    let shown = run(&sandbox, &db, &["memory", "show", &id, "--output", "json"]);
+    assert_eq!(shown.json()["content"], "named content", "{shown:?}");
+    let both = run(
+        &sandbox,
+        &db,
+        &["memory", "add", "--namespace", "a", "--content", "x", "y"],
+    );
+    assert_eq!(both.code, 1, "content given twice: {both:?}");
+    let none = run(&sandbox, &db, &["memory", "add", "--namespace", "a"]);
+    assert_eq!(none.code, 1, "no content: {none:?}");
 }
 
 const RULES: &str = "apiVersion: mirror.os/v1
