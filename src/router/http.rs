@@ -1,14 +1,20 @@
-//! The client side of HTTP that probes, pulls and the bus share: how a client is built, how a
-//! failed request is named, which provider URLs can be used, and how an answer is quoted.
+//! HTTP helpers the router shares. Client side (probes, pulls and the bus): how a client is
+//! built, how a failed request is named, which provider URLs can be used, and how an answer is
+//! quoted. Server side (the bus, the tool gate and the memory API): who a bearer token names
+//! and how a JSON answer or an OpenAI-shaped error is written.
 
 use std::sync::Arc;
 
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
 
 /// An HTTP/1 client over TCP, plain or TLS (cloud providers).
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -117,4 +123,44 @@ pub fn truncate(text: &str) -> String {
         end -= 1;
     }
     format!("{}...", &one_line[..end])
+}
+
+/// The token of `Authorization: Bearer <token>` (the scheme in any case), or None.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// A JSON answer with `status`.
+pub fn json_response(status: StatusCode, body: &Value) -> Response {
+    json_bytes_response(status, body.to_string())
+}
+
+/// An answer with `status` whose body is JSON already.
+pub fn json_bytes_response(status: StatusCode, body: impl Into<Body>) -> Response {
+    let mut response = Response::new(body.into());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// The `type` of an OpenAI-shaped error for `status` (an API may name some statuses more
+/// precisely before falling back on this).
+pub fn openai_error_type(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::UNAUTHORIZED => "authentication_error",
+        s if s.is_client_error() => "invalid_request_error",
+        _ => "api_error",
+    }
+}
+
+/// An error in OpenAI's shape, `{"error": {"message", "type", "code"}}` (`code` null when None).
+pub fn openai_error(status: StatusCode, kind: &str, code: Option<&str>, message: &str) -> Response {
+    json_response(
+        status,
+        &json!({"error": {"message": message, "type": kind, "code": code}}),
+    )
 }

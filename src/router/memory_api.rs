@@ -17,15 +17,16 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
+use super::http::{json_response, openai_error, openai_error_type};
 use crate::report::now_ms;
 use crate::store::memory::{in_scope, scope_covers};
 use crate::store::{MemoryItem, MemoryQuery, NewMemory, Store, StoreError};
@@ -301,25 +302,11 @@ fn store_error(e: StoreError) -> Response {
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
     let kind = match status {
-        StatusCode::UNAUTHORIZED => "authentication_error",
         StatusCode::FORBIDDEN => "permission_error",
         StatusCode::NOT_FOUND => "not_found_error",
-        s if s.is_client_error() => "invalid_request_error",
-        _ => "api_error",
+        s => openai_error_type(s),
     };
-    json_response(
-        status,
-        &json!({"error": {"message": message, "type": kind, "code": code}}),
-    )
-}
-
-fn json_response(status: StatusCode, body: &Value) -> Response {
-    let mut response = Response::new(Body::from(body.to_string()));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
+    openai_error(status, kind, Some(code), message)
 }
 
 #[cfg(test)]
@@ -327,7 +314,9 @@ mod tests {
     use std::collections::HashMap;
     use std::net::SocketAddr;
 
+    use axum::http::header;
     use http_body_util::{BodyExt, Full};
+    use serde_json::Value;
 
     use super::*;
     use crate::store::StoreUrl;
