@@ -19,10 +19,10 @@
 //!
 //! A changed spec takes effect with the next run: a running instance is left to finish.
 //!
-//! The parts: [`runner`] is the [`JobRunner`] (sync, status, shutdown); [`run`] starts, follows,
-//! times out and records one run; [`schedule`] turns an agent's schedule into scheduler jobs and
-//! next-run times (with [`clock`] for the host's wall clock); [`saved_state`] is
-//! `launch-agents.json`; [`agents`] is the in-memory table the runner and its run tasks share.
+//! The parts: `runner` is the [`JobRunner`] (sync, status, shutdown); `run` starts, follows,
+//! times out and records one run; `schedule` turns an agent's schedule into scheduler jobs and
+//! next-run times (with `clock` for the host's wall clock); `saved_state` is
+//! `launch-agents.json`; `agents` is the in-memory table the runner and its run tasks share.
 
 mod agents;
 mod clock;

@@ -194,7 +194,7 @@ pub fn identify(pid: i32) -> Option<ProcessIdentity> {
 
 /// Whether `id` is still the process we started. Reaps it when it is our own zombie child
 /// (recording its exit status for [`take_exit`]), unless members of its group remain: then
-/// the zombie is kept as the proof that the group is ours until [`stop`] clears it.
+/// the zombie is kept as the proof that the group is ours until [`stop`](super::stop()) clears it.
 pub fn liveness(id: &ProcessIdentity) -> Liveness {
     match observe(id) {
         Observed::Running { .. } => Liveness::Running,
@@ -216,7 +216,7 @@ pub(super) fn record_exit(id: &ProcessIdentity, exit: Exit) {
     exits.insert(id.pid, (id.start_time, exit));
 }
 
-/// The exit status of a process we started, once [`liveness`] or [`stop`] has seen it end;
+/// The exit status of a process we started, once [`liveness`] or [`stop`](super::stop()) has seen it end;
 /// removed when taken. None for processes that are not our children (adopted ones).
 pub fn take_exit(id: &ProcessIdentity) -> Option<Exit> {
     let mut exits = EXITS.lock().unwrap_or_else(|e| e.into_inner());

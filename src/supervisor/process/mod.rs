@@ -27,10 +27,10 @@
 //! No value of the environment ever appears in an error or a log line: env file errors name
 //! the file, the line and (when it is a valid name) the key.
 //!
-//! The parts: [`spawn`](spawn()) builds and starts the child ([`env`] its environment, [`logs`] its
-//! log file and rotation); [`identity`] tells who a process is and whether it is still there,
-//! and keeps exit statuses; [`stop`](stop()) signals a group with a grace period, then SIGKILL;
-//! `linux` (`/proc`) and [`portable`] (`kill(pid, 0)`, `ps`, `sysctl`) are the two mechanisms.
+//! The parts: `spawn` builds and starts the child (`env` its environment, `logs` its log file
+//! and rotation); `identity` tells who a process is and whether it is still there, and keeps
+//! exit statuses; `stop` signals a group with a grace period, then SIGKILL; `linux` (`/proc`)
+//! and `portable` (`kill(pid, 0)`, `ps`, `sysctl`) are the two mechanisms.
 
 mod env;
 mod identity;

@@ -67,7 +67,8 @@ pub(super) fn signal_name(number: i32) -> Option<&'static str> {
 /// `Running` but is not signalled either (AlreadyGone): unproven is never killed.
 ///
 /// Blocks for up to `grace` plus two seconds: from async code, call it on a blocking thread
-/// (`tokio::task::spawn_blocking`). [`spawn`] and [`liveness`] return in milliseconds.
+/// (`tokio::task::spawn_blocking`). [`spawn`](super::spawn()) and [`liveness`](super::liveness) return in
+/// milliseconds.
 pub fn stop(id: &ProcessIdentity, signal: &str, grace: Duration) -> StopOutcome {
     let signal = signal_from_name(signal).unwrap_or(Signal::TERM);
     match observe(id) {
