@@ -34,6 +34,257 @@ pub fn host_name() -> String {
     }
 }
 
+/// Every path in the state dir, named once: what each module reads and writes there, and the
+/// whole list (what an agent must never reach, what a backup takes).
+#[derive(Clone, Copy, Debug)]
+pub struct Layout<'a> {
+    root: &'a Path,
+}
+
+/// One top-level entry of the state dir.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub name: &'static str,
+    pub dir: bool,
+    /// What it holds, for people.
+    pub holds: &'static str,
+}
+
+/// The state dir's top-level entries (a file's temporary sibling while it is written atomically
+/// is not listed).
+pub const ENTRIES: &[Entry] = &[
+    Entry {
+        name: "lock",
+        dir: false,
+        holds: "the writer lock (flock), with its holder's pid",
+    },
+    Entry {
+        name: "control.sock",
+        dir: false,
+        holds: "the daemon's control socket (0600)",
+    },
+    Entry {
+        name: "secret.key",
+        dir: false,
+        holds: "the key spec fingerprints and agent tokens are derived with",
+    },
+    Entry {
+        name: "truth.db",
+        dir: false,
+        holds: "the default SQLite truth store",
+    },
+    Entry {
+        name: "truth.db-wal",
+        dir: false,
+        holds: "the SQLite store's write-ahead log",
+    },
+    Entry {
+        name: "truth.db-shm",
+        dir: false,
+        holds: "the SQLite store's shared-memory index",
+    },
+    Entry {
+        name: "truth.db.migrate-lock",
+        dir: false,
+        holds: "serializes the SQLite store's migrations between processes",
+    },
+    Entry {
+        name: "inventory.json",
+        dir: false,
+        holds: "what this host owns (compacted)",
+    },
+    Entry {
+        name: "inventory.log",
+        dir: false,
+        holds: "inventory changes since the last compaction",
+    },
+    Entry {
+        name: "spool",
+        dir: true,
+        holds: "the journal of records not yet in the truth store, and the receipt chain's head",
+    },
+    Entry {
+        name: "spawning",
+        dir: false,
+        holds: "a spawn not yet recorded in the inventory",
+    },
+    Entry {
+        name: "logs",
+        dir: true,
+        holds: "services', agents' and launch agents' logs, with their time indexes",
+    },
+    Entry {
+        name: "services",
+        dir: true,
+        holds: "services' default working directories",
+    },
+    Entry {
+        name: "agents",
+        dir: true,
+        holds: "agents' enrollments, tokens and effective policies",
+    },
+    Entry {
+        name: "sandboxes",
+        dir: true,
+        holds: "agents' default sandbox directories",
+    },
+    Entry {
+        name: "policies",
+        dir: true,
+        holds: "policy versions in force",
+    },
+    Entry {
+        name: "reports",
+        dir: true,
+        holds: "the Markdown drift reports",
+    },
+    Entry {
+        name: "approvals.json",
+        dir: false,
+        holds: "gate approvals waiting or decided",
+    },
+    Entry {
+        name: "usage-today.json",
+        dir: false,
+        holds: "agents' budget use today",
+    },
+    Entry {
+        name: "failures.json",
+        dir: false,
+        holds: "the last failed action of each resource",
+    },
+    Entry {
+        name: "overrides.json",
+        dir: false,
+        holds: "services and agents a person stopped",
+    },
+    Entry {
+        name: "last-drift-report.json",
+        dir: false,
+        holds: "the last stored drift report's fingerprint",
+    },
+    Entry {
+        name: "applied-source.json",
+        dir: false,
+        holds: "the source in force (repository, path, ref)",
+    },
+    Entry {
+        name: "in-force-commit",
+        dir: false,
+        holds: "the commit in force",
+    },
+    Entry {
+        name: "launch-agents.json",
+        dir: false,
+        holds: "the launch agents this host owns and their runs",
+    },
+    Entry {
+        name: "launch-agents",
+        dir: true,
+        holds: "launch agents' default working directories",
+    },
+];
+
+impl<'a> Layout<'a> {
+    pub fn of(root: &'a Path) -> Layout<'a> {
+        Layout { root }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.root
+    }
+
+    fn entry(&self, name: &'static str) -> PathBuf {
+        debug_assert!(ENTRIES.iter().any(|e| e.name == name), "{name} is not in ENTRIES");
+        self.root.join(name)
+    }
+
+    pub fn lock(&self) -> PathBuf {
+        self.entry("lock")
+    }
+    pub fn control_socket(&self) -> PathBuf {
+        self.entry("control.sock")
+    }
+    pub fn secret_key(&self) -> PathBuf {
+        self.entry("secret.key")
+    }
+    pub fn truth_db(&self) -> PathBuf {
+        self.entry("truth.db")
+    }
+    pub fn inventory(&self) -> PathBuf {
+        self.entry("inventory.json")
+    }
+    pub fn inventory_log(&self) -> PathBuf {
+        self.entry("inventory.log")
+    }
+    pub fn spool(&self) -> PathBuf {
+        self.entry("spool")
+    }
+    pub fn spawning(&self) -> PathBuf {
+        self.entry("spawning")
+    }
+    pub fn logs(&self) -> PathBuf {
+        self.entry("logs")
+    }
+    /// A service's log (`NAME.log`); an agent's is `agent-NAME.log` (see [`Layout::agent_log`]).
+    pub fn service_log(&self, name: &str) -> PathBuf {
+        self.logs().join(format!("{name}.log"))
+    }
+    /// An agent's log: apart from a service's of the same name.
+    pub fn agent_log(&self, name: &str) -> PathBuf {
+        self.logs().join(format!("agent-{name}.log"))
+    }
+    pub fn service_dir(&self, name: &str) -> PathBuf {
+        self.entry("services").join(name)
+    }
+    pub fn agents(&self) -> PathBuf {
+        self.entry("agents")
+    }
+    pub fn agent(&self, name: &str) -> PathBuf {
+        self.agents().join(name)
+    }
+    pub fn sandbox(&self, name: &str) -> PathBuf {
+        self.entry("sandboxes").join(name)
+    }
+    pub fn policy(&self, name: &str) -> PathBuf {
+        self.entry("policies").join(format!("{name}.json"))
+    }
+    pub fn reports(&self) -> PathBuf {
+        self.entry("reports")
+    }
+    pub fn approvals(&self) -> PathBuf {
+        self.entry("approvals.json")
+    }
+    pub fn usage_today(&self) -> PathBuf {
+        self.entry("usage-today.json")
+    }
+    pub fn failures(&self) -> PathBuf {
+        self.entry("failures.json")
+    }
+    pub fn overrides(&self) -> PathBuf {
+        self.entry("overrides.json")
+    }
+    pub fn last_drift_report(&self) -> PathBuf {
+        self.entry("last-drift-report.json")
+    }
+    pub fn applied_source(&self) -> PathBuf {
+        self.entry("applied-source.json")
+    }
+    pub fn in_force_commit(&self) -> PathBuf {
+        self.entry("in-force-commit")
+    }
+    pub fn launch_agents_state(&self) -> PathBuf {
+        self.entry("launch-agents.json")
+    }
+    /// A launch agent's log (`NAME.log`, beside the services' logs).
+    pub fn launch_agent_log(&self, name: &str) -> PathBuf {
+        self.logs().join(format!("{name}.log"))
+    }
+    pub fn launch_agent_dir(&self, name: &str) -> PathBuf {
+        self.entry("launch-agents").join(name)
+    }
+}
+
 /// The state dir's writer lock (`<state dir>/lock`, an exclusive `flock`): one pass at a time
 /// writes the inventory and the journal. Released when dropped (or when the process dies).
 pub struct StateLock {
@@ -61,7 +312,7 @@ pub fn lock_state_dir_unless(state_dir: &std::path::Path, give_up: &dyn Fn() -> 
         .write(true)
         .create(true)
         .truncate(false)
-        .open(state_dir.join("lock"))?;
+        .open(Layout::of(state_dir).lock())?;
     if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
         let mut holder = String::new();
         let _ = file.read_to_string(&mut holder);
@@ -116,7 +367,7 @@ pub fn lock_state_dir_for_daemon(state_dir: &std::path::Path) -> Result<StateLoc
         .write(true)
         .create(true)
         .truncate(false)
-        .open(state_dir.join("lock"))?;
+        .open(Layout::of(state_dir).lock())?;
     if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
         let mut holder = String::new();
         let _ = file.read_to_string(&mut holder);

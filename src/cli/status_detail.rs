@@ -100,7 +100,7 @@ fn log_tail(state_dir: &Path, kind: &str, name: &str) -> Vec<String> {
     // Only the end is read: a log may be large.
     let read_end = || -> std::io::Result<Vec<u8>> {
         use std::io::{Read, Seek, SeekFrom};
-        let mut log = std::fs::File::open(state_dir.join("logs").join(&file))?;
+        let mut log = std::fs::File::open(crate::state::Layout::of(state_dir).logs().join(&file))?;
         let length = log.metadata()?.len();
         log.seek(SeekFrom::Start(length.saturating_sub(64 * 1024)))?;
         let mut end = Vec::new();

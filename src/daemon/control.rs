@@ -86,7 +86,7 @@ pub enum ControlError {
 }
 
 pub fn socket_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("control.sock")
+    crate::state::Layout::of(state_dir).control_socket()
 }
 
 /// How long a command waits for the daemon's answer (a pass may stop services with long grace

@@ -154,7 +154,7 @@ impl Daemon {
         }
         if let Work::ScheduledReport = &work {
             if let Answer::Pass(outcome) = &result {
-                let dir = self.config.context.state_dir.join("reports");
+                let dir = crate::state::Layout::of(&self.config.context.state_dir).reports();
                 match crate::report::markdown::write(&dir, &outcome.report, REPORTS_KEPT) {
                     Ok(path) => tracing::info!(path = %path.display(), "drift report written"),
                     Err(e) => tracing::warn!(error = %e, "writing the drift report failed"),

@@ -122,7 +122,7 @@ fn lock(state_dir: &std::path::Path) -> Result<crate::state::StateLock, DaemonEr
             state_dir: state_dir.to_path_buf(),
         },
         crate::state::LockError::Io(source) => DaemonError::Lock {
-            path: state_dir.join("lock"),
+            path: crate::state::Layout::of(state_dir).lock(),
             source,
         },
     })
@@ -208,7 +208,8 @@ fn persist_governance(daemon: &Daemon) {
     let recorder = daemon.recorder.clone();
     governance.set_receipts(Arc::new(move |draft| recorder.receipt(draft)));
     let state_dir = &daemon.config.context.state_dir;
-    governance.persist(state_dir.join("usage-today.json"), state_dir.join("approvals.json"));
+    let layout = crate::state::Layout::of(state_dir);
+    governance.persist(layout.usage_today(), layout.approvals());
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(1));
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

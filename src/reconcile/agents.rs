@@ -43,12 +43,12 @@ pub fn sandbox_dir(state_dir: &Path, name: &str, spec: &AgentSpec) -> PathBuf {
     match spec.sandbox().dir {
         Some(dir) if dir.is_absolute() => dir,
         Some(dir) => state_dir.join(dir),
-        None => state_dir.join("sandboxes").join(name),
+        None => crate::state::Layout::of(state_dir).sandbox(name),
     }
 }
 
 fn agent_dir(state_dir: &Path, name: &str) -> PathBuf {
-    state_dir.join("agents").join(name)
+    crate::state::Layout::of(state_dir).agent(name)
 }
 
 /// What the agent may read of its own record: a directory holding only its policy file (the
@@ -167,7 +167,7 @@ pub fn revoke(state_dir: &Path, name: &str) -> Option<Enrollment> {
 
 /// The tokens of every enrolled agent, by agent (what the bus accepts).
 pub fn tokens(state_dir: &Path, key: &[u8]) -> BTreeMap<String, String> {
-    let Ok(entries) = std::fs::read_dir(state_dir.join("agents")) else {
+    let Ok(entries) = std::fs::read_dir(crate::state::Layout::of(state_dir).agents()) else {
         return BTreeMap::new();
     };
     entries

@@ -163,7 +163,7 @@ impl Starting<'_> {
         };
         let spawn_id = new_id();
         run.env.insert(SPAWN_ENV.into(), spawn_id.clone());
-        let marker = context.state_dir.join(SPAWNING);
+        let marker = crate::state::Layout::of(&context.state_dir).spawning();
         std::fs::write(&marker, &spawn_id).map_err(|e| format!("{}: {e}", marker.display()))?;
         let identity = start(context, &log_name, &run, &cgroup_procs);
         let identity = identity.inspect_err(|_| {
@@ -386,21 +386,16 @@ pub(super) fn refresh_unchanged(
 pub(super) fn rotate_logs(state_dir: &Path, desired: &[DesiredService]) {
     for service in desired {
         let logs = service.spec.logs();
-        let path = state_dir.join("logs").join(format!("{}.log", service.item.id.name));
+        let path = crate::state::Layout::of(state_dir).service_log(&service.item.id.name);
         let _ = process::rotate_running_log(&path, logs.max_size().0, logs.max_files());
     }
 }
-
-/// Marks a spawn in progress: `<state dir>/spawning` holds its id, and so does the process's
-/// environment under [`SPAWN_ENV`]. Written without a sync: it guards against the controller's
-/// death (its writes survive it), not the host's (which ends the process too).
-pub(super) const SPAWNING: &str = "spawning";
 
 /// After a controller was killed between starting a process and recording it: stops that
 /// process (the only one marked with the interrupted spawn's id and not in the inventory), so
 /// the next pass starts exactly one.
 pub(super) fn stop_unrecorded_spawn(state_dir: &Path, inventory: &LocalInventory) {
-    let marker = state_dir.join(SPAWNING);
+    let marker = crate::state::Layout::of(state_dir).spawning();
     let Ok(spawn_id) = std::fs::read_to_string(&marker) else {
         return;
     };
@@ -442,14 +437,14 @@ pub(super) fn start(
 ) -> Result<ProcessIdentity, String> {
     let working_dir = match &spec.working_dir {
         Some(dir) => resolve(&context.state_dir, dir),
-        None => context.state_dir.join("services").join(name),
+        None => crate::state::Layout::of(&context.state_dir).service_dir(name),
     };
     if spec.working_dir.is_none() {
         std::fs::create_dir_all(&working_dir).map_err(|e| format!("{}: {e}", working_dir.display()))?;
     }
     let env_files: Vec<PathBuf> = spec.env_files.iter().map(|p| resolve(&context.state_dir, p)).collect();
     let logs = spec.logs();
-    let log_dir = context.state_dir.join("logs");
+    let log_dir = crate::state::Layout::of(&context.state_dir).logs();
     let spawn = SpawnSpec {
         name,
         command: &spec.command,

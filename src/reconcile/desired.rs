@@ -5,7 +5,7 @@ use super::*;
 
 /// The key of secret fingerprints, made on first use (`<state dir>/secret.key`, mode 0600).
 pub(super) fn secret_key(state_dir: &Path) -> Result<Vec<u8>, ReconcileError> {
-    let path = state_dir.join("secret.key");
+    let path = crate::state::Layout::of(state_dir).secret_key();
     let error = |e: std::io::Error| ReconcileError::StateDir {
         path: path.clone(),
         message: e.to_string(),

@@ -11,9 +11,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::spec::ResourceId;
 
-/// `<state dir>/failures.json`.
-const FILE: &str = "failures.json";
-
 /// An action that failed on a resource, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
@@ -30,7 +27,7 @@ pub struct Failure {
 pub struct Failures(BTreeMap<String, Failure>);
 
 fn path(state_dir: &Path) -> PathBuf {
-    state_dir.join(FILE)
+    crate::state::Layout::of(state_dir).failures()
 }
 
 impl Failures {
@@ -139,7 +136,7 @@ mod tests {
     #[test]
     fn a_damaged_file_is_no_failure() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join(FILE), "{not json").unwrap();
+        fs::write(crate::state::Layout::of(dir.path()).failures(), "{not json").unwrap();
         assert_eq!(Failures::load(dir.path()), Failures::default());
     }
 }

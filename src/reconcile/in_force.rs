@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 const FILE: &str = "in-force-commit";
 
 fn path(state_dir: &Path) -> PathBuf {
-    state_dir.join(FILE)
+    crate::state::Layout::of(state_dir).in_force_commit()
 }
 
 /// The commit recorded by the last daemon, if the file holds a commit id (40 or 64 hex digits:
@@ -41,9 +41,6 @@ pub fn remember(state_dir: &Path, commit: &str) -> io::Result<()> {
     fs::rename(&partial, &target)
 }
 
-/// `<state dir>/applied-source.json`.
-const SOURCE_FILE: &str = "applied-source.json";
-
 /// Where the desired state in force is read from.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AppliedSource {
@@ -57,7 +54,7 @@ pub struct AppliedSource {
 /// file does not hold one (a damaged file counts as none: commands then use the current
 /// directory, as before anything was applied).
 pub fn recall_source(state_dir: &Path) -> Option<AppliedSource> {
-    let text = fs::read(state_dir.join(SOURCE_FILE)).ok()?;
+    let text = fs::read(crate::state::Layout::of(state_dir).applied_source()).ok()?;
     let source: AppliedSource = serde_json::from_slice(&text).ok()?;
     source.repo.is_absolute().then_some(source)
 }
@@ -68,7 +65,7 @@ pub fn remember_source(state_dir: &Path, source: &AppliedSource) -> Result<(), c
         return Ok(());
     }
     let text = serde_json::to_vec_pretty(source).expect("sources serialize");
-    crate::store::journal::write_atomically(&state_dir.join(SOURCE_FILE), &text)
+    crate::store::journal::write_atomically(&crate::state::Layout::of(state_dir).applied_source(), &text)
 }
 
 /// The recorded form of a source: its repository made absolute and canonical.
@@ -111,7 +108,7 @@ mod tests {
         remember_source(dir.path(), &source).unwrap();
         assert_eq!(recall_source(dir.path()), Some(source));
         for text in ["", "{", r#"{"repo":"host","path":".","reference":"HEAD"}"#] {
-            fs::write(dir.path().join(SOURCE_FILE), text).unwrap();
+            fs::write(crate::state::Layout::of(dir.path()).applied_source(), text).unwrap();
             assert_eq!(recall_source(dir.path()), None, "{text:?}");
         }
     }

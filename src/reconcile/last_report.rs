@@ -16,8 +16,6 @@ use sha2::{Digest, Sha256};
 
 use crate::report::DriftReport;
 
-const FILE: &str = "last-drift-report.json";
-
 /// The last report stored, and how many passes saw the same since.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastReport {
@@ -70,13 +68,13 @@ pub fn decide(state_dir: &Path, report: &DriftReport, store: &str, scheduled: bo
 }
 
 fn recall(state_dir: &Path) -> Option<LastReport> {
-    serde_json::from_slice(&fs::read(state_dir.join(FILE)).ok()?).ok()
+    serde_json::from_slice(&fs::read(crate::state::Layout::of(state_dir).last_drift_report()).ok()?).ok()
 }
 
 /// Remembers the report just stored, or the new count of the last one.
 pub fn remember(state_dir: &Path, last: &LastReport) -> Result<(), crate::store::StoreError> {
     let text = serde_json::to_vec(last).expect("reports serialize");
-    crate::store::journal::write_atomically(&state_dir.join(FILE), &text)
+    crate::store::journal::write_atomically(&crate::state::Layout::of(state_dir).last_drift_report(), &text)
 }
 
 #[cfg(test)]
@@ -141,7 +139,7 @@ mod tests {
             Decision::Store,
             "another store gets its own report"
         );
-        fs::write(dir.path().join(FILE), "{").unwrap();
+        fs::write(crate::state::Layout::of(dir.path()).last_drift_report(), "{").unwrap();
         assert_eq!(decide(dir.path(), &first, store, false), Decision::Store);
     }
 }

@@ -155,7 +155,7 @@ pub(super) const LOG_SPACE_LOW: u64 = 64 << 10;
 /// A full log directory: services keep running (their writes fail, their output is lost), and
 /// each of them gets a `degraded` item naming the directory. Nothing when there is room.
 pub(super) fn log_space_drift(state_dir: &Path, desired: &[DesiredService]) -> Vec<DriftItem> {
-    let dir = state_dir.join("logs");
+    let dir = crate::state::Layout::of(state_dir).logs();
     let Ok(fs) = rustix::fs::statvfs(&dir) else {
         return Vec::new();
     };
@@ -183,7 +183,7 @@ pub(super) fn log_space_drift(state_dir: &Path, desired: &[DesiredService]) -> V
 /// maxFiles). The daemon checks them between passes (`daemon::log_watch`), so a service
 /// flooding its log is rotated within a second, not at the next resync.
 pub fn log_limits(state: &DesiredState, state_dir: &Path) -> Vec<(PathBuf, u64, u32)> {
-    let dir = state_dir.join("logs");
+    let dir = crate::state::Layout::of(state_dir).logs();
     state
         .resources
         .iter()

@@ -14,8 +14,6 @@ use serde::{Deserialize, Serialize};
 use crate::source::DesiredState;
 use crate::spec::{Kind, ResourceId, Spec};
 
-const FILE: &str = "overrides.json";
-
 /// What a person asked of one resource.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -81,7 +79,7 @@ impl Stopped {
 pub struct Overrides(BTreeMap<String, Stopped>);
 
 fn path(state_dir: &Path) -> PathBuf {
-    state_dir.join(FILE)
+    crate::state::Layout::of(state_dir).overrides()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -344,6 +342,9 @@ mod tests {
             error.to_string(),
             "no service or agent `nope` in the desired state in force (commit 0123456789ab)"
         );
-        assert!(!dir.path().join(FILE).exists(), "nothing recorded");
+        assert!(
+            !crate::state::Layout::of(dir.path()).overrides().exists(),
+            "nothing recorded"
+        );
     }
 }

@@ -87,7 +87,7 @@ impl PolicyPlan {
 }
 
 fn path(state_dir: &Path, name: &str) -> PathBuf {
-    state_dir.join("policies").join(format!("{name}.json"))
+    crate::state::Layout::of(state_dir).policy(name)
 }
 
 fn load(state_dir: &Path, name: &str) -> Option<StoredVersion> {

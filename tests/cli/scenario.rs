@@ -270,4 +270,12 @@ fn a_host_lives_through_a_series_of_commits() {
     let text = mirror(&sandbox, &["status"]).stdout;
     assert!(text.contains("web"), "{text}");
     assert!(daemon.log().contains("refused"), "{}", daemon.log());
+
+    // 9. Everything the host wrote in its state dir is named in its layout (what an agent must
+    // never reach, what a backup takes): nothing written by a module on its own.
+    let known: Vec<&str> = mirrorctl::state::ENTRIES.iter().map(|e| e.name).collect();
+    for entry in std::fs::read_dir(sandbox.root().join("state")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(known.contains(&name.as_str()), "{name} is not in state::ENTRIES");
+    }
 }

@@ -96,6 +96,6 @@ impl Shared {
     }
 
     pub(super) fn log_path(&self, name: &str) -> PathBuf {
-        self.state_dir.join("logs").join(format!("{name}.log"))
+        crate::state::Layout::of(&self.state_dir).launch_agent_log(name)
     }
 }

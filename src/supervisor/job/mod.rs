@@ -44,9 +44,6 @@ use crate::spec::launch_agent::{Concurrency, LaunchAgentSpec};
 
 pub use runner::JobRunner;
 
-/// What this host owns, in the state dir.
-pub const STATE_FILE: &str = "launch-agents.json";
-
 /// Called with (label, outcome) of every recorded run.
 pub type RunObserver = Arc<dyn Fn(&str, &str) + Send + Sync>;
 

@@ -190,7 +190,7 @@ impl Shared {
         let working_dir = match &spec.working_dir {
             Some(dir) => resolve(&self.state_dir, dir),
             None => {
-                let dir = self.state_dir.join("launch-agents").join(name);
+                let dir = crate::state::Layout::of(&self.state_dir).launch_agent_dir(name);
                 fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
                 dir
             }

@@ -12,7 +12,7 @@ use super::agents::{Agent, Shared};
 use super::run::{request_stop, wait_finished, StopCause};
 use super::saved_state::{SavedAgent, SavedState};
 use super::schedule::next_run_ms;
-use super::{DesiredJob, JobChange, JobChangeKind, JobError, JobStatus, RunObserver, Trigger, STATE_FILE};
+use super::{DesiredJob, JobChange, JobChangeKind, JobError, JobStatus, RunObserver, Trigger};
 use crate::report::now_ms;
 use crate::spec::launch_agent::LaunchAgentSpec;
 use crate::store::Recorder;
@@ -37,7 +37,7 @@ impl JobRunner {
             .start()
             .await
             .map_err(|e| JobError::StartScheduler { message: e.to_string() })?;
-        let path = state_dir.join(STATE_FILE);
+        let path = crate::state::Layout::of(&state_dir).launch_agents_state();
         let shared = Arc::new(Shared {
             state_dir,
             host,

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use serde::{Deserialize, Serialize};
 
 use super::agents::Shared;
-use super::{JobError, LastRun, Trigger, STATE_FILE};
+use super::{JobError, LastRun, Trigger};
 use crate::spec::common::{Duration as SpecDuration, Stop};
 use crate::store::journal::write_atomically;
 use crate::supervisor::process::ProcessIdentity;
@@ -73,7 +73,7 @@ impl SavedState {
     /// Reads `<state dir>/launch-agents.json` (creating the state dir); a missing file is an
     /// empty state.
     pub(super) fn load(state_dir: &Path) -> Result<SavedState, JobError> {
-        let path = state_dir.join(STATE_FILE);
+        let path = crate::state::Layout::of(state_dir).launch_agents_state();
         let load_error = |message: String| JobError::LoadState {
             path: path.clone(),
             message,
@@ -88,7 +88,7 @@ impl SavedState {
 
     /// Whether `<state dir>/launch-agents.json` lists any launch agent (unreadable: none).
     pub(super) fn lists_any(state_dir: &Path) -> bool {
-        fs::read(state_dir.join(STATE_FILE))
+        fs::read(crate::state::Layout::of(state_dir).launch_agents_state())
             .ok()
             .and_then(|bytes| serde_json::from_slice::<SavedState>(&bytes).ok())
             .is_some_and(|saved| !saved.agents.is_empty())
@@ -116,7 +116,7 @@ impl Shared {
             host: self.host.clone(),
             agents: self.agents().iter().map(|(n, a)| (n.clone(), a.snapshot())).collect(),
         };
-        let path = self.state_dir.join(STATE_FILE);
+        let path = crate::state::Layout::of(&self.state_dir).launch_agents_state();
         let json = serde_json::to_vec_pretty(&state).expect("the state serializes");
         write_atomically(&path, &json).map_err(|e| JobError::SaveState {
             path,

@@ -83,7 +83,8 @@ impl Harness {
     }
 
     fn saved(&self) -> SavedState {
-        serde_json::from_slice(&fs::read(self.state_dir().join(STATE_FILE)).unwrap()).unwrap()
+        serde_json::from_slice(&fs::read(crate::state::Layout::of(&self.state_dir()).launch_agents_state()).unwrap())
+            .unwrap()
     }
 }
 
@@ -91,7 +92,7 @@ impl Drop for Harness {
     /// Kills what a test left running (a failed assertion skips its shutdown): the runs
     /// recorded as running, and on Linux every process carrying the test's mark.
     fn drop(&mut self) {
-        if let Ok(bytes) = fs::read(self.state_dir().join(STATE_FILE)) {
+        if let Ok(bytes) = fs::read(crate::state::Layout::of(&self.state_dir()).launch_agents_state()) {
             if let Ok(saved) = serde_json::from_slice::<SavedState>(&bytes) {
                 for run in saved.agents.values().flat_map(|a| &a.running) {
                     process::stop(&run.identity, "SIGKILL", Duration::ZERO);
@@ -414,7 +415,11 @@ async fn a_missed_run_runs_once_at_start_unless_catch_up_is_off() {
             .collect(),
     };
     fs::create_dir_all(h.state_dir()).unwrap();
-    fs::write(h.state_dir().join(STATE_FILE), serde_json::to_vec(&saved).unwrap()).unwrap();
+    fs::write(
+        crate::state::Layout::of(&h.state_dir()).launch_agents_state(),
+        serde_json::to_vec(&saved).unwrap(),
+    )
+    .unwrap();
     let all = || {
         agents
             .iter()
