@@ -229,130 +229,11 @@ pub fn plan(input: PlanInput) -> Plan {
     let mut retry_at = None;
 
     for item in &input.desired {
-        let id = &item.id;
-        let mut change = |action: Action, reason: String, diff: String, corrective: bool| {
-            by_id.insert(
-                id.clone(),
-                Change {
-                    kind: id.kind,
-                    name: id.name.clone(),
-                    action,
-                    reason,
-                    diff,
-                    corrective,
-                },
-            );
-        };
-        match owned.get(id) {
-            None if item.suspend => change(Action::Noop, "suspended: not started".into(), String::new(), false),
-            None => {
-                change(
-                    Action::Create,
-                    "new in the desired state".into(),
-                    diff(id, None, Some(&item.rendered), commit),
-                    false,
-                );
-                drift.push(drift_item(
-                    id,
-                    Drift::Missing,
-                    false,
-                    Severity::Info,
-                    "not running yet: new in the desired state".into(),
-                ));
-            }
-            Some(o) if item.suspend && o.running => {
-                change(
-                    Action::Suspend,
-                    "suspend: true: stop it and keep it stopped".into(),
-                    String::new(),
-                    false,
-                );
-                drift.push(drift_item(
-                    id,
-                    Drift::Changed,
-                    false,
-                    Severity::Info,
-                    "suspended in the desired state".into(),
-                ));
-            }
-            Some(_) if item.suspend => change(Action::Noop, "suspended".into(), String::new(), false),
-            Some(o) if o.hash != item.hash => {
-                let reason = if o.running {
-                    "spec changed: restart with the new spec"
-                } else {
-                    "spec changed (and not running): start with the new spec"
-                };
-                change(
-                    Action::Update,
-                    reason.into(),
-                    diff(id, Some(&o.last_applied), Some(&item.rendered), commit),
-                    false,
-                );
-                drift.push(drift_item(
-                    id,
-                    Drift::Changed,
-                    false,
-                    Severity::Info,
-                    "spec changed in the desired state".into(),
-                ));
-            }
-            Some(o) if !o.running => {
-                let exited = match o.exit_code {
-                    Some(code) => format!("exited with status {code}"),
-                    None => "not running".to_string(),
-                };
-                let clean = o.exit_code == Some(0);
-                let (restarts, earliest) = next_restart(&item.backoff, o.restarts, o.started_ms, input.now_ms);
-                if item.restart == RestartPolicy::Never || (item.restart == RestartPolicy::OnFailure && clean) {
-                    let policy = if item.restart == RestartPolicy::Never {
-                        "never"
-                    } else {
-                        "on-failure"
-                    };
-                    change(
-                        Action::Noop,
-                        format!("{exited}; restart: {policy}"),
-                        String::new(),
-                        false,
-                    );
-                    let severity = if clean { Severity::Info } else { Severity::Error };
-                    let detail = format!("{exited}; not restarted (restart: {policy})");
-                    drift.push(drift_item(id, Drift::Failed, false, severity, detail));
-                } else if earliest > input.now_ms {
-                    let wait = (earliest - input.now_ms + 999) / 1000;
-                    let reason =
-                        format!("CrashLoopBackOff: {exited} after {restarts} restart(s); next restart in {wait}s");
-                    change(Action::Noop, reason.clone(), String::new(), true);
-                    drift.push(drift_item(id, Drift::Failed, true, Severity::Critical, reason));
-                    retry_at = Some(retry_at.map_or(earliest, |t: i64| t.min(earliest)));
-                } else {
-                    let reason = format!(
-                        "{exited}: start it again (restart {} since the last stable run)",
-                        restarts + 1
-                    );
-                    change(Action::Restart, reason, String::new(), true);
-                    drift.push(drift_item(
-                        id,
-                        Drift::Failed,
-                        true,
-                        Severity::Error,
-                        format!("owned but {exited}"),
-                    ));
-                }
-            }
-            Some(OwnedItem {
-                probe: Some(Err(why)), ..
-            }) if item.restart != RestartPolicy::Never => {
-                change(Action::Restart, format!("{why}: restart it"), String::new(), true);
-                drift.push(drift_item(id, Drift::Degraded, true, Severity::Error, why.clone()));
-            }
-            Some(OwnedItem {
-                probe: Some(Err(why)), ..
-            }) => {
-                change(Action::Noop, format!("{why}; restart: never"), String::new(), false);
-                drift.push(drift_item(id, Drift::Degraded, false, Severity::Error, why.clone()));
-            }
-            Some(_) => change(Action::Noop, "in sync".into(), String::new(), false),
+        let decision = decide_desired(item, owned.get(&item.id).copied(), commit, input.now_ms);
+        by_id.insert(item.id.clone(), decision.change);
+        drift.extend(decision.drift);
+        if let Some(earliest) = decision.retry_at {
+            retry_at = Some(retry_at.map_or(earliest, |t: i64| t.min(earliest)));
         }
     }
 
@@ -361,29 +242,7 @@ pub fn plan(input: PlanInput) -> Plan {
     let stale: Vec<&OwnedItem> = input.owned.iter().filter(|o| !desired_ids.contains(&o.id)).collect();
     let mut prunes = Vec::new();
     for o in &stale {
-        let (action, reason) = if o.prune_allowed {
-            (
-                Action::Prune,
-                "no longer in the desired state: stop it and forget it".to_string(),
-            )
-        } else {
-            (
-                Action::Noop,
-                "no longer in the desired state, but `mirror.os/prune: disabled`: left running".to_string(),
-            )
-        };
-        let old = diff(&o.id, Some(&o.last_applied), None, commit);
-        prunes.push((
-            o.id.clone(),
-            Change {
-                kind: o.id.kind,
-                name: o.id.name.clone(),
-                action,
-                reason,
-                diff: old,
-                corrective: false,
-            },
-        ));
+        prunes.push((o.id.clone(), stale_change(o, commit)));
         drift.push(drift_item(
             &o.id,
             Drift::Stale,
@@ -394,8 +253,207 @@ pub fn plan(input: PlanInput) -> Plan {
     }
 
     let prune_count = prunes.iter().filter(|(_, c)| c.action == Action::Prune).count();
+    let refused = prune_guard(&input, prune_count);
+    let changes = in_apply_order(&input.desired, by_id, &stale, prunes);
+
+    Plan {
+        commit: input.commit,
+        changes,
+        drift,
+        refused,
+        retry_at,
+    }
+}
+
+/// What `plan` decides for one desired resource: its change, the drift it found (if any), and
+/// when a restart held back by its backoff becomes due (if one is).
+struct Decision {
+    change: Change,
+    drift: Option<DriftItem>,
+    retry_at: Option<i64>,
+}
+
+impl Decision {
+    fn new(id: &ResourceId, action: Action, reason: String, diff: String, corrective: bool) -> Decision {
+        Decision {
+            change: Change {
+                kind: id.kind,
+                name: id.name.clone(),
+                action,
+                reason,
+                diff,
+                corrective,
+            },
+            drift: None,
+            retry_at: None,
+        }
+    }
+
+    fn with_drift(mut self, drift: DriftItem) -> Decision {
+        self.drift = Some(drift);
+        self
+    }
+}
+
+/// The change for a desired resource, given what is owned under its id (if anything).
+fn decide_desired(item: &DesiredItem, owned: Option<&OwnedItem>, commit: Option<&str>, now_ms: i64) -> Decision {
+    let id = &item.id;
+    let change = |action: Action, reason: String, diff: String, corrective: bool| {
+        Decision::new(id, action, reason, diff, corrective)
+    };
+    match owned {
+        None if item.suspend => change(Action::Noop, "suspended: not started".into(), String::new(), false),
+        None => change(
+            Action::Create,
+            "new in the desired state".into(),
+            diff(id, None, Some(&item.rendered), commit),
+            false,
+        )
+        .with_drift(drift_item(
+            id,
+            Drift::Missing,
+            false,
+            Severity::Info,
+            "not running yet: new in the desired state".into(),
+        )),
+        Some(o) if item.suspend && o.running => change(
+            Action::Suspend,
+            "suspend: true: stop it and keep it stopped".into(),
+            String::new(),
+            false,
+        )
+        .with_drift(drift_item(
+            id,
+            Drift::Changed,
+            false,
+            Severity::Info,
+            "suspended in the desired state".into(),
+        )),
+        Some(_) if item.suspend => change(Action::Noop, "suspended".into(), String::new(), false),
+        Some(o) if o.hash != item.hash => {
+            let reason = if o.running {
+                "spec changed: restart with the new spec"
+            } else {
+                "spec changed (and not running): start with the new spec"
+            };
+            change(
+                Action::Update,
+                reason.into(),
+                diff(id, Some(&o.last_applied), Some(&item.rendered), commit),
+                false,
+            )
+            .with_drift(drift_item(
+                id,
+                Drift::Changed,
+                false,
+                Severity::Info,
+                "spec changed in the desired state".into(),
+            ))
+        }
+        Some(o) if !o.running => decide_not_running(item, o, now_ms),
+        Some(OwnedItem {
+            probe: Some(Err(why)), ..
+        }) if item.restart != RestartPolicy::Never => change(
+            Action::Restart,
+            format!("{why}: restart it"),
+            String::new(),
+            true,
+        )
+        .with_drift(drift_item(id, Drift::Degraded, true, Severity::Error, why.clone())),
+        Some(OwnedItem {
+            probe: Some(Err(why)), ..
+        }) => change(Action::Noop, format!("{why}; restart: never"), String::new(), false).with_drift(drift_item(
+            id,
+            Drift::Degraded,
+            false,
+            Severity::Error,
+            why.clone(),
+        )),
+        Some(_) => change(Action::Noop, "in sync".into(), String::new(), false),
+    }
+}
+
+/// An owned resource with the desired spec whose process is not running: left stopped by its
+/// restart policy, held back by its backoff (CrashLoopBackOff), or restarted.
+fn decide_not_running(item: &DesiredItem, o: &OwnedItem, now_ms: i64) -> Decision {
+    let id = &item.id;
+    let exited = match o.exit_code {
+        Some(code) => format!("exited with status {code}"),
+        None => "not running".to_string(),
+    };
+    let clean = o.exit_code == Some(0);
+    let (restarts, earliest) = next_restart(&item.backoff, o.restarts, o.started_ms, now_ms);
+    if item.restart == RestartPolicy::Never || (item.restart == RestartPolicy::OnFailure && clean) {
+        let policy = if item.restart == RestartPolicy::Never {
+            "never"
+        } else {
+            "on-failure"
+        };
+        let severity = if clean { Severity::Info } else { Severity::Error };
+        let detail = format!("{exited}; not restarted (restart: {policy})");
+        Decision::new(
+            id,
+            Action::Noop,
+            format!("{exited}; restart: {policy}"),
+            String::new(),
+            false,
+        )
+        .with_drift(drift_item(id, Drift::Failed, false, severity, detail))
+    } else if earliest > now_ms {
+        let wait = (earliest - now_ms + 999) / 1000;
+        let reason = format!("CrashLoopBackOff: {exited} after {restarts} restart(s); next restart in {wait}s");
+        let mut decision = Decision::new(id, Action::Noop, reason.clone(), String::new(), true).with_drift(drift_item(
+            id,
+            Drift::Failed,
+            true,
+            Severity::Critical,
+            reason,
+        ));
+        decision.retry_at = Some(earliest);
+        decision
+    } else {
+        let reason = format!(
+            "{exited}: start it again (restart {} since the last stable run)",
+            restarts + 1
+        );
+        Decision::new(id, Action::Restart, reason, String::new(), true).with_drift(drift_item(
+            id,
+            Drift::Failed,
+            true,
+            Severity::Error,
+            format!("owned but {exited}"),
+        ))
+    }
+}
+
+/// The change for an owned resource that is no longer desired: prune it, unless it opted out.
+fn stale_change(o: &OwnedItem, commit: Option<&str>) -> Change {
+    let (action, reason) = if o.prune_allowed {
+        (
+            Action::Prune,
+            "no longer in the desired state: stop it and forget it".to_string(),
+        )
+    } else {
+        (
+            Action::Noop,
+            "no longer in the desired state, but `mirror.os/prune: disabled`: left running".to_string(),
+        )
+    };
+    Change {
+        kind: o.id.kind,
+        name: o.id.name.clone(),
+        action,
+        reason,
+        diff: diff(&o.id, Some(&o.last_applied), None, commit),
+        corrective: false,
+    }
+}
+
+/// The prune guard: why the pass is refused when it would prune all owned resources, or more
+/// than the allowed fraction of them; None when it may go ahead.
+fn prune_guard(input: &PlanInput, prune_count: usize) -> Option<String> {
     let owned_count = input.owned.len();
-    let refused = if input.allow_mass_prune || prune_count == 0 {
+    if input.allow_mass_prune || prune_count == 0 {
         None
     } else if prune_count == owned_count {
         Some(format!(
@@ -408,17 +466,20 @@ pub fn plan(input: PlanInput) -> Plan {
         ))
     } else {
         None
-    };
+    }
+}
 
-    let desired_deps: BTreeMap<ResourceId, Vec<ResourceId>> = input
-        .desired
-        .iter()
-        .map(|d| (d.id.clone(), d.depends_on.clone()))
-        .collect();
-    let order = dependency_order(
-        &input.desired.iter().map(|d| d.id.clone()).collect::<Vec<_>>(),
-        &desired_deps,
-    );
+/// The changes in apply order: desired resources with dependencies first, then the prunes of
+/// stale ones, dependents before their dependencies.
+fn in_apply_order(
+    desired: &[DesiredItem],
+    mut by_id: BTreeMap<ResourceId, Change>,
+    stale: &[&OwnedItem],
+    prunes: Vec<(ResourceId, Change)>,
+) -> Vec<Change> {
+    let desired_deps: BTreeMap<ResourceId, Vec<ResourceId>> =
+        desired.iter().map(|d| (d.id.clone(), d.depends_on.clone())).collect();
+    let order = dependency_order(&desired.iter().map(|d| d.id.clone()).collect::<Vec<_>>(), &desired_deps);
     let mut changes: Vec<Change> = order.into_iter().filter_map(|id| by_id.remove(&id)).collect();
 
     let stale_deps: BTreeMap<ResourceId, Vec<ResourceId>> = stale
@@ -431,14 +492,7 @@ pub fn plan(input: PlanInput) -> Plan {
     );
     let mut prunes: BTreeMap<ResourceId, Change> = prunes.into_iter().collect();
     changes.extend(prune_order.iter().rev().filter_map(|id| prunes.remove(id)));
-
-    Plan {
-        commit: input.commit,
-        changes,
-        drift,
-        refused,
-        retry_at,
-    }
+    changes
 }
 
 #[cfg(test)]

@@ -10,12 +10,9 @@
 //! a fleet-wide advisory lock; a host that finds it held skips its pass (another host is moving
 //! the same items right now), so two hosts never move an item twice for one schedule.
 
-use serde::{Deserialize, Serialize};
-use sqlx::{Any, Row, Transaction};
-
-use super::sql::SqlStore;
-use super::{Backend, StoreError};
+use super::Backend;
 use crate::spec::memory_rule::{MemoryAction, MemoryMatch, MemoryRuleSpec};
+use serde::{Deserialize, Serialize};
 
 /// The advisory lock key of memory passes on PostgreSQL (`mirrorctl memory` in ASCII).
 pub const ADVISORY_LOCK_KEY: i64 = 0x6d69_7272_6d65_6d6f;
@@ -103,22 +100,9 @@ pub(crate) struct Statement {
 }
 
 impl Statement {
-    fn arg(&mut self, arg: Arg) -> String {
+    pub(crate) fn arg(&mut self, arg: Arg) -> String {
         self.args.push(arg);
         format!("${}", self.args.len())
-    }
-
-    fn run<'q>(&'q self, sql: &'q str) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for arg in &self.args {
-            query = match arg {
-                Arg::Text(text) => query.bind(text.as_str()),
-                Arg::Int(int) => query.bind(*int),
-                Arg::Float(float) => query.bind(*float),
-                Arg::Bool(bool) => query.bind(*bool),
-            };
-        }
-        query
     }
 }
 
@@ -228,19 +212,8 @@ pub(crate) fn decided(statement: &mut Statement, rules: &[PassRule], now_ms: i64
     )
 }
 
-/// PostgreSQL: settings for the statements of one pass or dry-run, for its transaction only. A
-/// pass is one long statement over every item: JIT-compiling its `CASE` takes longer than it
-/// saves (~0.9 s of a 1,000,000-item dry-run), and its sort of the matches should stay in memory.
-async fn tune_postgres(tx: &mut Transaction<'static, Any>) -> Result<(), StoreError> {
-    sqlx::raw_sql("SET LOCAL jit = off; SET LOCAL work_mem = '64MB'")
-        .execute(&mut **tx)
-        .await
-        .map_err(query_error("set memory pass options"))?;
-    Ok(())
-}
-
 /// `CASE d.r WHEN 0 THEN $a ...`: a per-rule value by the rule index.
-fn by_rule(statement: &mut Statement, rules: &[PassRule], value: impl Fn(&PassRule) -> String) -> String {
+pub(crate) fn by_rule(statement: &mut Statement, rules: &[PassRule], value: impl Fn(&PassRule) -> String) -> String {
     let mut case = String::from("CASE d.r");
     for (i, rule) in rules.iter().enumerate() {
         case.push_str(&format!(" WHEN {i} THEN {}", statement.arg(Arg::Text(value(rule)))));
@@ -249,236 +222,12 @@ fn by_rule(statement: &mut Statement, rules: &[PassRule], value: impl Fn(&PassRu
     case
 }
 
-fn query_error(operation: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
-    move |e| StoreError::query(operation, e)
-}
-
-fn one_line(content: &str) -> String {
+pub(crate) fn one_line(content: &str) -> String {
     let flat: String = content.split_whitespace().collect::<Vec<_>>().join(" ");
     match flat.char_indices().nth(SAMPLE_CONTENT_CHARS) {
         Some((cut, _)) => format!("{}…", &flat[..cut]),
         None => flat,
     }
-}
-
-impl SqlStore {
-    /// How many items each rule would move now, with the first `sample` of each (by id).
-    pub(crate) async fn memory_rules_preview(
-        &self,
-        rules: &[PassRule],
-        now_ms: i64,
-        sample: u32,
-    ) -> Result<Vec<RuleMoves>, StoreError> {
-        if rules.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut statement = Statement::default();
-        let decided = decided(&mut statement, rules, now_ms, self.backend);
-        let sample_arg = statement.arg(Arg::Int(i64::from(sample)));
-        // One scan: counts per rule and the first ids of each, by a window over the matches.
-        let sql = format!(
-            "SELECT s.r AS r, s.n AS n, s.id AS id FROM (\
-               SELECT d.r AS r, d.id AS id, COUNT(*) OVER (PARTITION BY d.r) AS n, \
-                      ROW_NUMBER() OVER (PARTITION BY d.r ORDER BY d.id) AS k \
-               FROM ({decided}) d WHERE d.r IS NOT NULL) s \
-             WHERE s.k <= CAST({sample_arg} AS INTEGER) OR s.k = 1 ORDER BY s.r, s.id"
-        );
-        // One read transaction: the counts and the samples see the same items.
-        let mut tx = self.pool.begin().await.map_err(query_error("begin memory dry-run"))?;
-        if self.backend == Backend::Postgres {
-            tune_postgres(&mut tx).await?;
-        }
-        let rows = statement
-            .run(&sql)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(query_error("count memory moves"))?;
-        let mut found = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let r: i64 = row.try_get("r").map_err(query_error("decode memory moves"))?;
-            let n: i64 = row.try_get("n").map_err(query_error("decode memory moves"))?;
-            let id: String = row.try_get("id").map_err(query_error("decode memory moves"))?;
-            found.push((r as usize, n as u64, id));
-        }
-        let mut moves = empty_moves(rules);
-        for (r, n, _) in &found {
-            moves[*r].count = *n;
-        }
-        let ids: Vec<(usize, String)> = found
-            .into_iter()
-            .filter(|_| sample > 0)
-            .map(|(r, _, id)| (r, id))
-            .collect();
-        self.fill_samples(&mut moves, &ids, &mut *tx).await?;
-        tx.rollback().await.map_err(query_error("end memory dry-run"))?;
-        Ok(moves)
-    }
-
-    /// Applies the rules in one transaction: a transition per item, then the moves.
-    pub(crate) async fn memory_rules_apply(
-        &self,
-        rules: &[PassRule],
-        now_ms: i64,
-        run_id: &str,
-        sample: u32,
-    ) -> Result<MemoryPass, StoreError> {
-        if rules.is_empty() {
-            return Ok(MemoryPass::Moved(Vec::new()));
-        }
-        // SQLite: take the write lock at once (a deferred transaction that reads first could not
-        // upgrade while the recorder writes, and would fail instead of waiting).
-        let mut tx = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.pool.begin().await,
-        }
-        .map_err(query_error("begin memory pass"))?;
-        if self.backend == Backend::Postgres {
-            let locked: bool = sqlx::query("SELECT pg_try_advisory_xact_lock($1) AS locked")
-                .bind(ADVISORY_LOCK_KEY)
-                .fetch_one(&mut *tx)
-                .await
-                .and_then(|row| row.try_get("locked"))
-                .map_err(query_error("lock memory pass"))?;
-            if !locked {
-                tx.rollback().await.map_err(query_error("rollback"))?;
-                return Ok(MemoryPass::Skipped(
-                    "another host's memory pass holds the fleet lock; it moves these items now".into(),
-                ));
-            }
-            tune_postgres(&mut tx).await?;
-        }
-        let mut statement = Statement::default();
-        let run = statement.arg(Arg::Text(run_id.to_string()));
-        let at = statement.arg(Arg::Int(now_ms));
-        let to_tier = by_rule(&mut statement, rules, |r| r.to_tier.clone());
-        let rule_name = by_rule(&mut statement, rules, |r| r.name.clone());
-        let decided = decided(&mut statement, rules, now_ms, self.backend);
-        let sql = format!(
-            "INSERT INTO memory_transitions (id, item_id, from_tier, to_tier, rule, run_id, at_ms) \
-             SELECT {run} || ':' || d.id, d.id, d.tier, {to_tier}, {rule_name}, {run}, {at} \
-             FROM ({decided}) d WHERE d.r IS NOT NULL"
-        );
-        statement
-            .run(&sql)
-            .execute(&mut *tx)
-            .await
-            .map_err(query_error("record memory transitions"))?;
-        let moved = sqlx::query(
-            "UPDATE memory_items SET tier = t.to_tier FROM memory_transitions t \
-             WHERE t.run_id = $1 AND t.item_id = memory_items.id",
-        )
-        .bind(run_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(query_error("move memory items"))?;
-        let moves = self.pass_moves(rules, run_id, sample, &mut tx).await?;
-        let recorded: u64 = moves.iter().map(|m| m.count).sum();
-        if recorded != moved.rows_affected() {
-            tx.rollback().await.map_err(query_error("rollback"))?;
-            return Err(StoreError::Invalid(format!(
-                "memory pass {run_id}: {recorded} transitions but {} items moved; rolled back",
-                moved.rows_affected()
-            )));
-        }
-        tx.commit().await.map_err(query_error("commit memory pass"))?;
-        Ok(MemoryPass::Moved(moves))
-    }
-
-    /// What a pass's transitions say it moved, per rule, with samples.
-    async fn pass_moves(
-        &self,
-        rules: &[PassRule],
-        run_id: &str,
-        sample: u32,
-        tx: &mut Transaction<'static, Any>,
-    ) -> Result<Vec<RuleMoves>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT s.rule AS rule, s.n AS n, s.item_id AS item_id FROM (\
-               SELECT rule, item_id, COUNT(*) OVER (PARTITION BY rule) AS n, \
-                      ROW_NUMBER() OVER (PARTITION BY rule ORDER BY item_id) AS k \
-               FROM memory_transitions WHERE run_id = $1) s \
-             WHERE s.k <= CAST($2 AS INTEGER) OR s.k = 1 ORDER BY s.rule, s.item_id",
-        )
-        .bind(run_id)
-        .bind(i64::from(sample))
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(query_error("count memory moves"))?;
-        let mut moves = empty_moves(rules);
-        let mut ids = Vec::new();
-        for row in &rows {
-            let rule: String = row.try_get("rule").map_err(query_error("decode memory moves"))?;
-            let n: i64 = row.try_get("n").map_err(query_error("decode memory moves"))?;
-            let id: String = row.try_get("item_id").map_err(query_error("decode memory moves"))?;
-            if let Some(r) = rules.iter().position(|x| x.name == rule) {
-                moves[r].count = n as u64;
-                if sample > 0 {
-                    ids.push((r, id));
-                }
-            }
-        }
-        self.fill_samples(&mut moves, &ids, &mut **tx).await?;
-        Ok(moves)
-    }
-
-    /// Reads the sampled items (namespace and the start of the content).
-    async fn fill_samples<'e, E>(
-        &self,
-        moves: &mut [RuleMoves],
-        ids: &[(usize, String)],
-        executor: E,
-    ) -> Result<(), StoreError>
-    where
-        E: sqlx::Executor<'e, Database = Any>,
-    {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "SELECT id, namespace, content FROM memory_items WHERE id IN ({})",
-            placeholders.join(", ")
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (_, id) in ids {
-            query = query.bind(id.as_str());
-        }
-        let rows = query
-            .fetch_all(executor)
-            .await
-            .map_err(query_error("read memory samples"))?;
-        let mut found = std::collections::HashMap::new();
-        for row in &rows {
-            let id: String = row.try_get("id").map_err(query_error("decode memory samples"))?;
-            let namespace: String = row.try_get("namespace").map_err(query_error("decode memory samples"))?;
-            let content: String = row.try_get("content").map_err(query_error("decode memory samples"))?;
-            found.insert(id, (namespace, content));
-        }
-        for (r, id) in ids {
-            if let Some((namespace, content)) = found.get(id) {
-                moves[*r].first.push(MovedItem {
-                    id: id.clone(),
-                    namespace: namespace.clone(),
-                    content: one_line(content),
-                });
-            }
-        }
-        Ok(())
-    }
-}
-
-fn empty_moves(rules: &[PassRule]) -> Vec<RuleMoves> {
-    rules
-        .iter()
-        .map(|r| RuleMoves {
-            rule: r.name.clone(),
-            action: r.action,
-            from_tier: r.from_tier.clone(),
-            to_tier: r.to_tier.clone(),
-            count: 0,
-            first: Vec::new(),
-        })
-        .collect()
 }
 
 #[cfg(test)]
