@@ -34,8 +34,8 @@ impl LocalInventory {
     /// Loads `<state dir>/inventory.json` and replays `inventory.log` over it (a torn last line,
     /// from a crash mid-append, is ignored).
     pub fn load(state_dir: &Path) -> Result<LocalInventory, StoreError> {
-        let path = state_dir.join("inventory.json");
-        let log_path = state_dir.join("inventory.log");
+        let path = crate::state::Layout::of(state_dir).inventory();
+        let log_path = crate::state::Layout::of(state_dir).inventory_log();
         let entries: Vec<InventoryEntry> = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StoreError::local(&path, e))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),

@@ -69,7 +69,7 @@ impl StoreUrl {
     /// The default: `sqlite://<state dir>/truth.db`.
     pub fn default_in(state_dir: &Path) -> StoreUrl {
         StoreUrl {
-            raw: format!("sqlite://{}", state_dir.join("truth.db").display()),
+            raw: format!("sqlite://{}", crate::state::Layout::of(state_dir).truth_db().display()),
             backend: Backend::Sqlite,
         }
     }

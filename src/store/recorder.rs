@@ -73,7 +73,7 @@ impl Recorder {
     /// Opens the journal and starts the writer on the current tokio runtime. Fails only when the
     /// state dir cannot hold the journal; an unreachable database is retried in the background.
     pub fn start(config: RecorderConfig) -> Result<(Recorder, tokio::task::JoinHandle<()>), StoreError> {
-        let spool = config.state_dir.join("spool");
+        let spool = crate::state::Layout::of(&config.state_dir).spool();
         let journal = Journal::open(&spool)?;
         let head_path = spool.join("chain-head.json");
         let head = read_head(&head_path, &config.host)?;
@@ -129,7 +129,7 @@ impl Recorder {
 /// The last receipt seq this host has sealed and sent to the database (for `audit verify`):
 /// the chain head, less any receipts still waiting in the journal. None when nothing is known.
 pub fn local_chain_end(state_dir: &std::path::Path, host: &str) -> Option<i64> {
-    let spool = state_dir.join("spool");
+    let spool = crate::state::Layout::of(state_dir).spool();
     let head = read_head(&spool.join("chain-head.json"), host).ok()?;
     if head.seq == 0 {
         return None;
