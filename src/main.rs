@@ -1,3 +1,5 @@
+// Unsafe here: Restoring SIGPIPE's default disposition. Each block says why it is sound (SAFETY).
+#![allow(unsafe_code)]
 fn main() -> std::process::ExitCode {
     // Like other Unix tools, end quietly when the reader goes away (`mirrorctl status | head`).
     // SAFETY: restoring a signal's default disposition before any thread starts.

@@ -10,6 +10,7 @@ use std::time::Duration;
 pub mod agents;
 pub mod failures;
 pub mod in_force;
+mod interrupt;
 pub mod last_report;
 pub mod memory;
 pub mod models;
@@ -45,6 +46,9 @@ use desired::*;
 use observe::*;
 use status::*;
 
+#[cfg(unix)]
+pub use interrupt::interrupt_on_sigint;
+pub use interrupt::{interrupt, interrupted};
 pub use observe::{log_limits, process_record, ProcessRecord};
 pub use status::{status, status_from_disk, PassRunning, ResourceStatus, StatusReport};
 
@@ -132,37 +136,6 @@ pub enum ReconcileError {
     /// Ctrl-C before the pass began.
     #[error("{0}")]
     Interrupted(String),
-}
-
-/// Set by SIGINT during a one-shot pass (see [`interrupt_on_sigint`]).
-static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Whether the pass should stop before its next action.
-pub fn interrupted() -> bool {
-    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
-}
-
-/// Asks the running pass to stop before its next action.
-pub fn interrupt() {
-    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
-}
-
-/// A one-shot pass: the first Ctrl-C stops it between actions (what was done is recorded and
-/// summarized, exit 130); a second one ends the process at once.
-#[cfg(unix)]
-pub fn interrupt_on_sigint() {
-    extern "C" fn on_sigint(_: libc::c_int) {
-        // Async-signal-safe: an atomic store and a signal disposition.
-        INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
-        // SAFETY: restoring the default disposition is async-signal-safe.
-        unsafe {
-            libc::signal(libc::SIGINT, libc::SIG_DFL);
-        }
-    }
-    // SAFETY: installs a handler that only does async-signal-safe work.
-    unsafe {
-        libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t);
-    }
 }
 
 /// How long a pass waits for the truth store before leaving the rest in the journal.

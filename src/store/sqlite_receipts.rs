@@ -6,6 +6,9 @@
 //! the chain check) that took 0.75-1 s here, most of it in thread switches. Stepping the statement
 //! in place takes a tenth of that (BENCHMARKS.md, "Truth store").
 
+// Unsafe here: Streaming receipts through the SQLite C API (sqlx buffers whole rows). Each block says why it is sound (SAFETY).
+#![allow(unsafe_code)]
+
 use std::ffi::{c_char, c_int, CStr};
 use std::ptr::{self, NonNull};
 

@@ -7,6 +7,9 @@
 //! not available (macOS, old kernels, seccomp filters) the process is polled with
 //! [`process::liveness`] every [`POLL`] (`poll` mechanism), as DESIGN.md §9 allows.
 
+// Unsafe here: Registering a pidfd with tokio. Each block says why it is sound (SAFETY).
+#![allow(unsafe_code)]
+
 use std::time::Duration;
 
 use super::process::{self, Exit, Liveness, ProcessIdentity};

@@ -2,6 +2,9 @@
 //! identities robust against PID reuse, liveness checks, and the exit statuses of our own
 //! children (reaped here, kept until taken).
 
+// Unsafe here: `getpgid` (rustix's `Pid` cannot hold the 0 a PID namespace can return). Each block says why it is sound (SAFETY).
+#![allow(unsafe_code)]
+
 use std::collections::BTreeMap;
 #[cfg(target_os = "linux")]
 use std::fs;

@@ -2,6 +2,9 @@
 //! stdin from `/dev/null`, output to its log, a clean environment, cgroups joined and resource
 //! limits set before `exec`.
 
+// Unsafe here: `pre_exec` runs between fork and exec. Each block says why it is sound (SAFETY).
+#![allow(unsafe_code)]
+
 use std::fs;
 use std::io;
 use std::os::unix::process::CommandExt;

@@ -1,5 +1,8 @@
 //! The Landlock side of [`super::restrict`] (Linux).
 
+// Unsafe here: Landlock's ABI probe, dropping capabilities and the seccomp filter are raw syscalls. Each block says why it is sound (SAFETY).
+#![allow(unsafe_code)]
+
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
