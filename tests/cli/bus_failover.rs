@@ -50,36 +50,6 @@ const MID_STREAM: Duration = Duration::from_millis(45);
 /// No single request may take longer than this (the client gives up and counts a failure).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(25);
 
-/// Kills every process working in this sandbox (the daemon runs in its repository, services in
-/// its state dir), whatever happens in the test.
-struct Cleanup(PathBuf);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for _ in 0..3 {
-            for pid in working_in(&self.0) {
-                let _ = std::process::Command::new("kill")
-                    .args(["-9", &pid.to_string()])
-                    .status();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-/// Processes whose working directory is under `root`.
-fn working_in(root: &std::path::Path) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_link(format!("/proc/{pid}/cwd"))
-                .map(|cwd| cwd.starts_with(root))
-                .unwrap_or(false)
-        })
-        .collect()
-}
-
 /// A running `mirrorctl run`; SIGKILLed when dropped.
 struct Daemon {
     child: Child,
@@ -116,14 +86,6 @@ impl Drop for Daemon {
     }
 }
 
-fn wait_for(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
 fn status(sandbox: &Sandbox) -> Option<serde_json::Value> {
     serde_json::from_str(&sandbox.run(&["status", "--output", "json"]).stdout).ok()
 }
@@ -154,14 +116,6 @@ fn running_pid(sandbox: &Sandbox, name: &str) -> Option<i64> {
         .find(|r| r["name"] == name)?
         .clone();
     r["pid"].as_i64()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn post(port: u16, path: &str, body: &str) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use mirrorctl::supervisor::sandbox::{self, Support};
 
-use crate::daemon::{free_port, resource_of, status, wait_for, Cleanup, Daemon};
+use crate::daemon::{resource_of, status, Daemon};
 use crate::sandbox::skipped;
 use crate::support::*;
 

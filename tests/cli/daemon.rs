@@ -8,36 +8,6 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-/// Kills every process working in this sandbox (the daemon runs in its repository, services in
-/// its state dir), whatever happens in the test.
-pub(crate) struct Cleanup(pub(crate) PathBuf);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for _ in 0..3 {
-            for pid in working_in(&self.0) {
-                let _ = std::process::Command::new("kill")
-                    .args(["-9", &pid.to_string()])
-                    .status();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-/// Processes whose working directory is under `root`.
-pub(crate) fn working_in(root: &std::path::Path) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_link(format!("/proc/{pid}/cwd"))
-                .map(|cwd| cwd.starts_with(root))
-                .unwrap_or(false)
-        })
-        .collect()
-}
-
 /// A running `mirrorctl run`; SIGKILLed if the test did not stop it.
 pub(crate) struct Daemon {
     pub(crate) child: Child,
@@ -118,14 +88,6 @@ pub(crate) fn unique(path: PathBuf) -> PathBuf {
             return candidate;
         }
         n += 1;
-    }
-}
-
-pub(crate) fn wait_for(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(25));
     }
 }
 
@@ -863,15 +825,6 @@ fn launch_agents_run_on_schedule_and_a_timeout_kills_the_whole_run() {
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(std::fs::read_to_string(&log).unwrap().matches("tick").count(), runs);
     assert!(daemon.log().contains("launch agent run"), "{}", daemon.log());
-}
-
-/// A free TCP port on 127.0.0.1.
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 pub(crate) fn post(port: u16, path: &str, body: &str) {

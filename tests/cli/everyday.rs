@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::daemon::{service, wait_for, Cleanup, Daemon};
+use crate::daemon::{service, Daemon};
 use crate::support::*;
 
 #[test]
@@ -508,9 +508,9 @@ fn with_no_provider_reachable_the_daemon_says_so_once() {
     let sandbox = Sandbox::new();
     let _cleanup = Cleanup(sandbox.root().to_path_buf());
     let (dead, dead2, bus) = (
-        crate::daemon::free_port(),
-        crate::daemon::free_port(),
-        crate::daemon::free_port(),
+        crate::support::free_port(),
+        crate::support::free_port(),
+        crate::support::free_port(),
     );
     sandbox.write(
         "host.yaml",

@@ -7,10 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::daemon::{
-    alive, free_port, kill9, post, route_of, running_pid, service, service_state, settled_on, status, wait_for,
-    working_in, Cleanup, Daemon,
-};
+use crate::daemon::{alive, kill9, post, route_of, running_pid, service, service_state, settled_on, status, Daemon};
 use crate::support::*;
 
 // ---------------------------------------------------------------------------------------------

@@ -457,36 +457,6 @@ fn report(what: &str, runs: &[StreamStats]) {
 
 // Small copies of tests/cli/daemon.rs's helpers.
 
-/// Kills every process working in this sandbox (the daemon runs in its repository, services in
-/// its state dir), whatever happens in the test.
-struct Cleanup(PathBuf);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for _ in 0..3 {
-            for pid in working_in(&self.0) {
-                let _ = std::process::Command::new("kill")
-                    .args(["-9", &pid.to_string()])
-                    .status();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-/// Processes whose working directory is under `root`.
-fn working_in(root: &Path) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_link(format!("/proc/{pid}/cwd"))
-                .map(|cwd| cwd.starts_with(root))
-                .unwrap_or(false)
-        })
-        .collect()
-}
-
 /// A running `mirrorctl run`; killed when dropped.
 struct Daemon {
     child: Child,
@@ -549,12 +519,4 @@ fn wait_for(daemon: &Daemon, what: &str, within: Duration, mut condition: impl F
 
 fn status(sandbox: &Sandbox) -> Run {
     sandbox.run(&["status", "--output", "json"])
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

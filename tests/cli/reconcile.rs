@@ -1,6 +1,7 @@
 //! `mirrorctl reconcile` on real commits with real processes.
 
 use std::path::Path;
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -99,14 +100,6 @@ fn resource(status: &serde_json::Value, name: &str) -> serde_json::Value {
         .clone()
 }
 
-fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !condition() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
 fn log_of(sandbox: &Sandbox, name: &str) -> String {
     std::fs::read_to_string(sandbox.root().join(format!("state/logs/{name}.log"))).unwrap_or_default()
 }
@@ -148,7 +141,9 @@ fn a_commit_starts_services_and_a_second_pass_changes_nothing() {
     assert_eq!(run.code, 0, "{run:?}");
     let web = pid_of(&sandbox, "web");
     assert!(alive(web) && alive(pid_of(&sandbox, "worker")));
-    wait_for("the log line", || log_of(&sandbox, "web").contains("hello world"));
+    wait_for("the log line", Duration::from_secs(5), || {
+        log_of(&sandbox, "web").contains("hello world")
+    });
     let web_stat = std::fs::read_to_string(format!("/proc/{web}/stat")).unwrap();
     let session: i32 = web_stat
         .rsplit(')')
@@ -185,7 +180,7 @@ fn a_killed_service_is_restarted_and_reported_as_corrective() {
     assert_eq!(sandbox.run(&["reconcile"]).code, 0);
     let first = pid_of(&sandbox, "web");
     kill9(first);
-    wait_for("the kill", || !alive(first));
+    wait_for("the kill", Duration::from_secs(5), || !alive(first));
 
     let dry = sandbox.run(&["reconcile", "--dry-run"]);
     assert_eq!(dry.code, 2, "{dry:?}");
@@ -222,7 +217,7 @@ fn an_env_change_restarts_with_the_new_env_and_removal_stops_the_whole_tree() {
     sandbox.commit("v1");
     assert_eq!(sandbox.run(&["reconcile"]).code, 0);
     let first = pid_of(&sandbox, "web");
-    wait_for("the tree", || group_members(first).len() == 2);
+    wait_for("the tree", Duration::from_secs(5), || group_members(first).len() == 2);
 
     sandbox.write(
         "web.yaml",
@@ -249,7 +244,9 @@ fn an_env_change_restarts_with_the_new_env_and_removal_stops_the_whole_tree() {
     let second = pid_of(&sandbox, "web");
     assert_ne!(first, second);
     assert!(group_members(first).is_empty(), "the old tree is gone");
-    wait_for("the new env", || log_of(&sandbox, "web").contains("mode=two"));
+    wait_for("the new env", Duration::from_secs(5), || {
+        log_of(&sandbox, "web").contains("mode=two")
+    });
 
     sandbox.remove("web.yaml");
     sandbox.commit("remove web");
@@ -321,7 +318,7 @@ fn emptying_the_path_is_refused_by_the_prune_guard() {
     assert_eq!(run.code, 0, "{run:?}");
     assert!(owned(&sandbox).is_empty());
     for pid in pids {
-        wait_for("the prune", || !alive(pid));
+        wait_for("the prune", Duration::from_secs(5), || !alive(pid));
     }
 }
 
@@ -334,7 +331,7 @@ fn a_recycled_pid_is_not_mistaken_for_the_service() {
     assert_eq!(sandbox.run(&["reconcile"]).code, 0);
     let original = pid_of(&sandbox, "web");
     kill9(original);
-    wait_for("the kill", || !alive(original));
+    wait_for("the kill", Duration::from_secs(5), || !alive(original));
 
     // An unrelated process now holds the pid the inventory remembers (as after PID reuse).
     let mut stranger = std::process::Command::new("sleep").arg("300").spawn().unwrap();
@@ -458,7 +455,7 @@ fn status_shows_sync_health_pid_and_restarts() {
     );
 
     kill9(pid);
-    wait_for("the kill", || !alive(pid));
+    wait_for("the kill", Duration::from_secs(5), || !alive(pid));
     let json = sandbox.run(&["status", "--output", "json"]).json();
     let web = resource(&json, "web");
     assert_eq!(
@@ -490,10 +487,10 @@ fn a_crash_loop_backs_off_exponentially() {
         )
     };
     assert_eq!(sandbox.run(&["reconcile"]).code, 0);
-    wait_for("the crash", || !alive(pid_of(&sandbox, "bad")));
+    wait_for("the crash", Duration::from_secs(5), || !alive(pid_of(&sandbox, "bad")));
     let (action, why) = reason(&sandbox);
     assert_eq!(action, "restart", "the first restart is immediate: {why}");
-    wait_for("the crash", || !alive(pid_of(&sandbox, "bad")));
+    wait_for("the crash", Duration::from_secs(5), || !alive(pid_of(&sandbox, "bad")));
     let (action, why) = reason(&sandbox);
     assert_eq!(action, "noop");
     assert!(
@@ -503,7 +500,7 @@ fn a_crash_loop_backs_off_exponentially() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let (action, why) = reason(&sandbox);
     assert_eq!(action, "restart", "after the initial delay: {why}");
-    wait_for("the crash", || !alive(pid_of(&sandbox, "bad")));
+    wait_for("the crash", Duration::from_secs(5), || !alive(pid_of(&sandbox, "bad")));
     let (action, why) = reason(&sandbox);
     assert_eq!(action, "noop");
     assert!(
@@ -513,14 +510,6 @@ fn a_crash_loop_backs_off_exponentially() {
     let status = sandbox.run(&["status", "--output", "json"]).json();
     assert_eq!(status["resources"][0]["restarts"], 2);
     assert_eq!(status["resources"][0]["health"], "Degraded");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]
@@ -546,7 +535,9 @@ fn dependents_start_once_their_dependency_answers_its_probe() {
             .contains(&format!("healthy: http://127.0.0.1:{port}/ answered 200")),
         "{applied}"
     );
-    wait_for("app's check", || log_of(&sandbox, "app").contains("web answered"));
+    wait_for("app's check", Duration::from_secs(5), || {
+        log_of(&sandbox, "app").contains("web answered")
+    });
     let status = sandbox.run(&["status", "--output", "json"]).json();
     let web = resource(&status, "web");
     assert!(web["last_probe"].as_str().unwrap().starts_with("ok: "), "{web}");
@@ -618,7 +609,7 @@ fn labels_alone_change_nothing_suspend_stops_and_the_prune_opt_out_holds() {
     sandbox.commit("suspend b");
     let run = sandbox.run(&["reconcile"]);
     assert_eq!(run.code, 0, "{run:?}");
-    wait_for("b to stop", || !alive(b));
+    wait_for("b to stop", Duration::from_secs(5), || !alive(b));
     assert_eq!(
         sandbox.run(&["reconcile", "--dry-run"]).code,
         0,
@@ -650,7 +641,7 @@ fn a_running_service_log_is_rotated_past_its_size() {
     sandbox.commit("chatty");
     assert_eq!(sandbox.run(&["reconcile"]).code, 0);
     let logs = sandbox.root().join("state/logs");
-    wait_for("the output", || {
+    wait_for("the output", Duration::from_secs(5), || {
         log_of(&sandbox, "chatty").contains("line-399-")
             || std::fs::read_to_string(logs.join("chatty.log.1")).is_ok_and(|t| t.contains("line-399-"))
     });
@@ -692,7 +683,9 @@ fn a_running_service_that_fails_its_probe_is_restarted() {
     assert_eq!(sandbox.run(&["reconcile"]).code, 0);
     let second = pid_of(&sandbox, "hang");
     assert_ne!(first, second);
-    wait_for("the hung process to be stopped", || !alive(first));
+    wait_for("the hung process to be stopped", Duration::from_secs(5), || {
+        !alive(first)
+    });
 }
 
 #[test]
@@ -937,14 +930,6 @@ fn agent_files(policy_tools: &str, outside: &Path) -> String {
     )
 }
 
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !condition() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn an_agent_is_enrolled_sandboxed_told_of_policy_changes_and_revoked_when_removed() {
     use std::os::unix::fs::PermissionsExt;
@@ -975,7 +960,9 @@ fn an_agent_is_enrolled_sandboxed_told_of_policy_changes_and_revoked_when_remove
     assert!(!enrollment.contains(&token), "only the token's hash is kept");
 
     // The agent runs in its sandbox and learns who it is from its environment.
-    wait_until("the agent's first writes", || home.join("denied").exists());
+    wait_for("the agent's first writes", Duration::from_secs(10), || {
+        home.join("denied").exists()
+    });
     let env = std::fs::read_to_string(home.join("env")).unwrap();
     for expected in [
         "MIRROR_AGENT=scribe".to_string(),
@@ -1032,7 +1019,9 @@ fn an_agent_is_enrolled_sandboxed_told_of_policy_changes_and_revoked_when_remove
     let policy_file: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(state.join("agents/scribe/view/policy.json")).unwrap()).unwrap();
     assert_eq!(policy_file["policy"]["version"], 2, "{policy_file}");
-    wait_until("the agent told by SIGHUP", || home.join("hup").exists());
+    wait_for("the agent told by SIGHUP", Duration::from_secs(10), || {
+        home.join("hup").exists()
+    });
     let same_pid = owned(&sandbox).into_iter().find(|(n, _)| n == "scribe").unwrap().1;
     assert_eq!(same_pid, pid, "a signalled agent keeps running");
     assert_eq!(sandbox.run(&["reconcile", "--dry-run"]).code, 0, "nothing pending");

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::daemon::{alive, free_port, wait_for, Cleanup, Daemon};
+use crate::daemon::{alive, Daemon};
 use crate::support::*;
 
 /// Every command of this scenario reads `desired/` of the repository `init` made.

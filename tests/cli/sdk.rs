@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::daemon::{free_port, wait_for, Cleanup, Daemon};
+use crate::daemon::Daemon;
 use crate::support::*;
 
 fn sdk_python() -> String {

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use git2::{Repository, RepositoryInitOptions, Signature};
 
@@ -163,4 +164,51 @@ macro_rules! on_both_backends {
             )*
         }
     };
+}
+
+/// Kills every process working in this sandbox (the daemon runs in its repository, services in
+/// its state dir), whatever happens in the test.
+pub(crate) struct Cleanup(pub(crate) PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for _ in 0..3 {
+            for pid in working_in(&self.0) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Processes whose working directory is under `root`.
+pub(crate) fn working_in(root: &std::path::Path) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd"))
+                .map(|cwd| cwd.starts_with(root))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+pub(crate) fn wait_for(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
