@@ -172,27 +172,14 @@ enum Outcome {
     Nothing,
 }
 
+/// Decodes one document: the envelope (a mapping with only the known fields), apiVersion and
+/// kind, metadata, then the spec of that kind. Every problem is reported; what is left decides
+/// the outcome.
 fn decode_document(file: &str, document: yaml::Document, out: &mut Vec<Diagnostic>) -> Outcome {
     let root = document.root;
-    let entries = match &root.value {
-        Value::Map(entries) => entries,
-        _ => {
-            let found = if matches!(root.value, Value::Seq(_)) {
-                "a sequence"
-            } else {
-                "a scalar"
-            };
-            out.push(Diagnostic::new(
-                file,
-                root.mark,
-                None,
-                None,
-                format!("expected a resource (a mapping with apiVersion, kind, metadata and spec), found {found}"),
-            ));
-            return Outcome::Nothing;
-        }
+    let Some(entries) = envelope_entries(file, &root, out) else {
+        return Outcome::Nothing;
     };
-
     let kind_node = root.get("kind");
     let kind = kind_node.and_then(Node::as_str).and_then(Kind::parse);
     let raw_name = root.get("metadata").and_then(|m| m.get("name")).and_then(Node::as_str);
@@ -206,119 +193,12 @@ fn decode_document(file: &str, document: yaml::Document, out: &mut Vec<Diagnosti
         fatal: false,
         fatal_before_spec: false,
     };
-
-    for (index, (key, _)) in entries.iter().enumerate() {
-        let Some(name) = key.as_str() else { continue };
-        if let Some((first, _)) = entries[..index].iter().find(|(k, _)| k.as_str() == Some(name)) {
-            errors.fatal(
-                key.mark,
-                name,
-                format!("duplicate key `{name}` (first given at line {})", first.mark.line),
-            );
-        } else if !ENVELOPE_FIELDS.contains(&name) {
-            let suggestion = yaml::suggest(name, ENVELOPE_FIELDS);
-            errors.misspelled.extend(suggestion);
-            let hint = suggestion
-                .map(|s| format!(" (did you mean `{s}`?)"))
-                .unwrap_or_default();
-            errors.fatal(
-                key.mark,
-                name,
-                format!("unknown field `{name}`{hint}: expected apiVersion, kind, metadata and spec"),
-            );
-        }
-    }
-
-    match root.get("apiVersion") {
-        None => errors.missing(
-            "apiVersion",
-            format!("missing required field `apiVersion`: expected `{API_VERSION}`"),
-        ),
-        Some(node) if node.as_str() != Some(API_VERSION) => errors.fatal(
-            node.mark,
-            "apiVersion",
-            format!(
-                "unknown apiVersion `{}`: expected `{API_VERSION}`",
-                node.as_str().unwrap_or("")
-            ),
-        ),
-        Some(_) => {}
-    }
-
-    let kinds = Kind::ALL.map(Kind::as_str);
-    match (kind_node, kind) {
-        (None, _) => errors.missing(
-            "kind",
-            format!("missing required field `kind`: expected one of {}", kinds.join(", ")),
-        ),
-        (Some(node), None) => {
-            let text = node.as_str().unwrap_or("");
-            let hint = yaml::suggest(text, kinds)
-                .map(|s| format!(" (did you mean `{s}`?)"))
-                .unwrap_or_default();
-            errors.fatal(
-                node.mark,
-                "kind",
-                format!("unknown kind `{text}`{hint}: expected one of {}", kinds.join(", ")),
-            );
-        }
-        _ => {}
-    }
-
-    let metadata = match root.get("metadata") {
-        None => {
-            errors.missing(
-                "metadata",
-                "missing required field `metadata`: expected a mapping with a `name`".into(),
-            );
-            None
-        }
-        Some(node) => match yaml::decode::<ObjectMeta>(node, &FieldPath::from("metadata")) {
-            Ok(meta) => {
-                if !is_dns_label(&meta.name) {
-                    // Not fatal: the resource still takes part in the cross-resource checks, so a
-                    // bad name does not hide its other errors.
-                    let at = node.get("name").map_or(node.mark, |n| n.mark);
-                    errors.push(at, "metadata.name", format!(
-                        "expected a lowercase DNS label (a-z, 0-9 and `-`, at most 63 characters, starting and ending with a letter or digit), found `{}`",
-                        meta.name
-                    ));
-                }
-                Some(meta)
-            }
-            Err(e) => {
-                errors.decode_error(node.mark, e);
-                None
-            }
-        },
-    };
-
+    check_envelope_keys(entries, &mut errors);
+    check_api_version(&root, &mut errors);
+    check_kind(kind_node, kind, &mut errors);
+    let metadata = decode_metadata(&root, &mut errors);
     errors.fatal_before_spec = errors.fatal;
-    let mut taken_out = Vec::new();
-    let spec = match (root.get("spec"), kind) {
-        (None, _) => {
-            errors.missing("spec", "missing required field `spec`".into());
-            None
-        }
-        (Some(node), Some(kind)) => match decode_spec(kind, node) {
-            Ok(spec) => Some(spec),
-            Err(SpecErrors {
-                errors: all,
-                rest,
-                stand_ins,
-            }) => {
-                taken_out = all.iter().filter_map(|e| e.path.clone()).chain(stand_ins).collect();
-                for e in all {
-                    errors.decode_error(node.mark, e);
-                }
-                // What decoded without the bad fields still gets its semantic checks (the load
-                // fails on the errors above either way).
-                errors.fatal = errors.fatal_before_spec;
-                rest.map(|spec| *spec)
-            }
-        },
-        (Some(_), None) => None,
-    };
+    let (spec, taken_out) = decode_spec_field(&root, kind, &mut errors);
 
     let origin = Origin {
         file: file.to_string(),
@@ -340,6 +220,156 @@ fn decode_document(file: &str, document: yaml::Document, out: &mut Vec<Diagnosti
             Outcome::Declared(crate::spec::ResourceId::new(kind, metadata.name), origin)
         }
         _ => Outcome::Nothing,
+    }
+}
+
+/// The entries of a document's root mapping; None (reported) when the root is not a mapping.
+fn envelope_entries<'n>(file: &str, root: &'n Node, out: &mut Vec<Diagnostic>) -> Option<&'n [(Node, Node)]> {
+    match &root.value {
+        Value::Map(entries) => Some(entries),
+        _ => {
+            let found = if matches!(root.value, Value::Seq(_)) {
+                "a sequence"
+            } else {
+                "a scalar"
+            };
+            out.push(Diagnostic::new(
+                file,
+                root.mark,
+                None,
+                None,
+                format!("expected a resource (a mapping with apiVersion, kind, metadata and spec), found {found}"),
+            ));
+            None
+        }
+    }
+}
+
+/// Each envelope key once, and only apiVersion, kind, metadata and spec (a typo gets a hint).
+fn check_envelope_keys(entries: &[(Node, Node)], errors: &mut DocumentErrors<'_>) {
+    for (index, (key, _)) in entries.iter().enumerate() {
+        let Some(name) = key.as_str() else { continue };
+        if let Some((first, _)) = entries[..index].iter().find(|(k, _)| k.as_str() == Some(name)) {
+            errors.fatal(
+                key.mark,
+                name,
+                format!("duplicate key `{name}` (first given at line {})", first.mark.line),
+            );
+        } else if !ENVELOPE_FIELDS.contains(&name) {
+            let suggestion = yaml::suggest(name, ENVELOPE_FIELDS);
+            errors.misspelled.extend(suggestion);
+            let hint = suggestion
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+            errors.fatal(
+                key.mark,
+                name,
+                format!("unknown field `{name}`{hint}: expected apiVersion, kind, metadata and spec"),
+            );
+        }
+    }
+}
+
+fn check_api_version(root: &Node, errors: &mut DocumentErrors<'_>) {
+    match root.get("apiVersion") {
+        None => errors.missing(
+            "apiVersion",
+            format!("missing required field `apiVersion`: expected `{API_VERSION}`"),
+        ),
+        Some(node) if node.as_str() != Some(API_VERSION) => errors.fatal(
+            node.mark,
+            "apiVersion",
+            format!(
+                "unknown apiVersion `{}`: expected `{API_VERSION}`",
+                node.as_str().unwrap_or("")
+            ),
+        ),
+        Some(_) => {}
+    }
+}
+
+/// `kind` is present and one of the kinds (`kind`: what it parsed to).
+fn check_kind(kind_node: Option<&Node>, kind: Option<Kind>, errors: &mut DocumentErrors<'_>) {
+    let kinds = Kind::ALL.map(Kind::as_str);
+    match (kind_node, kind) {
+        (None, _) => errors.missing(
+            "kind",
+            format!("missing required field `kind`: expected one of {}", kinds.join(", ")),
+        ),
+        (Some(node), None) => {
+            let text = node.as_str().unwrap_or("");
+            let hint = yaml::suggest(text, kinds)
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+            errors.fatal(
+                node.mark,
+                "kind",
+                format!("unknown kind `{text}`{hint}: expected one of {}", kinds.join(", ")),
+            );
+        }
+        _ => {}
+    }
+}
+
+/// The metadata, when present and decodable; a name that is not a DNS label is reported but kept.
+fn decode_metadata(root: &Node, errors: &mut DocumentErrors<'_>) -> Option<ObjectMeta> {
+    let Some(node) = root.get("metadata") else {
+        errors.missing(
+            "metadata",
+            "missing required field `metadata`: expected a mapping with a `name`".into(),
+        );
+        return None;
+    };
+    match yaml::decode::<ObjectMeta>(node, &FieldPath::from("metadata")) {
+        Ok(meta) => {
+            if !is_dns_label(&meta.name) {
+                // Not fatal: the resource still takes part in the cross-resource checks, so a
+                // bad name does not hide its other errors.
+                let at = node.get("name").map_or(node.mark, |n| n.mark);
+                errors.push(at, "metadata.name", format!(
+                    "expected a lowercase DNS label (a-z, 0-9 and `-`, at most 63 characters, starting and ending with a letter or digit), found `{}`",
+                    meta.name
+                ));
+            }
+            Some(meta)
+        }
+        Err(e) => {
+            errors.decode_error(node.mark, e);
+            None
+        }
+    }
+}
+
+/// The spec of `kind`, and the fields taken out of it to decode the rest (none when it had no
+/// errors). A spec with errors still gives what decoded without them.
+fn decode_spec_field(
+    root: &Node,
+    kind: Option<Kind>,
+    errors: &mut DocumentErrors<'_>,
+) -> (Option<Spec>, Vec<FieldPath>) {
+    match (root.get("spec"), kind) {
+        (None, _) => {
+            errors.missing("spec", "missing required field `spec`".into());
+            (None, Vec::new())
+        }
+        (Some(node), Some(kind)) => match decode_spec(kind, node) {
+            Ok(spec) => (Some(spec), Vec::new()),
+            Err(SpecErrors {
+                errors: all,
+                rest,
+                stand_ins,
+            }) => {
+                let taken_out = all.iter().filter_map(|e| e.path.clone()).chain(stand_ins).collect();
+                for e in all {
+                    errors.decode_error(node.mark, e);
+                }
+                // What decoded without the bad fields still gets its semantic checks (the load
+                // fails on the errors above either way).
+                errors.fatal = errors.fatal_before_spec;
+                (rest.map(|spec| *spec), taken_out)
+            }
+        },
+        (Some(_), None) => (None, Vec::new()),
     }
 }
 
