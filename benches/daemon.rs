@@ -45,6 +45,9 @@
 //! against its start time first), sweeps any leftover child, and reaps them all. Every run has its
 //! own temp repository and state dir.
 
+// A measurement or test harness: raw signals and process calls (each block says why it is sound).
+#![allow(unsafe_code)]
+
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{Read, Write};

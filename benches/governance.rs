@@ -24,6 +24,9 @@
 //!
 //! Run: `cargo bench --bench governance` (release build). `-- --quick` does fewer requests.
 
+// A measurement or test harness: raw signals and process calls (each block says why it is sound).
+#![allow(unsafe_code)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -4,6 +4,9 @@
 //! Run: `cargo bench --bench load` (release build). `-- --quick` does fewer rounds;
 //! `-- --generate DIR` only writes the generated repository.
 
+// A measurement or test harness: raw signals and process calls (each block says why it is sound).
+#![allow(unsafe_code)]
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -21,6 +21,9 @@
 //!   peer started (each checked against its recorded start time first), sweeps any leftover child,
 //!   and reaps them all.
 
+// A measurement or test harness: raw signals and process calls (each block says why it is sound).
+#![allow(unsafe_code)]
+
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io;

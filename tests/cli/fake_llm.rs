@@ -1,6 +1,9 @@
 //! `scripts/fake-llm`, the stand-in model provider: a real process, spoken to over plain
 //! HTTP/1.1 on a `TcpStream` (no HTTP client library), in both API shapes and every fault mode.
 
+// A measurement or test harness: raw signals and process calls (each block says why it is sound).
+#![allow(unsafe_code)]
+
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, ExitStatus, Stdio};

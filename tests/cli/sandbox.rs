@@ -3,6 +3,9 @@
 //! (emulated with a seccomp filter that answers ENOSYS to the Landlock system calls, as a
 //! kernel without Landlock does).
 
+// A measurement or test harness: raw signals and process calls (each block says why it is sound).
+#![allow(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 

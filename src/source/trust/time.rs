@@ -1,6 +1,10 @@
 //! Times in allowed-signers options (`valid-after`, `valid-before`) as ssh-keygen reads them, and
 //! commit times as messages print them; the calendar is chrono's, local time libc's mktime.
 
+// Unsafe here: libc's mktime, since ssh-keygen reads local times with it and chrono resolves the
+// repeated hour of a DST change differently. Each block says why it is sound (SAFETY).
+#![allow(unsafe_code)]
+
 use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, Timelike};
 
 /// ssh-keygen's parse_absolute_time: `YYYYMMDD[HHMM[SS]]`, UTC with a `Z` or `UTC` suffix,
