@@ -297,6 +297,24 @@ pub fn lock_state_dir(state_dir: &std::path::Path) -> std::io::Result<StateLock>
     lock_state_dir_unless(state_dir, &|| false)
 }
 
+/// `<state dir>/lock`, made with the state dir if need be (never truncated: it names its holder).
+fn open_lock_file(state_dir: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::create_dir_all(state_dir)?;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(Layout::of(state_dir).lock())
+}
+
+/// What the lock file says of its holder (`PID` or `PID daemon`).
+fn holder_of(file: &mut std::fs::File) -> String {
+    let mut holder = String::new();
+    let _ = std::io::Read::read_to_string(file, &mut holder);
+    holder
+}
+
 /// How often a wait for the lock says it is still waiting.
 const STILL_WAITING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -304,18 +322,11 @@ const STILL_WAITING_EVERY: std::time::Duration = std::time::Duration::from_secs(
 /// waiting ends the wait, which a blocking `flock` (restarted after the signal) would not.
 pub fn lock_state_dir_unless(state_dir: &std::path::Path, give_up: &dyn Fn() -> bool) -> std::io::Result<StateLock> {
     use rustix::fs::{flock, FlockOperation};
-    use std::io::{Read, Seek, Write};
+    use std::io::{Seek, Write};
 
-    std::fs::create_dir_all(state_dir)?;
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(Layout::of(state_dir).lock())?;
+    let mut file = open_lock_file(state_dir)?;
     if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
-        let mut holder = String::new();
-        let _ = file.read_to_string(&mut holder);
+        let holder = holder_of(&mut file);
         let pid = holder.split_whitespace().next().unwrap_or("?").to_string();
         eprintln!(
             "mirrorctl: waiting for another mirrorctl (pid {pid}) to finish with {}",
@@ -359,18 +370,11 @@ pub enum LockError {
 /// its pid; a one-shot pass holding it is waited for. The lock file says `PID daemon`.
 pub fn lock_state_dir_for_daemon(state_dir: &std::path::Path) -> Result<StateLock, LockError> {
     use rustix::fs::{flock, FlockOperation};
-    use std::io::{Read, Seek, Write};
+    use std::io::{Seek, Write};
 
-    std::fs::create_dir_all(state_dir)?;
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(Layout::of(state_dir).lock())?;
+    let mut file = open_lock_file(state_dir)?;
     if flock(&file, FlockOperation::NonBlockingLockExclusive).is_err() {
-        let mut holder = String::new();
-        let _ = file.read_to_string(&mut holder);
+        let holder = holder_of(&mut file);
         let mut words = holder.split_whitespace();
         let pid = words.next().unwrap_or("?").to_string();
         if words.next() == Some("daemon") {

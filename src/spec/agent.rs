@@ -96,8 +96,10 @@ pub struct AgentSpec {
     /// Default `signal`.
     #[serde(default)]
     pub on_policy_change: PolicyReload,
+    /// Environment variables. Values of keys that look secret are redacted in all output.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Files of `KEY=value` lines read at start; their values are never stored or printed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env_files: Vec<PathBuf>,
     /// Default `always`.
@@ -105,6 +107,7 @@ pub struct AgentSpec {
     pub restart: RestartPolicy,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<Backoff>,
+    /// Services (`name` or `Service/name`) or agents (`Agent/name`) that must be healthy first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,6 +120,7 @@ pub struct AgentSpec {
     pub logs: Option<Logs>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
+    /// Suspended: left as it is (not started, not stopped, not restarted).
     #[serde(default)]
     pub suspend: bool,
 }

@@ -120,3 +120,42 @@ pub fn all_schema_files() -> Vec<(String, String)> {
     files.push((ALL_KINDS_SCHEMA_FILE.to_string(), render(&all_kinds_schema())));
     files
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An agent runs as a Service: every field the two kinds share must mean the same (the same
+    /// schema, docs included), so a change to one that is not made to the other fails here.
+    #[test]
+    fn the_fields_agents_share_with_services_stay_in_step() {
+        let properties = |kind| {
+            let (schema, _) = kind_spec(kind);
+            schema["properties"].as_object().cloned().expect("an object schema")
+        };
+        let (service, agent) = (properties(Kind::Service), properties(Kind::Agent));
+        let shared: Vec<&String> = service.keys().filter(|k| agent.contains_key(*k)).collect();
+        assert!(
+            shared.len() >= 10,
+            "an agent shares most of a Service's fields: {shared:?}"
+        );
+        let differing: Vec<&String> = shared
+            .into_iter()
+            // `command` is required of a Service, optional for an agent (a default program).
+            .filter(|field| *field != "command" && service[*field] != agent[*field])
+            .collect();
+        assert_eq!(
+            differing,
+            Vec::<&String>::new(),
+            "fields that differ between Service and Agent"
+        );
+        // What a Service has that an agent does not is on purpose: an agent works in its
+        // sandbox directory. Say so here when it changes.
+        let only_service: Vec<&str> = service
+            .keys()
+            .filter(|k| !agent.contains_key(*k))
+            .map(String::as_str)
+            .collect();
+        assert_eq!(only_service, ["workingDir"], "fields only a Service has");
+    }
+}

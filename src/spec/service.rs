@@ -40,7 +40,7 @@ pub struct ServiceSpec {
     pub logs: Option<Logs>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
-    /// A suspended service is left as it is: not started, not stopped, not restarted.
+    /// Suspended: left as it is (not started, not stopped, not restarted).
     #[serde(default)]
     pub suspend: bool,
 }
