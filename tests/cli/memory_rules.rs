@@ -360,10 +360,9 @@ on_both_backends!(
 
 /// Two hosts run a pass against one PostgreSQL at the same moment: each item moves once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: MIRROR_TEST_POSTGRES_URL (scripts/throwaway-postgres start; .ci/run provides it)"]
 async fn postgres_two_hosts_at_once_move_each_item_once() {
-    let Some(db) = TestDb::postgres("postgres_two_hosts_at_once_move_each_item_once").await else {
-        return;
-    };
+    let db = TestDb::postgres().await;
     let first = db.open().await;
     let second = db.open().await;
     // Enough items that the two passes overlap.
@@ -422,11 +421,10 @@ async fn postgres_two_hosts_at_once_move_each_item_once() {
 
 /// A pass that finds the fleet lock held skips, moving nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: MIRROR_TEST_POSTGRES_URL (scripts/throwaway-postgres start; .ci/run provides it)"]
 async fn postgres_a_held_fleet_lock_skips_the_pass() {
     use sqlx::Connection;
-    let Some(db) = TestDb::postgres("postgres_a_held_fleet_lock_skips_the_pass").await else {
-        return;
-    };
+    let db = TestDb::postgres().await;
     let store = db.open().await;
     seed(&*store).await;
     let mut other_host = sqlx::postgres::PgConnection::connect(&db.raw_url).await.unwrap();
