@@ -15,6 +15,7 @@ mod sandbox_exec;
 pub mod source;
 mod status;
 mod status_detail;
+mod status_fleet;
 mod validate;
 
 use std::io::Write;

@@ -11,15 +11,23 @@ use crate::reconcile::{status, StatusReport};
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Examples:\n  mirrorctl status\n  mirrorctl status web ollama   # each in detail: \
-                        pid, restarts, last actions, probe, route, spec, last log lines"
+                        pid, restarts, last actions, probe, route, spec, last log lines\n  \
+                        mirrorctl status --fleet --store postgres://mirror@db/mirror   # every host of the store"
 )]
 pub struct StatusArgs {
     /// Show these resources in detail
     #[arg(add = clap_complete::ArgValueCandidates::new(super::completions::resource_names))]
     pub names: Vec<String>,
+    /// Every host sharing the truth store (`--store`, PostgreSQL for a fleet): its last pass, what
+    /// it owns, its latest drift
+    #[arg(long, conflicts_with = "names")]
+    pub fleet: bool,
 }
 
 pub fn run(global: &GlobalArgs, args: &StatusArgs) -> u8 {
+    if args.fleet {
+        return super::status_fleet::run(global);
+    }
     let json = global.output == Output::Json || !args.names.is_empty();
     let request = Request::Status {
         json,

@@ -185,6 +185,21 @@ pub struct RunFinished {
     pub summary: String,
 }
 
+/// One host of a fleet sharing the truth store, as the store last heard of it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FleetHost {
+    pub host: String,
+    /// The commit of its last pass.
+    pub commit: Option<String>,
+    pub last_pass_ms: Option<i64>,
+    /// converged, changes-pending, failed, invalid-source, ...
+    pub outcome: Option<String>,
+    /// What it owns.
+    pub resources: Vec<InventoryEntry>,
+    /// Its latest drift report.
+    pub drift: Option<DriftReport>,
+}
+
 /// An owned object: what this controller started, and how to find it again.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct InventoryEntry {
@@ -343,6 +358,9 @@ pub trait Store: Send + Sync {
         limit: u32,
     ) -> BoxFuture<'a, Result<Vec<Receipt>, StoreError>>;
     fn inventory<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<InventoryEntry>, StoreError>>;
+    /// Every host that has written to this store: its last pass, what it owns, its latest drift
+    /// report (`status --fleet`).
+    fn fleet(&self) -> BoxFuture<'_, Result<Vec<FleetHost>, StoreError>>;
     /// Runs of one LaunchAgent on one host, newest first.
     fn job_runs<'a>(
         &'a self,

@@ -5,6 +5,7 @@ mod support;
 
 mod bus_failover;
 mod containment;
+mod contract;
 mod crds;
 mod daemon;
 mod everyday;

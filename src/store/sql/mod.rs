@@ -20,8 +20,9 @@ use sqlx::{AnyPool, Row};
 
 use super::memory_rules::{MemoryPass, PassRule, RuleMoves};
 use super::{
-    Backend, BoxFuture, DriftReport, InventoryEntry, JobRun, MemoryAdded, MemoryFilter, MemoryItem, MemoryQuery,
-    MemoryTransition, NewMemory, Receipt, Record, ReportFilter, ReportSummary, Store, StoreError, StoreUrl,
+    Backend, BoxFuture, DriftReport, FleetHost, InventoryEntry, JobRun, MemoryAdded, MemoryFilter, MemoryItem,
+    MemoryQuery, MemoryTransition, NewMemory, Receipt, Record, ReportFilter, ReportSummary, Store, StoreError,
+    StoreUrl,
 };
 
 pub use schema::migrate;
@@ -110,6 +111,10 @@ impl Store for SqlStore {
 
     fn inventory<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<InventoryEntry>, StoreError>> {
         Box::pin(read::inventory(self, host))
+    }
+
+    fn fleet(&self) -> BoxFuture<'_, Result<Vec<FleetHost>, StoreError>> {
+        Box::pin(read::fleet(self))
     }
 
     fn job_runs<'a>(

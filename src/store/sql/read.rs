@@ -1,12 +1,16 @@
 //! Reading for `drift list` and `drift show`, `audit` (receipts), `status` (inventory, a
 //! resource's receipts) and job runs.
 
+use std::collections::BTreeMap;
+
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::{bind_args, get_bool, query_error, Arg, SqlStore};
 use crate::report::{rfc3339, Drift, Severity};
-use crate::store::{DriftItem, DriftReport, InventoryEntry, JobRun, Receipt, ReportFilter, ReportSummary, StoreError};
+use crate::store::{
+    DriftItem, DriftReport, FleetHost, InventoryEntry, JobRun, Receipt, ReportFilter, ReportSummary, StoreError,
+};
 
 const SELECT_RECEIPTS: &str =
     "SELECT id, host, seq, run_id, commit_id, kind, name, action, reason, detail, at_ms, prev_hash, hash \
@@ -221,19 +225,79 @@ pub(super) async fn inventory(store: &SqlStore, host: &str) -> Result<Vec<Invent
     .await
     .map_err(query_error("read inventory"))?;
     rows.iter()
-        .map(|row| {
-            Ok(InventoryEntry {
-                host: row.try_get("host")?,
-                kind: row.try_get("kind")?,
-                name: row.try_get("name")?,
-                spec_hash: row.try_get("spec_hash")?,
-                last_applied: row.try_get("last_applied")?,
-                process: row.try_get("process")?,
-                updated_ms: row.try_get("updated_ms")?,
-            })
-        })
+        .map(inventory_entry)
         .collect::<Result<_, sqlx::Error>>()
         .map_err(query_error("decode inventory"))
+}
+
+/// Every host in the store: its last pass (commit, outcome, when), what it owns, its latest
+/// drift report. Three reads, whatever the number of hosts, plus one per host's report.
+pub(super) async fn fleet(store: &SqlStore) -> Result<Vec<FleetHost>, StoreError> {
+    let mut hosts: BTreeMap<String, FleetHost> = BTreeMap::new();
+    let host = |hosts: &mut BTreeMap<String, FleetHost>, name: &str| {
+        hosts.entry(name.to_string()).or_insert_with(|| FleetHost {
+            host: name.to_string(),
+            commit: None,
+            last_pass_ms: None,
+            outcome: None,
+            resources: Vec::new(),
+            drift: None,
+        });
+    };
+    let last_runs = sqlx::query(
+        "SELECT r.host, r.commit_id, r.started_ms, r.outcome FROM runs r \
+         JOIN (SELECT host, MAX(started_ms) AS latest FROM runs GROUP BY host) l \
+         ON r.host = l.host AND r.started_ms = l.latest ORDER BY r.host",
+    )
+    .fetch_all(&store.pool)
+    .await
+    .map_err(query_error("read the fleet's last passes"))?;
+    for row in &last_runs {
+        let name: String = row.try_get("host").map_err(query_error("decode a pass"))?;
+        host(&mut hosts, &name);
+        let entry = hosts.get_mut(&name).expect("just added");
+        entry.commit = row.try_get("commit_id").map_err(query_error("decode a pass"))?;
+        entry.last_pass_ms = Some(row.try_get("started_ms").map_err(query_error("decode a pass"))?);
+        entry.outcome = row.try_get("outcome").map_err(query_error("decode a pass"))?;
+    }
+    let owned = sqlx::query(
+        "SELECT host, kind, name, spec_hash, last_applied, process, updated_ms FROM inventory ORDER BY host, kind, name",
+    )
+    .fetch_all(&store.pool)
+    .await
+    .map_err(query_error("read the fleet's inventory"))?;
+    for row in &owned {
+        let entry = inventory_entry(row).map_err(query_error("decode inventory"))?;
+        host(&mut hosts, &entry.host);
+        hosts.get_mut(&entry.host).expect("just added").resources.push(entry);
+    }
+    let latest_reports = sqlx::query(
+        "SELECT d.host, d.id FROM drift_reports d \
+         JOIN (SELECT host, MAX(started_ms) AS latest FROM drift_reports GROUP BY host) l \
+         ON d.host = l.host AND d.started_ms = l.latest",
+    )
+    .fetch_all(&store.pool)
+    .await
+    .map_err(query_error("read the fleet's drift reports"))?;
+    for row in &latest_reports {
+        let name: String = row.try_get("host").map_err(query_error("decode a report"))?;
+        let id: String = row.try_get("id").map_err(query_error("decode a report"))?;
+        host(&mut hosts, &name);
+        hosts.get_mut(&name).expect("just added").drift = drift_report(store, &id).await?;
+    }
+    Ok(hosts.into_values().collect())
+}
+
+fn inventory_entry(row: &sqlx::any::AnyRow) -> Result<InventoryEntry, sqlx::Error> {
+    Ok(InventoryEntry {
+        host: row.try_get("host")?,
+        kind: row.try_get("kind")?,
+        name: row.try_get("name")?,
+        spec_hash: row.try_get("spec_hash")?,
+        last_applied: row.try_get("last_applied")?,
+        process: row.try_get("process")?,
+        updated_ms: row.try_get("updated_ms")?,
+    })
 }
 
 /// Runs of one LaunchAgent on one host, newest first.
