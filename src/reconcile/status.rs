@@ -160,80 +160,16 @@ pub(super) fn status_of(
         allow_mass_prune: true,
         now_ms: now_ms(),
     });
-    let now = now_ms();
-    let failures = failures::Failures::load(state_dir);
-    let resources = plan
-        .changes
-        .iter()
-        .map(|change| {
-            let id = ResourceId::new(change.kind, change.name.clone());
-            let o = owned.iter().find(|o| o.id == id);
-            let d = desired.iter().find(|d| d.item.id == id);
-            let record = inventory.get(id.kind.as_str(), &id.name).and_then(process_record);
-            let synced = match (d, o) {
-                (Some(d), Some(o)) => d.item.hash == o.hash,
-                (Some(d), None) => d.item.suspend,
-                _ => false,
-            };
-            let running = o.is_some_and(|o| o.running);
-            let last_probe = o.and_then(|o| o.probe.clone());
-            // Started, with a probe that has not answered for this process yet (its start
-            // period, or the daemon's first probe still to come).
-            let unproven = last_probe.is_none() && d.is_some_and(|d| d.spec.health.is_some());
-            // The last action on it failed and it does not run as desired: say why and when.
-            let failure = failures.get(&id).filter(|_| d.is_some() && !(synced && running));
-            let stopped = d.and_then(|d| d.stopped.as_ref());
-            let on_exit = inventory
-                .get(id.kind.as_str(), &id.name)
-                .and_then(StoppedOnExit::of)
-                .filter(|_| !running);
-            let health = match (d, o) {
-                (Some(_), _) if stopped.is_some() && !running => "Stopped",
-                (_, Some(_)) if on_exit.is_some() => "Stopped",
-                (Some(d), _) if d.item.suspend && !running => "Suspended",
-                _ if failure.is_some() => "Degraded",
-                (_, Some(_)) if running && matches!(last_probe, Some(Err(_))) => "Degraded",
-                (_, Some(_)) if running && unproven => "Progressing",
-                (_, Some(_)) if running => "Healthy",
-                (_, Some(_)) => "Degraded",
-                (_, None) => "Missing",
-            };
-            ResourceStatus {
-                kind: id.kind,
-                name: id.name.clone(),
-                sync: if synced && source_error.is_none() {
-                    "Synced"
-                } else {
-                    "OutOfSync"
-                },
-                health,
-                pid: record.as_ref().filter(|_| running).map(|r| r.identity.pid),
-                restarts: record
-                    .as_ref()
-                    .map(ProcessRecord::restarts_shown)
-                    .or_else(|| on_exit.as_ref().map(|s| s.total_restarts))
-                    .unwrap_or(0),
-                uptime_s: record
-                    .as_ref()
-                    .filter(|_| running)
-                    .map(|r| ((now - r.started_ms).max(0) / 1000) as u64),
-                last_exit: o.and_then(|o| o.exit_code),
-                last_probe: last_probe.map(|result| match result {
-                    Ok(answer) => format!("ok: {answer}"),
-                    Err(why) => format!("failed: {why}"),
-                }),
-                detail: match (stopped, failure, &on_exit) {
-                    (Some(stop), _, _) => stop.describe(&id.name, now),
-                    (None, Some(f), _) => f.describe(now),
-                    (None, None, Some(exit)) => exit.describe(now),
-                    (None, None, None) => change.reason.clone(),
-                },
-                failure: failure.cloned(),
-                route: (id.kind == Kind::Agent).then_some(Value::Null),
-                protections: (id.kind == Kind::Agent).then(|| agents::containment(state_dir, &id.name)),
-            }
-        })
-        .collect();
+    let seen = Seen {
+        inventory,
+        state_dir,
+        owned: &owned,
+        desired: &desired,
+        failures: failures::Failures::load(state_dir),
+        source_error: source_error.is_some(),
+        now: now_ms(),
+    };
+    let resources = plan.changes.iter().map(|change| seen.resource(change)).collect();
     StatusReport {
         commit: state.and_then(|s| s.commit.clone()),
         mechanism: process::mechanism(),
@@ -246,5 +182,87 @@ pub(super) fn status_of(
         routes: Value::Null,
         sandbox: crate::supervisor::sandbox::support().to_string(),
         pass_running: None,
+    }
+}
+
+/// What `status` has seen, to say of each resource.
+struct Seen<'a> {
+    inventory: &'a LocalInventory,
+    state_dir: &'a Path,
+    owned: &'a [OwnedItem],
+    desired: &'a [DesiredService],
+    failures: failures::Failures,
+    source_error: bool,
+    now: i64,
+}
+
+impl Seen<'_> {
+    /// One resource's sync, health, pid, restarts, uptime, last exit and probe, and why.
+    fn resource(&self, change: &crate::plan::Change) -> ResourceStatus {
+        let (inventory, state_dir, now) = (self.inventory, self.state_dir, self.now);
+        let failures = &self.failures;
+        let source_error = self.source_error;
+        let id = ResourceId::new(change.kind, change.name.clone());
+        let o = self.owned.iter().find(|o| o.id == id);
+        let d = self.desired.iter().find(|d| d.item.id == id);
+        let record = inventory.get(id.kind.as_str(), &id.name).and_then(process_record);
+        let synced = match (d, o) {
+            (Some(d), Some(o)) => d.item.hash == o.hash,
+            (Some(d), None) => d.item.suspend,
+            _ => false,
+        };
+        let running = o.is_some_and(|o| o.running);
+        let last_probe = o.and_then(|o| o.probe.clone());
+        // Started, with a probe that has not answered for this process yet (its start
+        // period, or the daemon's first probe still to come).
+        let unproven = last_probe.is_none() && d.is_some_and(|d| d.spec.health.is_some());
+        // The last action on it failed and it does not run as desired: say why and when.
+        let failure = failures.get(&id).filter(|_| d.is_some() && !(synced && running));
+        let stopped = d.and_then(|d| d.stopped.as_ref());
+        let on_exit = inventory
+            .get(id.kind.as_str(), &id.name)
+            .and_then(StoppedOnExit::of)
+            .filter(|_| !running);
+        let health = match (d, o) {
+            (Some(_), _) if stopped.is_some() && !running => "Stopped",
+            (_, Some(_)) if on_exit.is_some() => "Stopped",
+            (Some(d), _) if d.item.suspend && !running => "Suspended",
+            _ if failure.is_some() => "Degraded",
+            (_, Some(_)) if running && matches!(last_probe, Some(Err(_))) => "Degraded",
+            (_, Some(_)) if running && unproven => "Progressing",
+            (_, Some(_)) if running => "Healthy",
+            (_, Some(_)) => "Degraded",
+            (_, None) => "Missing",
+        };
+        ResourceStatus {
+            kind: id.kind,
+            name: id.name.clone(),
+            sync: if synced && !source_error { "Synced" } else { "OutOfSync" },
+            health,
+            pid: record.as_ref().filter(|_| running).map(|r| r.identity.pid),
+            restarts: record
+                .as_ref()
+                .map(ProcessRecord::restarts_shown)
+                .or_else(|| on_exit.as_ref().map(|s| s.total_restarts))
+                .unwrap_or(0),
+            uptime_s: record
+                .as_ref()
+                .filter(|_| running)
+                .map(|r| ((now - r.started_ms).max(0) / 1000) as u64),
+            last_exit: o.and_then(|o| o.exit_code),
+            last_probe: last_probe.map(|result| match result {
+                Ok(answer) => format!("ok: {answer}"),
+                Err(why) => format!("failed: {why}"),
+            }),
+            detail: match (stopped, failure, &on_exit) {
+                (Some(stop), _, _) => stop.describe(&id.name, now),
+                (None, Some(f), _) => f.describe(now),
+                (None, None, Some(exit)) => exit.describe(now),
+                (None, None, None) => change.reason.clone(),
+            },
+            failure: failure.cloned(),
+            route: (id.kind == Kind::Agent).then_some(Value::Null),
+            protections: (id.kind == Kind::Agent).then(|| agents::containment(state_dir, &id.name)),
+        }
     }
 }
