@@ -347,7 +347,10 @@ fn postgres_binaries() -> bool {
 }
 
 #[test]
-#[cfg_attr(not(mirror_ci_parts), ignore = "needs PostgreSQL server binaries (/usr/lib/postgresql/*/bin; .ci/run provides them)")]
+#[cfg_attr(
+    not(mirror_ci_parts),
+    ignore = "needs PostgreSQL server binaries (/usr/lib/postgresql/*/bin; .ci/run provides them)"
+)]
 fn postgres_down_for_60_s_supervision_goes_on_and_every_record_arrives_once() {
     assert!(
         postgres_binaries(),

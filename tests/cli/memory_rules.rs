@@ -360,7 +360,10 @@ on_both_backends!(
 
 /// Two hosts run a pass against one PostgreSQL at the same moment: each item moves once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(mirror_ci_parts), ignore = "needs PostgreSQL: MIRROR_TEST_POSTGRES_URL (scripts/throwaway-postgres start; .ci/run provides it)")]
+#[cfg_attr(
+    not(mirror_ci_parts),
+    ignore = "needs PostgreSQL: MIRROR_TEST_POSTGRES_URL (scripts/throwaway-postgres start; .ci/run provides it)"
+)]
 async fn postgres_two_hosts_at_once_move_each_item_once() {
     let db = TestDb::postgres().await;
     let first = db.open().await;
@@ -421,7 +424,10 @@ async fn postgres_two_hosts_at_once_move_each_item_once() {
 
 /// A pass that finds the fleet lock held skips, moving nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(mirror_ci_parts), ignore = "needs PostgreSQL: MIRROR_TEST_POSTGRES_URL (scripts/throwaway-postgres start; .ci/run provides it)")]
+#[cfg_attr(
+    not(mirror_ci_parts),
+    ignore = "needs PostgreSQL: MIRROR_TEST_POSTGRES_URL (scripts/throwaway-postgres start; .ci/run provides it)"
+)]
 async fn postgres_a_held_fleet_lock_skips_the_pass() {
     use sqlx::Connection;
     let db = TestDb::postgres().await;

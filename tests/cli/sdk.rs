@@ -14,7 +14,10 @@ fn sdk_python() -> String {
 }
 
 #[test]
-#[cfg_attr(not(mirror_ci_parts), ignore = "needs the official SDKs: MIRROR_TEST_SDK_PYTHON=<python with tests/sdk-requirements.txt>")]
+#[cfg_attr(
+    not(mirror_ci_parts),
+    ignore = "needs the official SDKs: MIRROR_TEST_SDK_PYTHON=<python with tests/sdk-requirements.txt>"
+)]
 fn unmodified_openai_and_ollama_clients_reach_the_bus_from_the_agents_environment() {
     let python = sdk_python();
     let sandbox = Sandbox::new();

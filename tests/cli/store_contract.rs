@@ -1043,7 +1043,10 @@ impl Drop for OwnServer {
 /// The PostgreSQL server is stopped in the middle of a run of writes and started again: every
 /// record arrives, once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(mirror_ci_parts), ignore = "needs PostgreSQL: MIRROR_TEST_POSTGRES_URL (scripts/throwaway-postgres start; .ci/run provides it)")]
+#[cfg_attr(
+    not(mirror_ci_parts),
+    ignore = "needs PostgreSQL: MIRROR_TEST_POSTGRES_URL (scripts/throwaway-postgres start; .ci/run provides it)"
+)]
 async fn postgres_outage_nothing_lost_nothing_twice() {
     assert!(std::env::var(POSTGRES_ENV).is_ok(), "{POSTGRES_ENV} is not set");
     let server = OwnServer::start();
