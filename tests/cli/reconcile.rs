@@ -814,6 +814,8 @@ impl Drop for KillOnDrop {
 #[test]
 fn a_dry_run_lists_model_pulls_and_routes_and_an_apply_pulls_with_progress() {
     let sandbox = Sandbox::new();
+    // The apply starts the agent: it must not outlive the test.
+    let _cleanup = Cleanup(sandbox.root().to_path_buf());
     let (child, port) = fake_llm("local", "llama3.2:1b");
     let _fake = KillOnDrop(child);
     let unused = std::net::TcpListener::bind("127.0.0.1:0")
