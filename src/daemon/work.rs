@@ -463,31 +463,11 @@ pub(super) fn read_trusted(
     };
     let state = match loaded {
         Ok(state) => state,
-        Err(invalid) => {
-            return (
-                Ok(PassInput {
-                    desired: Err(invalid),
-                    extra_drift: Vec::new(),
-                    only: None,
-                    operation: None,
-                    probes,
-                }),
-                None,
-            )
-        }
+        Err(invalid) => return (Ok(PassInput::whole(Err(invalid), probes)), None),
     };
     let Some(allowed) = trust else {
         let state = Arc::new(state);
-        return (
-            Ok(PassInput {
-                desired: Ok(state.clone()),
-                extra_drift: Vec::new(),
-                only: None,
-                operation: None,
-                probes,
-            }),
-            Some(state),
-        );
+        return (Ok(PassInput::whole(Ok(state.clone()), probes)), Some(state));
     };
     let verdict = match (&state.commit, git2::Repository::discover(&source.repo)) {
         (None, _) => Err("no commit to verify".to_string()),
@@ -500,16 +480,7 @@ pub(super) fn read_trusted(
         Ok(signer) => {
             tracing::info!(commit = state.commit.as_deref().unwrap_or("-"), %signer, "commit trusted");
             let state = Arc::new(state);
-            (
-                Ok(PassInput {
-                    desired: Ok(state.clone()),
-                    extra_drift: Vec::new(),
-                    only: None,
-                    operation: None,
-                    probes,
-                }),
-                Some(state),
-            )
+            (Ok(PassInput::whole(Ok(state.clone()), probes)), Some(state))
         }
         Err(why) => {
             let commit = state.commit.clone().unwrap_or_default();

@@ -229,12 +229,17 @@ pub struct PassInput {
 
 impl PassInput {
     pub fn full(desired: Result<DesiredState, LoadError>) -> PassInput {
+        PassInput::whole(desired.map(Arc::new), Probes::RunNow)
+    }
+
+    /// A pass over everything in `desired`, with the probe verdicts it is given.
+    pub fn whole(desired: Result<Arc<DesiredState>, LoadError>, probes: Probes) -> PassInput {
         PassInput {
-            desired: desired.map(Arc::new),
+            desired,
             extra_drift: Vec::new(),
             only: None,
             operation: None,
-            probes: Probes::RunNow,
+            probes,
         }
     }
 }
