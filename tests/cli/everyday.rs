@@ -562,7 +562,6 @@ fn with_no_provider_reachable_the_daemon_says_so_once() {
 /// exit 130; Ctrl-C ends a second pass's wait for the first at once.
 #[test]
 fn reconcile_shows_each_action_and_ctrl_c_stops_between_actions_with_exit_130() {
-    use std::io::BufRead;
     let sandbox = Sandbox::new();
     let _cleanup = Cleanup(sandbox.root().to_path_buf());
     let ready = sandbox.root().join("ready");
@@ -589,13 +588,6 @@ fn reconcile_shows_each_action_and_ctrl_c_stops_between_actions_with_exit_130() 
         .unwrap();
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut seen = String::new();
-    let read_until = |stderr: &mut dyn BufRead, seen: &mut String, what: &str| {
-        while !seen.contains(what) {
-            let mut line = String::new();
-            assert!(stderr.read_line(&mut line).unwrap() > 0, "no `{what}`: {seen}");
-            seen.push_str(&line);
-        }
-    };
     let interrupt = |pid: u32| {
         std::process::Command::new("kill")
             .args(["-INT", &pid.to_string()])

@@ -884,7 +884,6 @@ fn a_dry_run_lists_model_pulls_and_routes_and_an_apply_pulls_with_progress() {
 /// next pass pulls again.
 #[test]
 fn ctrl_c_stops_a_pull() {
-    use std::io::BufRead;
     let sandbox = Sandbox::new();
     // Each progress line of a pull takes a second here: the pull would take ~15 s.
     let (child, port) = fake_llm_with("local", "llama3.2:1b", &["--token-delay-ms", "1000"]);
@@ -905,11 +904,7 @@ fn ctrl_c_stops_a_pull() {
         .unwrap();
     let mut stderr = std::io::BufReader::new(pass.stderr.take().unwrap());
     let mut seen = String::new();
-    while !seen.contains("local: qwen2.5:0.5b: pulling") {
-        let mut line = String::new();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "no pull progress: {seen}");
-        seen.push_str(&line);
-    }
+    read_until(&mut stderr, &mut seen, "local: qwen2.5:0.5b: pulling");
     let interrupted_at = std::time::Instant::now();
     std::process::Command::new("kill")
         .args(["-INT", &pass.id().to_string()])

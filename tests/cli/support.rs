@@ -211,3 +211,13 @@ pub(crate) fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Reads lines of a child's output into `seen` until it holds `what` (fails at the end of the
+/// output).
+pub(crate) fn read_until(output: &mut dyn std::io::BufRead, seen: &mut String, what: &str) {
+    while !seen.contains(what) {
+        let mut line = String::new();
+        assert!(output.read_line(&mut line).unwrap() > 0, "no `{what}`: {seen}");
+        seen.push_str(&line);
+    }
+}
